@@ -1,0 +1,197 @@
+//! A base model ready to run: config, frozen weights on a device, and tokenizer, loaded from a
+//! GGUF file or from Hugging Face files (config.json, safetensors, tokenizer.json).
+//!
+//! Loading works on bytes, so the page (which gets files as buffers) and the command line share it.
+
+use burn::tensor::Device;
+
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufCheckpoint, GgufFile};
+use crate::formats::safetensors::SafetensorsCheckpoint;
+use crate::model::LlamaForCausalLM;
+use crate::tokenizer::Tokenizer;
+
+/// A file given by name and contents.
+pub struct NamedFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl NamedFile {
+    pub fn new(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        Self {
+            name: name.into(),
+            bytes,
+        }
+    }
+}
+
+/// A loaded base model.
+pub struct BaseModel {
+    /// What to call the model (the GGUF's `general.name`, or the file/folder name).
+    pub name: String,
+    pub config: LlamaConfig,
+    pub model: LlamaForCausalLM,
+    pub tokenizer: Tokenizer,
+}
+
+impl BaseModel {
+    /// From the bytes of a GGUF file.
+    pub fn from_gguf(file_name: &str, bytes: Vec<u8>, device: &Device) -> Result<Self> {
+        let gguf = GgufFile::parse(file_name, bytes)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        check_vocab(file_name, &config, &tokenizer)?;
+        let name = gguf
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| file_name.trim_end_matches(".gguf").to_string());
+        let ckpt = GgufCheckpoint::new(
+            gguf,
+            config.num_attention_heads,
+            config.num_key_value_heads(),
+        );
+        let model = LlamaForCausalLM::load(&config, &ckpt, device)?;
+        Ok(Self {
+            name,
+            config,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// From Hugging Face files: `config.json`, `tokenizer.json` (+ optional
+    /// `tokenizer_config.json`), and `model.safetensors` or `model.safetensors.index.json` with
+    /// its shards. `name` is what to call the model (e.g. the folder name).
+    pub fn from_hf_files(name: &str, files: Vec<NamedFile>, device: &Device) -> Result<Self> {
+        let mut files: Vec<Option<NamedFile>> = files.into_iter().map(Some).collect();
+        let mut take = |file: &str| -> Option<NamedFile> {
+            files
+                .iter_mut()
+                .find(|f| f.as_ref().is_some_and(|f| base_name(&f.name) == file))
+                .and_then(Option::take)
+        };
+        let text = |f: NamedFile| -> Result<String> {
+            String::from_utf8(f.bytes).map_err(|_| Error::format(&f.name, "is not UTF-8 text"))
+        };
+        let missing = |what: &str| {
+            Error::Invalid(format!(
+                "{name}: {what} is missing (a Hugging Face model needs config.json, tokenizer.json \
+                 and model.safetensors or model.safetensors.index.json with its shards)"
+            ))
+        };
+
+        let config_file = take("config.json").ok_or_else(|| missing("config.json"))?;
+        let config = LlamaConfig::from_json(&config_file.name.clone(), &text(config_file)?)?;
+        let tok_file = take("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
+        let tok_config = take("tokenizer_config.json").map(text).transpose()?;
+        let tokenizer =
+            Tokenizer::from_json(&tok_file.name, &tok_file.bytes, tok_config.as_deref())?;
+        check_vocab("config.json", &config, &tokenizer)?;
+
+        let ckpt = if let Some(index) = take("model.safetensors.index.json") {
+            let index_name = index.name.clone();
+            let index_text = text(index)?;
+            SafetensorsCheckpoint::sharded(&index_name, &index_text, |shard| {
+                take(shard)
+                    .map(|f| f.bytes)
+                    .ok_or_else(|| missing(&format!("the shard {shard} named in {index_name}")))
+            })?
+        } else if let Some(single) = take("model.safetensors") {
+            SafetensorsCheckpoint::single(single.name, single.bytes)?
+        } else {
+            return Err(missing("model.safetensors"));
+        };
+        let model = LlamaForCausalLM::load(&config, &ckpt, device)?;
+        Ok(Self {
+            name: name.to_string(),
+            config,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// From a path: a `.gguf` file, or a folder of Hugging Face files.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_path(path: &std::path::Path, device: &Device) -> Result<Self> {
+        let shown = path.display().to_string();
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))
+        };
+        if path.is_dir() {
+            let mut files = Vec::new();
+            let entries = std::fs::read_dir(path).map_err(|e| Error::io(&shown, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io(&shown, e))?;
+                let file_name = entry.file_name().to_string_lossy().to_string();
+                let wanted = file_name.ends_with(".json") || file_name.ends_with(".safetensors");
+                if wanted && entry.path().is_file() {
+                    files.push(NamedFile::new(file_name, read(&entry.path())?));
+                }
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or(shown);
+            Self::from_hf_files(&name, files, device)
+        } else {
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or(shown);
+            Self::from_gguf(&file_name, read(path)?, device)
+        }
+    }
+
+    /// The prompt for one user message in the model's chat format (ChatML if it has none).
+    pub fn chat_prompt(&self, user_message: &str) -> Result<String> {
+        let template = self
+            .tokenizer
+            .chat_template
+            .as_deref()
+            .unwrap_or(crate::chat::CHATML);
+        let token = |id: Option<u32>| {
+            id.and_then(|id| self.tokenizer.id_to_token(id))
+                .unwrap_or_default()
+        };
+        crate::chat::render(
+            template,
+            &[crate::chat::Message::user(user_message)],
+            true,
+            &token(self.tokenizer.bos_token_id),
+            &token(self.tokenizer.eos_token_ids.first().copied()),
+        )
+    }
+
+    /// Token ids that end generation: the config's and the tokenizer's EOS.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut ids = self.tokenizer.eos_token_ids.clone();
+        if let Some(eos) = &self.config.eos_token_id {
+            ids.extend(eos.to_vec());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+fn base_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
+/// Token ids beyond the embedding would index out of bounds: refuse such a pair at load time.
+fn check_vocab(file: &str, config: &LlamaConfig, tokenizer: &Tokenizer) -> Result<()> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(Error::config(
+            file,
+            format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+        ));
+    }
+    Ok(())
+}

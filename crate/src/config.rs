@@ -1,0 +1,267 @@
+//! The Llama-family configuration: HF `config.json` field names, or the same values read from
+//! GGUF metadata.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+
+/// `eos_token_id` is an integer or a list of integers in HF configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// transformers 5 moved `rope_theta` into `rope_parameters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// `LlamaConfig` as in transformers' `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Grouped-query attention; equal to `num_attention_heads` when absent.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// `hidden_size / num_attention_heads` when absent.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_max_position_embeddings() -> usize {
+    2048
+}
+fn default_hidden_act() -> String {
+    "silu".to_string()
+}
+
+const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
+impl LlamaConfig {
+    /// Parses `config.json` and checks that webtune can run the model it describes.
+    pub fn from_json(file: &str, json: &str) -> Result<Self> {
+        let config: LlamaConfig = serde_json::from_str(json)
+            .map_err(|e| Error::config(file, format!("not a valid Llama config.json: {e}")))?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    /// Reads the `llama.*` metadata of a GGUF file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let file = gguf.file_name.as_str();
+        let arch = gguf
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::config(file, "general.architecture is missing"))?;
+        if arch != "llama" {
+            return Err(Error::config(
+                file,
+                format!("architecture `{arch}` is not supported (supported: llama)"),
+            ));
+        }
+        let int = |key: &str| -> Result<usize> {
+            gguf.get(&format!("llama.{key}"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::config(file, format!("llama.{key} is missing")))
+        };
+        let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
+        let embd = gguf
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| Error::MissingTensor {
+                file: file.to_string(),
+                tensor: "token_embd.weight".to_string(),
+            })?;
+        let vocab_size = match gguf.get("llama.vocab_size").and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => embd.shape[0],
+        };
+        let hidden_size = int("embedding_length")?;
+        let num_attention_heads = int("attention.head_count")?;
+        let num_key_value_heads = int("attention.head_count_kv").unwrap_or(num_attention_heads);
+        let head_dim = gguf
+            .get("llama.attention.key_length")
+            .or_else(|| gguf.get("llama.rope.dimension_count"))
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
+        let token = |key: &str| {
+            gguf.get(&format!("tokenizer.ggml.{key}"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+        };
+        let config = LlamaConfig {
+            model_type: Some("llama".to_string()),
+            vocab_size,
+            hidden_size,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
+            num_attention_heads,
+            num_key_value_heads: Some(num_key_value_heads),
+            head_dim,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: Some(float("rope.freq_base").unwrap_or(DEFAULT_ROPE_THETA)),
+            rope_parameters: None,
+            rope_scaling: gguf
+                .get("llama.rope.scaling.type")
+                .and_then(|v| v.as_str())
+                .filter(|t| *t != "none")
+                .map(|t| serde_json::json!({ "rope_type": t })),
+            max_position_embeddings: int("context_length").unwrap_or(2048),
+            tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
+            bos_token_id: token("bos_token_id"),
+            eos_token_id: token("eos_token_id").map(TokenIds::One),
+            hidden_act: "silu".to_string(),
+            attention_bias: false,
+            mlp_bias: false,
+        };
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    pub fn num_key_value_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| self.rope_parameters.as_ref().and_then(|p| p.rope_theta))
+            .unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// Parameters of the model, embeddings included (the tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads * self.head_dim();
+        let kv = self.num_key_value_heads() * self.head_dim();
+        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_hidden_layers * layer + h + head
+    }
+
+    /// Rejects what the model code does not implement, so it fails here with a message
+    /// instead of giving wrong numbers later.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |problem: String| Err(Error::config(file, problem));
+        if let Some(t) = &self.model_type
+            && t != "llama"
+        {
+            return bad(format!(
+                "model_type `{t}` is not supported (supported: llama)"
+            ));
+        }
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads()),
+            ("head_dim", self.head_dim()),
+        ] {
+            if value == 0 {
+                return bad(format!("{name} is 0"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_key_value_heads()
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return bad(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim()
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return bad(format!(
+                "hidden_act `{}` is not supported (supported: silu)",
+                self.hidden_act
+            ));
+        }
+        if self.attention_bias || self.mlp_bias {
+            return bad("attention_bias / mlp_bias are not supported".to_string());
+        }
+        let rope_type = self
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                v.get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("unknown")
+                    .to_string()
+            })
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.rope_type.clone())
+            });
+        if let Some(t) = rope_type
+            && t != "default"
+        {
+            return bad(format!(
+                "rope scaling `{t}` is not supported (only unscaled rotary embeddings)"
+            ));
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return bad("rms_norm_eps must be positive".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,48 @@
+//! Model file formats. Each reader turns a file into [`Checkpoint`]: f32 tensors under their
+//! Hugging Face names and in Hugging Face layout, so that the model code knows one naming only.
+
+pub mod ggml;
+pub mod gguf;
+pub mod safetensors;
+
+use crate::error::Result;
+
+/// A tensor in host memory, row-major, dequantized to f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    /// The transpose of a 2-D tensor (HF's [out, in] to burn's [in, out]).
+    pub fn transposed(&self) -> HostTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        HostTensor::new(vec![cols, rows], data)
+    }
+}
+
+/// A set of named tensors under Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
+pub trait Checkpoint {
+    /// The file name to show in messages.
+    fn file_name(&self) -> &str;
+    /// The shape of a tensor, in HF layout, if the checkpoint has it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// How to name the tensor in messages: the name as the file spells it.
+    fn source_name(&self, hf_name: &str) -> String {
+        hf_name.to_string()
+    }
+    /// The tensor dequantized to f32 in HF layout.
+    fn load(&self, name: &str) -> Result<HostTensor>;
+}

@@ -1,0 +1,31 @@
+//! webtune: fine-tune a language model with LoRA, in the browser on WebGPU or natively, and export
+//! the adapter in PEFT format.
+//!
+//! The pieces, in the order data flows through them:
+//! - [`formats`]: model files (GGUF, safetensors) -> f32 tensors under Hugging Face names;
+//! - [`config`], [`model`]: the Llama family, built from those tensors, frozen;
+//! - [`tokenizer`], [`chat`]: text <-> ids, chat prompts;
+//! - [`lora`]: the trainable low-rank branches;
+//! - [`generate`]: sampling with the KV cache;
+//! - [`base_model`]: all of the above loaded from files in one call.
+
+pub mod base_model;
+pub mod chat;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod formats;
+pub mod generate;
+pub mod lora;
+pub mod model;
+pub mod tokenizer;
+
+pub use base_model::{BaseModel, NamedFile};
+pub use config::LlamaConfig;
+pub use error::{Error, Result};
+pub use generate::SamplingConfig;
+pub use model::LlamaForCausalLM;
+pub use tokenizer::Tokenizer;
+
+/// burn, re-exported so that users name the same version.
+pub use burn;

@@ -1,0 +1,281 @@
+//! The Llama family (`LlamaForCausalLM` in transformers): token embedding, pre-norm decoder layers
+//! with grouped-query attention, rotary positions and a SwiGLU MLP, final RMSNorm, and an LM head
+//! that may be tied to the embedding.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::{KvCache, rope};
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::formats::{Checkpoint, HostTensor};
+use crate::lora::LoraLinear;
+
+/// Added to masked attention scores: exp() of it is exactly 0 in f32, yet it stays finite so that
+/// no backend meets inf - inf.
+const MASKED: f32 = -1.0e9;
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    pub q_proj: LoraLinear,
+    pub k_proj: LoraLinear,
+    pub v_proj: LoraLinear,
+    pub o_proj: LoraLinear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl LlamaAttention {
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]`, cos/sin: `[1, 1, seq, head_dim]` -> `[batch, seq, hidden]`
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4, Bool>>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads =
+            |p: &LoraLinear, n: usize| p.forward(x.clone()).reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope::apply(heads(&self.q_proj, nh), cos, sin);
+        let k = rope::apply(heads(&self.k_proj, nkv), cos, sin);
+        let v = heads(&self.v_proj, nkv);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let k = repeat_kv(k, nh / nkv);
+        let v = repeat_kv(v, nh / nkv);
+
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
+        let scores = match mask {
+            Some(mask) => scores.mask_fill(mask.clone(), MASKED),
+            None => scores,
+        };
+        let out = softmax(scores, 3).matmul(v);
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// Repeats each key/value head for the query heads that share it (GQA).
+///
+/// # Shapes
+/// - x: `[batch, kv_heads, seq, head_dim]` -> `[batch, kv_heads * groups, seq, head_dim]`
+fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, nkv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, nkv, groups, t, hd])
+        .reshape([b, nkv * groups, t, hd])
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    pub gate_proj: LoraLinear,
+    pub up_proj: LoraLinear,
+    pub down_proj: LoraLinear,
+}
+
+impl LlamaMlp {
+    /// # Shapes
+    /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: LlamaAttention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: LlamaMlp,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<LlamaDecoderLayer>,
+    pub norm: RmsNorm,
+    pub rope_theta: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    pub model: LlamaModel,
+    /// `[hidden, vocab]`; `None` when tied to the token embedding.
+    pub lm_head: Option<LoraLinear>,
+}
+
+impl LlamaForCausalLM {
+    /// Final hidden states.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [_, t] = input_ids.dims();
+        let device = input_ids.device();
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let first = &self.model.layers[0].self_attn;
+        let (cos, sin) = rope::tables(self.model.rope_theta, first.head_dim, start, t, &device);
+        let mask = (t > 1).then(|| causal_mask(start, t, &device));
+
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let h = layer.input_layernorm.forward(x.clone());
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let h = layer
+                .self_attn
+                .forward(h, &cos, &sin, mask.as_ref(), layer_cache);
+            x = x + h;
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Next-token logits at every position.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let h = self.hidden_states(input_ids, cache);
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                let w = self.model.embed_tokens.weight.val(); // [vocab, hidden]
+                h.matmul(w.transpose().unsqueeze::<3>())
+            }
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
+
+    /// Builds the model from a checkpoint that holds HF tensor names. Every weight is frozen.
+    pub fn load(config: &LlamaConfig, ckpt: &dyn Checkpoint, device: &Device) -> Result<Self> {
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
+        let (nh, nkv, hd) = (
+            config.num_attention_heads,
+            config.num_key_value_heads(),
+            config.head_dim(),
+        );
+        let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let found = ckpt.shape(name).ok_or_else(|| Error::MissingTensor {
+                file: ckpt.file_name().to_string(),
+                tensor: ckpt.source_name(name),
+            })?;
+            if found != shape {
+                return Err(Error::ShapeMismatch {
+                    file: ckpt.file_name().to_string(),
+                    tensor: ckpt.source_name(name),
+                    expected: shape.to_vec(),
+                    found,
+                });
+            }
+            ckpt.load(name)
+        };
+        // HF stores linear weights [out, in]; burn's Linear wants [in, out].
+        let linear = |name: &str, d_out: usize, d_in: usize| -> Result<LoraLinear> {
+            let w = get(name, &[d_out, d_in])?.transposed();
+            Ok(LoraLinear::frozen(to_tensor2(w, device)))
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            let w = get(name, &[h])?;
+            Ok(RmsNorm {
+                gamma: frozen_param(Tensor::<1>::from_data(TensorData::new(w.data, [h]), device)),
+                epsilon: config.rms_norm_eps,
+            })
+        };
+
+        let embed = get("model.embed_tokens.weight", &[v, h])?;
+        let embed_tokens = Embedding {
+            weight: frozen_param(to_tensor2(embed, device)),
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(LlamaDecoderLayer {
+                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: LlamaAttention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj.weight"), nh * hd, h)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj.weight"), nkv * hd, h)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj.weight"), nkv * hd, h)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj.weight"), h, nh * hd)?,
+                    num_heads: nh,
+                    num_kv_heads: nkv,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: LlamaMlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj.weight"), i, h)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj.weight"), i, h)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj.weight"), h, i)?,
+                },
+            });
+        }
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(linear("lm_head.weight", v, h)?)
+        };
+        Ok(Self {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm: norm("model.norm.weight")?,
+                rope_theta: config.rope_theta(),
+            },
+            lm_head,
+        })
+    }
+}
+
+fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
+    let shape = [t.shape[0], t.shape[1]];
+    Tensor::<2>::from_data(TensorData::new(t.data, shape), device)
+}
+
+fn frozen_param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
+    Param::from_tensor(t).set_require_grad(false)
+}
+
+/// True where query position `start + i` must not see key position `j` (j > start + i).
+///
+/// # Shapes
+/// - returns `[1, 1, len, start + len]`
+fn causal_mask(start: usize, len: usize, device: &Device) -> Tensor<4, Bool> {
+    let total = start + len;
+    let data: Vec<bool> = (0..len)
+        .flat_map(|i| (0..total).map(move |j| j > start + i))
+        .collect();
+    Tensor::<4, Bool>::from_data(TensorData::new(data, [1, 1, len, total]), device)
+}

