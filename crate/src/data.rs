@@ -114,31 +114,37 @@ impl Dataset {
     /// with `eos` between them.
     pub fn split(docs: &[Document], eos: Option<u32>, cfg: &SplitConfig) -> Result<Self> {
         if cfg.seq_len < 2 {
-            return Err(Error::Invalid("the sequence length must be at least 2".into()));
+            return Err(Error::Invalid(
+                "the sequence length must be at least 2".into(),
+            ));
         }
         if docs.is_empty() {
             return Err(Error::Invalid("there is no usable text to train on".into()));
         }
         let total: usize = docs.iter().map(|d| d.tokens.len()).sum();
         let want_val = ((total as f64) * cfg.val_fraction).round() as usize;
-        let (train_docs, val_docs): (Vec<&Document>, Vec<&Document>) = if docs.len() >= 2 && want_val > 0 {
-            let mut order: Vec<usize> = (0..docs.len()).collect();
-            shuffle(&mut order, &mut Rng::new(cfg.seed));
-            let mut val = Vec::new();
-            let mut held = 0;
-            for &i in &order {
-                // Hold out documents until the share is reached; never all of them.
-                if held >= want_val || val.len() + 1 == docs.len() {
-                    break;
+        let (train_docs, val_docs): (Vec<&Document>, Vec<&Document>) =
+            if docs.len() >= 2 && want_val > 0 {
+                let mut order: Vec<usize> = (0..docs.len()).collect();
+                shuffle(&mut order, &mut Rng::new(cfg.seed));
+                let mut val = Vec::new();
+                let mut held = 0;
+                for &i in &order {
+                    // Hold out documents until the share is reached; never all of them.
+                    if held >= want_val || val.len() + 1 == docs.len() {
+                        break;
+                    }
+                    val.push(i);
+                    held += docs[i].tokens.len();
                 }
-                val.push(i);
-                held += docs[i].tokens.len();
-            }
-            let train = (0..docs.len()).filter(|i| !val.contains(i)).map(|i| &docs[i]).collect();
-            (train, val.iter().map(|&i| &docs[i]).collect())
-        } else {
-            (docs.iter().collect(), Vec::new())
-        };
+                let train = (0..docs.len())
+                    .filter(|i| !val.contains(i))
+                    .map(|i| &docs[i])
+                    .collect();
+                (train, val.iter().map(|&i| &docs[i]).collect())
+            } else {
+                (docs.iter().collect(), Vec::new())
+            };
 
         let join = |ds: &[&Document]| {
             let mut out = Vec::new();
@@ -248,5 +254,100 @@ impl BatchOrder {
             self.pos += 1;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(name: &str, n: usize, start: u32) -> Document {
+        Document {
+            name: name.into(),
+            tokens: (start..start + n as u32).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_files_are_named_with_a_reason() {
+        assert!(check_text(b"  \n").unwrap_err().contains("empty"));
+        assert!(
+            check_text(b"PK\x03\x04\x00\x00")
+                .unwrap_err()
+                .contains("binary")
+        );
+        assert!(check_text(b"caf\xe9").unwrap_err().contains("not UTF-8"));
+        assert!(check_text("ok, café".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn several_documents_split_by_document() {
+        let docs: Vec<Document> = (0..10)
+            .map(|i| doc(&format!("{i}.txt"), 100, i * 1000))
+            .collect();
+        let cfg = SplitConfig {
+            seq_len: 9,
+            val_fraction: 0.2,
+            seed: 3,
+        };
+        let ds = Dataset::split(&docs, Some(7), &cfg).unwrap();
+        assert_eq!(ds.val_documents.len(), 2);
+        // No validation token comes from a training document.
+        let val_tokens: std::collections::HashSet<u32> = ds
+            .val
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&t| t != 7)
+            .collect();
+        for w in &ds.train {
+            assert_eq!(w.len(), 10);
+            assert!(w.iter().all(|t| *t == 7 || !val_tokens.contains(t)));
+        }
+        // The seed picks which documents are held out.
+        let other = Dataset::split(
+            &docs,
+            Some(7),
+            &SplitConfig {
+                seed: 4,
+                ..cfg.clone()
+            },
+        )
+        .unwrap();
+        assert_ne!(ds.val_documents, other.val_documents);
+        assert_eq!(
+            ds.val_documents,
+            Dataset::split(&docs, Some(7), &cfg).unwrap().val_documents
+        );
+    }
+
+    #[test]
+    fn one_document_splits_by_position_and_windows_overlap_by_one() {
+        let ds = Dataset::split(
+            &[doc("a", 101, 0)],
+            None,
+            &SplitConfig {
+                seq_len: 10,
+                val_fraction: 0.1,
+                seed: 0,
+            },
+        )
+        .unwrap();
+        assert!(ds.val_documents.is_empty());
+        assert_eq!(ds.train.len(), 9); // 91 tokens -> 9 windows of 11
+        assert_eq!(ds.train[0], (0..11).collect::<Vec<u32>>());
+        assert_eq!(ds.train[1][0], 10);
+        assert_eq!(ds.val.len(), 0); // 10 tokens: too few for a window
+        assert!(Dataset::split(&[doc("a", 5, 0)], None, &SplitConfig::default()).is_err());
+    }
+
+    #[test]
+    fn batches_cover_every_window_each_epoch() {
+        let mut order = BatchOrder::new(10, 4, 1);
+        let mut seen: Vec<usize> = (0..5).flat_map(|_| order.next_batch()).collect();
+        assert_eq!(order.epoch, 1);
+        seen.truncate(10);
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
     }
 }

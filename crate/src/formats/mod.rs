@@ -3,6 +3,7 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod peft;
 pub mod safetensors;
 
 use crate::error::Result;

@@ -17,6 +17,25 @@ use crate::lora::LoraLinear;
 /// no backend meets inf - inf.
 const MASKED: f32 = -1.0e9;
 
+/// The HF module tree of the projections, spelled once for both borrows.
+macro_rules! projections {
+    ($self:ident, $iter:ident, $($borrow:tt)+) => {{
+        let mut out = Vec::new();
+        for (l, layer) in $self.model.layers.$iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            let (attn, mlp) = ($($borrow)+ layer.self_attn, $($borrow)+ layer.mlp);
+            out.push((format!("{p}.self_attn.q_proj"), "q_proj", $($borrow)+ attn.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), "k_proj", $($borrow)+ attn.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), "v_proj", $($borrow)+ attn.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), "o_proj", $($borrow)+ attn.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), "gate_proj", $($borrow)+ mlp.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), "up_proj", $($borrow)+ mlp.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), "down_proj", $($borrow)+ mlp.down_proj));
+        }
+        out
+    }};
+}
+
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
     pub q_proj: LoraLinear,
@@ -166,6 +185,37 @@ impl LlamaForCausalLM {
                 h.matmul(w.transpose().unsqueeze::<3>())
             }
         }
+    }
+
+    /// Every linear projection under its HF module path (`model.layers.0.self_attn.q_proj`),
+    /// with its short name (`q_proj`) for LoRA targeting. The LM head is not included.
+    pub fn projections_mut(&mut self) -> Vec<(String, &'static str, &mut LoraLinear)> {
+        projections!(self, iter_mut, &mut)
+    }
+
+    /// Read-only [`Self::projections_mut`].
+    pub fn projections(&self) -> Vec<(String, &'static str, &LoraLinear)> {
+        projections!(self, iter, &)
+    }
+
+    /// The names LoRA may target in this family (`all-linear` means all of them).
+    pub const LINEAR_MODULES: [&'static str; 7] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+
+    /// Parameters in the LoRA branches (the trainable ones).
+    pub fn num_lora_parameters(&self) -> usize {
+        self.projections()
+            .iter()
+            .filter_map(|(_, _, p)| p.lora.as_ref())
+            .map(|l| l.a.num_params() + l.b.num_params())
+            .sum()
     }
 
     pub fn num_layers(&self) -> usize {

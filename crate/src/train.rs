@@ -1,0 +1,435 @@
+//! The training loop: AdamW on the LoRA matrices only, linear warmup then cosine decay,
+//! global-norm gradient clipping, gradient accumulation, periodic validation, progress events.
+//!
+//! Backend-generic and browser-safe: values are read back with `async` reads, and only the loss
+//! (a scalar) when it is reported. One [`Trainer::step`] is one optimizer step; pausing, resuming
+//! and stopping happen between steps.
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+use crate::data::{BatchOrder, Dataset};
+use crate::error::{Error, Result};
+use crate::lora::LoraConfig;
+use crate::model::LlamaForCausalLM;
+
+/// Everything that shapes a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    pub lora: LoraConfig,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Windows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed into one step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warmup (None: 10% of the steps).
+    pub warmup_steps: Option<usize>,
+    /// The cosine decays to lr * min_lr_ratio.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm of all A and B to this (None: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    /// Evaluate every this many steps (0: only at the start and the end).
+    pub eval_every: usize,
+    /// At most this many validation windows per evaluation (0: all).
+    pub eval_windows: usize,
+    /// Read the training loss back every this many steps.
+    pub log_every: usize,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lora: LoraConfig::default(),
+            steps: 100,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 5e-4,
+            warmup_steps: None,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            eval_every: 25,
+            eval_windows: 64,
+            log_every: 1,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn warmup(&self) -> usize {
+        self.warmup_steps.unwrap_or(self.steps / 10)
+    }
+
+    /// Learning rate for optimizer step `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warmup = self.warmup();
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let span = self.steps.saturating_sub(warmup).max(1);
+        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// A progress report, sent after every step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: usize,
+    pub tokens_seen: usize,
+    /// Mean training loss of this step (when read back this step).
+    pub train_loss: Option<f32>,
+    /// Validation loss (when evaluated this step).
+    pub val_loss: Option<f32>,
+    pub val_perplexity: Option<f32>,
+    pub lr: f64,
+    pub tokens_per_sec: f64,
+    pub elapsed_secs: f64,
+    pub eta_secs: f64,
+}
+
+/// What the progress callback of [`Trainer::run`] wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Return from `run`; calling it again resumes where it left off.
+    Pause,
+    /// Return from `run` and finish the run (no more steps).
+    Stop,
+}
+
+/// Why [`Trainer::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    Finished,
+    Paused,
+    Stopped,
+}
+
+/// Mean next-token cross-entropy.
+///
+/// # Shapes
+/// - logits: `[batch, seq, vocab]`, targets: `[batch, seq]` -> `[1]`
+pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, v] = logits.dims();
+    let logp = log_softmax(logits.reshape([b * t, v]), 1);
+    let picked = logp.gather(1, targets.reshape([b * t, 1]));
+    picked.mean().neg()
+}
+
+/// Input and target ids of some windows.
+///
+/// # Shapes
+/// - returns `([n, seq_len], [n, seq_len])`
+pub fn batch_tensors(windows: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let n = windows.len();
+    let t = windows.first().map_or(0, |w| w.len() - 1);
+    let mut inputs = Vec::with_capacity(n * t);
+    let mut targets = Vec::with_capacity(n * t);
+    for w in windows {
+        inputs.extend(w[..t].iter().map(|&x| i64::from(x)));
+        targets.extend(w[1..].iter().map(|&x| i64::from(x)));
+    }
+    (
+        Tensor::<2, Int>::from_data(TensorData::new(inputs, [n, t]), device),
+        Tensor::<2, Int>::from_data(TensorData::new(targets, [n, t]), device),
+    )
+}
+
+/// Mean validation loss over (at most `max_windows` of) `windows`, without gradients.
+pub async fn evaluate(
+    model: &LlamaForCausalLM,
+    windows: &[Vec<u32>],
+    batch_size: usize,
+    max_windows: usize,
+) -> Result<Option<f32>> {
+    let n = if max_windows == 0 {
+        windows.len()
+    } else {
+        windows.len().min(max_windows)
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let model = model.valid();
+    let device = model.model.embed_tokens.weight.val().device();
+    let mut total: Option<Tensor<1>> = None;
+    for chunk in windows[..n].chunks(batch_size.max(1)) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let (inputs, targets) = batch_tensors(&refs, &device);
+        // Weight each chunk by its size so the result is the mean over all windows.
+        let loss =
+            cross_entropy(model.forward(inputs, None), targets).mul_scalar(chunk.len() as f64);
+        total = Some(match total {
+            None => loss,
+            Some(t) => t + loss,
+        });
+    }
+    let sum = read_scalar(total.expect("n > 0 gives a chunk")).await?;
+    Ok(Some(sum / n as f32))
+}
+
+async fn read_scalar(t: Tensor<1>) -> Result<f32> {
+    t.into_scalar_async::<f32>()
+        .await
+        .map_err(|e| Error::Device(format!("reading a value back failed: {e:?}")))
+}
+
+/// One run of LoRA training over a dataset.
+pub struct Trainer {
+    /// `None` only transiently while the optimizer consumes it.
+    model: Option<LlamaForCausalLM>,
+    optim: burn::optim::ModuleOptimizer,
+    cfg: TrainConfig,
+    data: Dataset,
+    order: BatchOrder,
+    device: Device,
+    lora_ids: Vec<ParamId>,
+    step: usize,
+    tokens_seen: usize,
+    /// Seconds spent in steps so far (pauses excluded).
+    busy_secs: f64,
+    stopped: bool,
+    pub history: Vec<Progress>,
+}
+
+impl Trainer {
+    /// `model` must live on an autodiff device and have LoRA attached (see [`crate::lora::attach`]).
+    pub fn new(model: LlamaForCausalLM, data: Dataset, cfg: TrainConfig) -> Result<Self> {
+        let device = model.model.embed_tokens.weight.val().device();
+        if !device.is_autodiff() {
+            return Err(Error::Invalid(
+                "training needs an autodiff device (device.autodiff())".into(),
+            ));
+        }
+        if cfg.steps == 0 || cfg.batch_size == 0 || cfg.grad_accum == 0 {
+            return Err(Error::Invalid(
+                "steps, batch size and gradient accumulation must be at least 1".into(),
+            ));
+        }
+        let lora_ids: Vec<ParamId> = model
+            .projections()
+            .into_iter()
+            .filter_map(|(_, _, p)| p.lora.as_ref().map(|l| [l.a.id, l.b.id]))
+            .flatten()
+            .collect();
+        if lora_ids.is_empty() {
+            return Err(Error::Invalid(
+                "the model has no LoRA layers to train".into(),
+            ));
+        }
+        // Dropout draws from the device's generator: seed it so a CPU run is reproducible. That
+        // generator is shared by the process, so reproducibility holds for one run at a time.
+        device.seed(cfg.seed);
+        let optim = AdamWConfig::new()
+            .with_beta_1(cfg.adam_beta1 as f32)
+            .with_beta_2(cfg.adam_beta2 as f32)
+            .with_epsilon(cfg.adam_epsilon as f32)
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init();
+        let order = BatchOrder::new(data.train.len(), cfg.batch_size, cfg.seed);
+        Ok(Self {
+            model: Some(model),
+            optim,
+            cfg,
+            data,
+            order,
+            device,
+            lora_ids,
+            step: 0,
+            tokens_seen: 0,
+            busy_secs: 0.0,
+            stopped: false,
+            history: Vec::new(),
+        })
+    }
+
+    pub fn model(&self) -> &LlamaForCausalLM {
+        self.model.as_ref().expect("model is present between steps")
+    }
+
+    pub fn into_model(self) -> LlamaForCausalLM {
+        self.model.expect("model is present between steps")
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.data
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.stopped || self.step >= self.cfg.steps
+    }
+
+    /// Ends the run early; the model keeps what it learned so far.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+    }
+
+    /// Validation loss of the current model.
+    pub async fn evaluate(&self) -> Result<Option<f32>> {
+        evaluate(
+            self.model(),
+            &self.data.val,
+            self.cfg.batch_size,
+            self.cfg.eval_windows,
+        )
+        .await
+    }
+
+    /// One optimizer step (with `grad_accum` micro-batches), then validation if it is due.
+    pub async fn step(&mut self) -> Result<Progress> {
+        if self.is_finished() {
+            return Err(Error::Invalid("the run is finished".into()));
+        }
+        let started = Instant::now();
+        let lr = self.cfg.lr_at(self.step);
+        let model = self.model.take().expect("model is present between steps");
+        let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
+        let mut loss_sum: Option<Tensor<1>> = None;
+        for _ in 0..self.cfg.grad_accum {
+            let idx = self.order.next_batch();
+            let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
+            let (inputs, targets) = batch_tensors(&refs, &self.device);
+            let loss = cross_entropy(model.forward(inputs, None), targets)
+                .div_scalar(self.cfg.grad_accum as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            let detached = loss.detach();
+            loss_sum = Some(match loss_sum {
+                None => detached,
+                Some(s) => s + detached,
+            });
+            self.tokens_seen += refs.len() * self.data.seq_len;
+        }
+        let mut grads = accumulator.grads();
+        if let Some(max_norm) = self.cfg.max_grad_norm {
+            clip_global_norm(&mut grads, &self.lora_ids, max_norm);
+        }
+        self.model = Some(self.optim.step(lr, model, grads));
+        self.step += 1;
+
+        let log_now =
+            self.cfg.log_every > 0 && (self.step % self.cfg.log_every == 0) || self.is_finished();
+        let train_loss = match (log_now, loss_sum) {
+            (true, Some(l)) => Some(read_scalar(l).await?),
+            _ => None,
+        };
+        let eval_now =
+            self.is_finished() || (self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0);
+        let val_loss = if eval_now {
+            self.evaluate().await?
+        } else {
+            None
+        };
+        self.busy_secs += started.elapsed().as_secs_f64();
+        let progress = self.progress(train_loss, val_loss, lr);
+        self.history.push(progress.clone());
+        Ok(progress)
+    }
+
+    fn progress(&self, train_loss: Option<f32>, val_loss: Option<f32>, lr: f64) -> Progress {
+        let per_step = self.busy_secs / self.step.max(1) as f64;
+        Progress {
+            step: self.step,
+            total_steps: self.cfg.steps,
+            epoch: self.order.epoch,
+            tokens_seen: self.tokens_seen,
+            train_loss,
+            val_loss,
+            val_perplexity: val_loss.map(f32::exp),
+            lr,
+            tokens_per_sec: if self.busy_secs > 0.0 {
+                self.tokens_seen as f64 / self.busy_secs
+            } else {
+                0.0
+            },
+            elapsed_secs: self.busy_secs,
+            eta_secs: per_step * self.cfg.steps.saturating_sub(self.step) as f64,
+        }
+    }
+
+    /// Steps until finished, or until `on_progress` asks to pause or stop.
+    pub async fn run(
+        &mut self,
+        mut on_progress: impl FnMut(&Progress) -> Control,
+    ) -> Result<RunEnd> {
+        while !self.is_finished() {
+            let progress = self.step().await?;
+            match on_progress(&progress) {
+                Control::Continue => {}
+                Control::Pause => return Ok(RunEnd::Paused),
+                Control::Stop => {
+                    self.stop();
+                    return Ok(RunEnd::Stopped);
+                }
+            }
+        }
+        Ok(if self.stopped {
+            RunEnd::Stopped
+        } else {
+            RunEnd::Finished
+        })
+    }
+
+    /// [`Self::run`] for native callers.
+    pub fn run_blocking(
+        &mut self,
+        on_progress: impl FnMut(&Progress) -> Control,
+    ) -> Result<RunEnd> {
+        pollster::block_on(self.run(on_progress))
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm` (as torch's
+/// `clip_grad_norm_`), computed on the device: no readback.
+pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) {
+    let present: Vec<(ParamId, Tensor<2>)> = ids
+        .iter()
+        .filter_map(|&id| grads.remove::<2>(id).map(|g| (id, g)))
+        .collect();
+    let Some(sum_sq) = present
+        .iter()
+        .map(|(_, g)| g.clone().square().sum())
+        .reduce(|a, b| a + b)
+    else {
+        return;
+    };
+    let coef = sum_sq
+        .sqrt()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0)
+        .reshape([1, 1]);
+    for (id, g) in present {
+        grads.register(id, g * coef.clone());
+    }
+}

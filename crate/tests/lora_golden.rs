@@ -1,0 +1,305 @@
+//! LoRA against PEFT on the tiny random Llama fixtures (`tests/fixtures/peft/`, written by PEFT's
+//! `save_pretrained`): logits, loss, gradients of every A and B, one AdamW step, frozen base.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use webtune::burn::optim::GradientsParams;
+use webtune::burn::tensor::{Device, Tensor};
+use webtune::config::LlamaConfig;
+use webtune::data::Dataset;
+use webtune::formats::peft::{self, Adapter, AdapterDtype};
+use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::model::LlamaForCausalLM;
+use webtune::train::{Control, TrainConfig, Trainer, cross_entropy};
+
+fn load_base(name: &str, device: &Device) -> LlamaForCausalLM {
+    let dir = fixtures().join(name);
+    let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = LlamaConfig::from_json("config.json", &config_text).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
+    LlamaForCausalLM::load(&config, &ckpt, device).unwrap()
+}
+
+fn adapter(case: &str) -> Adapter {
+    let dir = fixtures().join(format!("peft/{case}-adapter"));
+    let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    Adapter::parse(&config, weights).unwrap()
+}
+
+fn with_adapter(case: &str, base: &str, device: &Device) -> LlamaForCausalLM {
+    let mut model = load_base(base, device);
+    adapter(case).apply(&mut model).unwrap();
+    model
+}
+
+fn golden(case: &str) -> Golden {
+    Golden::open(&fixtures().join(format!("peft/{case}-golden.safetensors")))
+}
+
+/// PEFT key -> (A or B param of the model, transposed to PEFT layout).
+fn lora_values(model: &LlamaForCausalLM) -> BTreeMap<String, Tensor<2>> {
+    let mut out = BTreeMap::new();
+    for (path, _, proj) in model.projections() {
+        if let Some(l) = &proj.lora {
+            out.insert(
+                format!("base_model.model.{path}.lora_A.weight"),
+                l.a.val().transpose(),
+            );
+            out.insert(
+                format!("base_model.model.{path}.lora_B.weight"),
+                l.b.val().transpose(),
+            );
+        }
+    }
+    out
+}
+
+fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
+    max_abs_diff(got, want) / scale
+}
+
+fn logits_match_peft(case: &str, base: &str) {
+    let device = webtune::device::cpu();
+    let model = with_adapter(case, base, &device);
+    let g = golden(case);
+    let (shape, ids) = g.i64("input_ids");
+    let (_, want) = g.f32("logits");
+    let got = to_vec(model.forward(ids_tensor(&shape, &ids, &device), None));
+    let diff = max_abs_diff(&got, &want);
+    println!("{case}: logits max abs diff {diff:e}");
+    assert!(diff < 1e-4, "{case}: logits differ from PEFT by {diff}");
+}
+
+#[test]
+fn qv_adapter_logits_match_peft() {
+    logits_match_peft("qv", "tiny-llama-untied");
+}
+
+#[test]
+fn all_linear_rslora_adapter_logits_match_peft() {
+    logits_match_peft("all_rslora", "tiny-llama-tied");
+}
+
+fn gradients_match_torch(case: &str, base: &str) {
+    let device = webtune::device::cpu().autodiff();
+    let model = with_adapter(case, base, &device);
+    let g = golden(case);
+    let (shape, ids) = g.i64("input_ids");
+    let t = shape[1];
+    // labels = input_ids in transformers: predict token i+1 from tokens 0..=i.
+    let windows: Vec<Vec<u32>> = ids
+        .chunks(t)
+        .map(|r| r.iter().map(|&x| x as u32).collect())
+        .collect();
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
+    let loss = cross_entropy(model.forward(inputs, None), targets);
+    let (_, want_loss) = g.f32("loss");
+    let got_loss = loss.clone().into_scalar::<f32>();
+    println!("{case}: loss webtune {got_loss} torch {}", want_loss[0]);
+    assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-3);
+
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let lora = lora_values(&model);
+    // Only A and B get gradients: the base is frozen.
+    assert_eq!(
+        grads.len(),
+        lora.len(),
+        "gradients exist for non-LoRA parameters"
+    );
+    for (path, _, proj) in model.projections() {
+        let Some(l) = &proj.lora else { continue };
+        for (which, id) in [("lora_A", l.a.id), ("lora_B", l.b.id)] {
+            let key = format!("base_model.model.{path}.{which}.weight");
+            let got = grads.get::<2>(id).expect("a LoRA gradient").transpose();
+            let (want_shape, want) = g.f32(&format!("grad.{key}"));
+            assert_eq!(got.dims().to_vec(), want_shape, "{key}");
+            let d = rel_diff(&to_vec(got), &want);
+            assert!(
+                d < 1e-3,
+                "{case}: gradient of {key} differs by {d} (relative)"
+            );
+        }
+    }
+}
+
+#[test]
+fn qv_loss_and_gradients_match_torch_autograd() {
+    gradients_match_torch("qv", "tiny-llama-untied");
+}
+
+#[test]
+fn all_linear_rslora_gradients_match_torch_autograd() {
+    gradients_match_torch("all_rslora", "tiny-llama-tied");
+}
+
+/// Every frozen tensor's values, to check that training leaves them bit-identical.
+fn base_snapshot(model: &LlamaForCausalLM) -> Vec<Vec<f32>> {
+    let mut out = vec![to_vec(model.model.embed_tokens.weight.val())];
+    out.push(to_vec(model.model.norm.gamma.val()));
+    for (_, _, p) in model.projections() {
+        out.push(to_vec(p.base.weight.val()));
+    }
+    for layer in &model.model.layers {
+        out.push(to_vec(layer.input_layernorm.gamma.val()));
+        out.push(to_vec(layer.post_attention_layernorm.gamma.val()));
+    }
+    if let Some(head) = &model.lm_head {
+        out.push(to_vec(head.base.weight.val()));
+    }
+    out
+}
+
+fn one_adamw_step_matches_torch(case: &str, base: &str) {
+    let device = webtune::device::cpu().autodiff();
+    let model = with_adapter(case, base, &device);
+    let before = base_snapshot(&model);
+    let g = golden(case);
+    let (shape, ids) = g.i64("input_ids");
+    let windows: Vec<Vec<u32>> = ids
+        .chunks(shape[1])
+        .map(|r| r.iter().map(|&x| x as u32).collect())
+        .collect();
+    let data = Dataset {
+        seq_len: shape[1] - 1,
+        train: windows,
+        val: Vec::new(),
+        val_documents: Vec::new(),
+    };
+    // torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), no clipping,
+    // constant learning rate.
+    let cfg = TrainConfig {
+        steps: 1,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup_steps: Some(0),
+        min_lr_ratio: 1.0,
+        weight_decay: 0.01,
+        max_grad_norm: None,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, data, cfg).unwrap();
+    trainer.run_blocking(|_| Control::Continue).unwrap();
+    let model = trainer.into_model();
+    for (key, value) in lora_values(&model) {
+        let (_, want) = g.f32(&format!("after.{key}"));
+        let d = max_abs_diff(&to_vec(value), &want);
+        assert!(
+            d < 1e-4,
+            "{case}: {key} after one AdamW step differs by {d}"
+        );
+    }
+    assert!(before == base_snapshot(&model), "a frozen weight changed");
+}
+
+#[test]
+fn qv_one_adamw_step_matches_torch_and_base_stays_frozen() {
+    one_adamw_step_matches_torch("qv", "tiny-llama-untied");
+}
+
+#[test]
+fn all_linear_one_adamw_step_matches_torch() {
+    one_adamw_step_matches_torch("all_rslora", "tiny-llama-tied");
+}
+
+#[test]
+fn exported_adapter_has_exactly_what_peft_writes() {
+    let device = webtune::device::cpu();
+    let model = with_adapter("qv", "tiny-llama-untied", &device);
+    let cfg = adapter("qv").lora_config();
+    let files = pollster::block_on(peft::export(
+        &model,
+        &cfg,
+        "tiny-llama-untied",
+        AdapterDtype::F32,
+    ))
+    .unwrap();
+
+    // Weights: same keys, shapes, dtypes, header metadata and values as PEFT's file.
+    let peft_dir = fixtures().join("peft/qv-adapter");
+    let peft_bytes = std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap();
+    let theirs = safetensors::SafeTensors::deserialize(&peft_bytes).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&files.safetensors).unwrap();
+    let mut their_keys = theirs.names();
+    let mut our_keys = ours.names();
+    their_keys.sort_unstable();
+    our_keys.sort_unstable();
+    assert_eq!(our_keys, their_keys);
+    for k in their_keys {
+        let (a, b) = (ours.tensor(k).unwrap(), theirs.tensor(k).unwrap());
+        assert_eq!(a.shape(), b.shape(), "{k}");
+        assert_eq!(a.dtype(), b.dtype(), "{k}");
+        assert_eq!(a.data(), b.data(), "{k}: values differ");
+    }
+    let (_, our_meta) = safetensors::SafeTensors::read_metadata(&files.safetensors).unwrap();
+    let (_, their_meta) = safetensors::SafeTensors::read_metadata(&peft_bytes).unwrap();
+    assert_eq!(our_meta.metadata(), their_meta.metadata());
+
+    // Config: the same fields, and the same values for what defines the adapter.
+    let ours: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(peft_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&ours),
+        keys(&theirs),
+        "adapter_config.json fields differ"
+    );
+    for field in [
+        "peft_type",
+        "task_type",
+        "r",
+        "lora_alpha",
+        "use_rslora",
+        "fan_in_fan_out",
+        "bias",
+        "use_dora",
+        "base_model_name_or_path",
+    ] {
+        assert_eq!(ours[field], theirs[field], "{field}");
+    }
+    let mut t1: Vec<String> = serde_json::from_value(ours["target_modules"].clone()).unwrap();
+    let mut t2: Vec<String> = serde_json::from_value(theirs["target_modules"].clone()).unwrap();
+    t1.sort();
+    t2.sort();
+    assert_eq!(t1, t2);
+}
+
+#[test]
+fn adapters_for_another_base_are_refused() {
+    let device = webtune::device::cpu();
+    // The all-linear adapter was made for the tied model (head_dim 8): q_proj there is 32 -> 32,
+    // on the untied model (head_dim 12) it is 32 -> 48.
+    let mut model = load_base("tiny-llama-untied", &device);
+    let err = adapter("all_rslora")
+        .apply(&mut model)
+        .unwrap_err()
+        .to_string();
+    println!("{err}");
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("does not fit"),
+        "{err}"
+    );
+
+    // A config that says another rank than the tensors have.
+    let dir = fixtures().join("peft/qv-adapter");
+    let config = std::fs::read_to_string(dir.join("adapter_config.json"))
+        .unwrap()
+        .replace("\"r\": 4", "\"r\": 16");
+    let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let err = Adapter::parse(&config, weights)
+        .unwrap()
+        .apply(&mut model)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rank 16"), "{err}");
+}

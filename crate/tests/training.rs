@@ -1,0 +1,188 @@
+//! The trainer's behaviour: reproducible runs, pause/resume, stop, progress events, the learning
+//! rate schedule, and that training lowers the loss.
+
+mod common;
+
+use common::*;
+use webtune::burn::tensor::Device;
+use webtune::config::LlamaConfig;
+use webtune::data::{Dataset, Document, SplitConfig};
+use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::lora::{self, LoraConfig};
+use webtune::model::LlamaForCausalLM;
+use webtune::train::{Control, Progress, RunEnd, TrainConfig, Trainer};
+
+/// burn's device random generator (dropout masks) is shared by the whole process: runs that must
+/// be reproducible take turns.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tiny(device: &Device) -> LlamaForCausalLM {
+    let dir = fixtures().join("tiny-llama-tied");
+    let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = LlamaConfig::from_json("config.json", &config_text).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
+    LlamaForCausalLM::load(&config, &ckpt, device).unwrap()
+}
+
+/// Two "documents" of a repeating pattern over the tiny vocabulary: easy to learn.
+fn data() -> Dataset {
+    let doc = |name: &str, offset: u32| Document {
+        name: name.into(),
+        tokens: (0..400).map(|i| 3 + (i * 7 + offset) % 40).collect(),
+    };
+    let docs = [doc("a.txt", 0), doc("b.txt", 5), doc("c.txt", 11)];
+    Dataset::split(
+        &docs,
+        Some(2),
+        &SplitConfig {
+            seq_len: 16,
+            val_fraction: 0.3,
+            seed: 1,
+        },
+    )
+    .unwrap()
+}
+
+fn config(steps: usize, seed: u64) -> TrainConfig {
+    TrainConfig {
+        lora: LoraConfig {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            ..LoraConfig::default()
+        },
+        steps,
+        batch_size: 4,
+        grad_accum: 2,
+        lr: 1e-2,
+        eval_every: 5,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+fn trainer(steps: usize, seed: u64) -> Trainer {
+    let device = webtune::device::cpu().autodiff();
+    let mut model = tiny(&device);
+    let cfg = config(steps, seed);
+    lora::attach(&mut model, &cfg.lora, seed).unwrap();
+    Trainer::new(model, data(), cfg).unwrap()
+}
+
+fn lora_state(t: &Trainer) -> Vec<Vec<f32>> {
+    t.model()
+        .projections()
+        .into_iter()
+        .filter_map(|(_, _, p)| {
+            p.lora
+                .as_ref()
+                .map(|l| [to_vec(l.a.val()), to_vec(l.b.val())])
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn training_lowers_the_validation_loss_and_reports_progress() {
+    let _turn = serial();
+    let mut t = trainer(30, 3);
+    let before = pollster::block_on(t.evaluate()).unwrap().unwrap();
+    let mut events: Vec<Progress> = Vec::new();
+    let end = t
+        .run_blocking(|p| {
+            events.push(p.clone());
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::Finished);
+    assert_eq!(events.len(), 30);
+    assert_eq!(events.last().unwrap().step, 30);
+    let after = events.last().unwrap().val_loss.unwrap();
+    println!("val loss {before} -> {after}");
+    assert!(after < before - 0.3, "val loss {before} -> {after}");
+    // Evaluations every 5 steps, train loss every step, tokens counted, lr scheduled.
+    assert_eq!(events.iter().filter(|e| e.val_loss.is_some()).count(), 6);
+    assert!(events.iter().all(|e| e.train_loss.is_some()));
+    assert_eq!(events[0].tokens_seen, 4 * 2 * 16);
+    assert!(events[0].lr < events[2].lr, "warmup");
+    assert!(events[29].lr < events[10].lr, "decay");
+    assert!(events[29].eta_secs == 0.0 && events[10].eta_secs > 0.0);
+}
+
+#[test]
+fn same_seed_same_run_bit_for_bit() {
+    let _turn = serial();
+    let run = |seed| {
+        let mut t = trainer(4, seed);
+        t.run_blocking(|_| Control::Continue).unwrap();
+        lora_state(&t)
+    };
+    let a = run(7);
+    assert!(a == run(7), "two runs with the same seed differ");
+    assert!(a != run(8), "the seed changes nothing");
+}
+
+#[test]
+fn pause_and_resume_give_the_same_result_as_one_run() {
+    let _turn = serial();
+    let mut whole = trainer(6, 9);
+    whole.run_blocking(|_| Control::Continue).unwrap();
+
+    let mut paused = trainer(6, 9);
+    let end = paused
+        .run_blocking(|p| {
+            if p.step == 2 {
+                Control::Pause
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::Paused);
+    assert_eq!(paused.steps_done(), 2);
+    assert_eq!(
+        paused.run_blocking(|_| Control::Continue).unwrap(),
+        RunEnd::Finished
+    );
+    assert!(lora_state(&whole) == lora_state(&paused));
+}
+
+#[test]
+fn stop_ends_the_run_early() {
+    let _turn = serial();
+    let mut t = trainer(10, 1);
+    let end = t
+        .run_blocking(|p| {
+            if p.step == 3 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(end, RunEnd::Stopped);
+    assert_eq!(t.steps_done(), 3);
+    assert!(t.is_finished());
+    assert!(pollster::block_on(t.step()).is_err());
+}
+
+#[test]
+fn schedule_warms_up_linearly_then_decays_by_cosine() {
+    let cfg = TrainConfig {
+        steps: 110,
+        lr: 1e-3,
+        warmup_steps: Some(10),
+        min_lr_ratio: 0.1,
+        ..TrainConfig::default()
+    };
+    assert!((cfg.lr_at(0) - 1e-4).abs() < 1e-12);
+    assert!((cfg.lr_at(9) - 1e-3).abs() < 1e-12);
+    assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-12);
+    assert!((cfg.lr_at(60) - 0.55e-3).abs() < 1e-9); // halfway: (max + min) / 2
+    assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-12);
+}
