@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-bash tests/setup.sh
+bash tests/setup.sh --browser
 
 echo "== cargo fmt"
 cargo fmt --all -- --check
@@ -17,7 +17,15 @@ echo "== clippy (native)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== clippy (wasm32)"
-cargo clippy --workspace --lib --locked --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --workspace --lib --tests --locked --no-default-features --target wasm32-unknown-unknown -- -D warnings
 
 echo "== tests (native)"
 cargo test --workspace --locked
+
+echo "== browser tests (wasm-pack, headless Chromium: WebGPU on SwiftShader and the CPU backend)"
+CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
+  wasm-pack test --headless --chrome --release crate -- --no-default-features --test browser
+
+echo "== the page, end to end (playwright-core)"
+bash web/build.sh
+(cd tests/e2e && node --test page.test.mjs)

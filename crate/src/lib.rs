@@ -19,6 +19,7 @@ pub mod formats;
 pub mod generate;
 pub mod lora;
 pub mod model;
+pub mod session;
 pub mod tokenizer;
 pub mod train;
 
@@ -31,3 +32,6 @@ pub use tokenizer::Tokenizer;
 
 /// burn, re-exported so that users name the same version.
 pub use burn;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;

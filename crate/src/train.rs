@@ -336,14 +336,14 @@ impl Trainer {
         self.model = Some(self.optim.step(lr, model, grads));
         self.step += 1;
 
-        let log_now =
-            self.cfg.log_every > 0 && (self.step % self.cfg.log_every == 0) || self.is_finished();
+        let log_now = self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every))
+            || self.is_finished();
         let train_loss = match (log_now, loss_sum) {
             (true, Some(l)) => Some(read_scalar(l).await?),
             _ => None,
         };
-        let eval_now =
-            self.is_finished() || (self.cfg.eval_every > 0 && self.step % self.cfg.eval_every == 0);
+        let eval_now = self.is_finished()
+            || (self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every));
         let val_loss = if eval_now {
             self.evaluate().await?
         } else {

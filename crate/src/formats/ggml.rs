@@ -83,7 +83,7 @@ impl GgmlType {
     /// Bytes taken by `n` weights, if `n` is a whole number of blocks.
     pub fn byte_len(self, n: usize) -> Option<usize> {
         let (per_block, bytes) = self.block_layout()?;
-        if n % per_block != 0 {
+        if !n.is_multiple_of(per_block) {
             return None;
         }
         (n / per_block).checked_mul(bytes)

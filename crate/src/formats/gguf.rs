@@ -286,7 +286,7 @@ impl GgufFile {
             // Types webtune can't read are only an error if the tensor is used: check bounds
             // for the others now, so a truncated file fails at once with the tensor's name.
             if let Some(len) = tensor_byte_len(&info) {
-                let end = info.offset.checked_add(len as u64).unwrap_or(u64::MAX);
+                let end = info.offset.saturating_add(len as u64);
                 if end > bytes.len() as u64 {
                     return Err(Error::Truncated {
                         file: file_name.clone(),
@@ -367,7 +367,7 @@ fn tensor_byte_len(info: &TensorInfo) -> Option<usize> {
     // A row (the fastest dimension) must hold whole blocks.
     let row = *info.shape.last()?;
     let (per_block, _) = info.dtype.block_layout()?;
-    if row % per_block != 0 {
+    if !row.is_multiple_of(per_block) {
         return None;
     }
     info.dtype.byte_len(n)
@@ -426,7 +426,7 @@ pub fn llama_gguf_name(hf: &str) -> Option<String> {
 /// rotary halves of each head. So HF row `h*hd + s*hd/2 + j` is GGUF row `h*hd + 2*j + s`.
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
     let (rows, cols) = (*t.shape.first()?, t.shape.get(1).copied().unwrap_or(1));
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return None;
     }
     let hd = rows / n_heads;

@@ -5,6 +5,7 @@ pub mod ggml;
 pub mod gguf;
 pub mod peft;
 pub mod safetensors;
+pub mod zip;
 
 use crate::error::Result;
 

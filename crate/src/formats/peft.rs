@@ -88,6 +88,16 @@ pub struct AdapterFiles {
     pub safetensors: Vec<u8>,
 }
 
+impl AdapterFiles {
+    /// Both files in one ZIP archive, as a folder PEFT's `from_pretrained` can load once unpacked.
+    pub fn to_zip(&self) -> Vec<u8> {
+        super::zip::write_stored(&[
+            (CONFIG_FILE, self.config_json.as_bytes()),
+            (WEIGHTS_FILE, &self.safetensors),
+        ])
+    }
+}
+
 /// Storage type of the adapter weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,259 @@
+//! One person's fine-tuning session, as the page runs it: a base model, text files, a training
+//! run, samples, the adapter. Plain Rust (testable natively); `web/` only binds it to JavaScript.
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::base_model::BaseModel;
+use crate::data::{Dataset, Document, Skipped, SplitConfig, tokenize_files};
+use crate::error::{Error, Result};
+use crate::formats::peft::{self, AdapterDtype, AdapterFiles};
+use crate::generate::{SamplingConfig, generate};
+use crate::model::LlamaForCausalLM;
+use crate::train::{Progress, TrainConfig, Trainer};
+
+/// What the page shows about a loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub parameters: usize,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub tied_embeddings: bool,
+    pub chat_template: bool,
+    /// The projections LoRA can target.
+    pub targets: Vec<&'static str>,
+}
+
+/// A text file as added: its token count, or why it was skipped.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextInfo {
+    pub name: String,
+    pub tokens: Option<usize>,
+    pub skipped: Option<String>,
+}
+
+/// What a training configuration implies, before it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub trainable_parameters: usize,
+    pub adapter_bytes_f32: usize,
+    pub adapter_bytes_f16: usize,
+    pub train_windows: usize,
+    pub val_windows: usize,
+    pub train_tokens: usize,
+    pub val_tokens: usize,
+    /// Files held out for validation (empty when one file is split by position).
+    pub val_documents: Vec<String>,
+    pub tokens_per_step: usize,
+    /// How many times the run goes over the training text.
+    pub epochs: f64,
+}
+
+/// The page's state.
+pub struct Session {
+    /// Training device (autodiff); generation uses its inner device.
+    device: Device,
+    base: Option<BaseModel>,
+    docs: Vec<Document>,
+    trainer: Option<Trainer>,
+}
+
+impl Session {
+    /// `device` is where the model lives; training wraps it with autodiff.
+    pub fn new(device: Device) -> Self {
+        Self {
+            device: device.autodiff(),
+            base: None,
+            docs: Vec::new(),
+            trainer: None,
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Makes `base` the session's model. Texts are re-tokenized by the caller if needed: they
+    /// are dropped here, as are any run and adapter.
+    pub fn set_model(&mut self, base: BaseModel) -> ModelInfo {
+        self.trainer = None;
+        self.docs.clear();
+        let c = &base.config;
+        let info = ModelInfo {
+            name: base.name.clone(),
+            parameters: c.num_parameters(),
+            layers: c.num_hidden_layers,
+            hidden_size: c.hidden_size,
+            vocab_size: c.vocab_size,
+            context_length: c.max_position_embeddings,
+            tied_embeddings: c.tie_word_embeddings,
+            chat_template: base.tokenizer.chat_template.is_some(),
+            targets: LlamaForCausalLM::LINEAR_MODULES.to_vec(),
+        };
+        self.base = Some(base);
+        info
+    }
+
+    pub fn base(&self) -> Result<&BaseModel> {
+        self.base
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("load a base model first".into()))
+    }
+
+    /// Adds (or replaces) a text file. Unusable files are reported, not added.
+    pub fn add_text(&mut self, name: &str, bytes: &[u8]) -> Result<TextInfo> {
+        let base = self.base()?;
+        let (docs, skipped): (Vec<Document>, Vec<Skipped>) =
+            tokenize_files([(name, bytes)], &base.tokenizer);
+        self.docs.retain(|d| d.name != name);
+        Ok(
+            match (docs.into_iter().next(), skipped.into_iter().next()) {
+                (Some(doc), _) => {
+                    let tokens = doc.tokens.len();
+                    self.docs.push(doc);
+                    TextInfo {
+                        name: name.into(),
+                        tokens: Some(tokens),
+                        skipped: None,
+                    }
+                }
+                (None, Some(s)) => TextInfo {
+                    name: name.into(),
+                    tokens: None,
+                    skipped: Some(s.reason),
+                },
+                (None, None) => TextInfo {
+                    name: name.into(),
+                    tokens: None,
+                    skipped: Some("the file has no text".into()),
+                },
+            },
+        )
+    }
+
+    pub fn remove_text(&mut self, name: &str) {
+        self.docs.retain(|d| d.name != name);
+    }
+
+    fn dataset(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Dataset> {
+        let base = self.base()?;
+        let eos = base.stop_tokens().first().copied();
+        Dataset::split(
+            &self.docs,
+            eos,
+            &SplitConfig {
+                seq_len,
+                val_fraction,
+                seed: cfg.seed,
+            },
+        )
+    }
+
+    /// What `cfg` would do with the current texts.
+    pub fn plan(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
+        let base = self.base()?;
+        let data = self.dataset(cfg, seq_len, val_fraction)?;
+        let targets = cfg
+            .lora
+            .resolve_targets(&LlamaForCausalLM::LINEAR_MODULES)?;
+        let dims: Vec<[usize; 2]> = base
+            .model
+            .projections()
+            .iter()
+            .filter(|(_, name, _)| targets.contains(name))
+            .map(|(_, _, p)| p.dims())
+            .collect();
+        let trainable = cfg.lora.num_parameters(&dims);
+        let tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len;
+        Ok(Plan {
+            trainable_parameters: trainable,
+            adapter_bytes_f32: trainable * 4,
+            adapter_bytes_f16: trainable * 2,
+            train_windows: data.train.len(),
+            val_windows: data.val.len(),
+            train_tokens: data.train_tokens(),
+            val_tokens: data.val_tokens(),
+            val_documents: data.val_documents.clone(),
+            tokens_per_step,
+            epochs: (cfg.steps * tokens_per_step) as f64 / data.train_tokens().max(1) as f64,
+        })
+    }
+
+    /// Starts a new run (LoRA freshly attached to a copy of the base model).
+    pub fn start(&mut self, cfg: TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
+        let plan = self.plan(&cfg, seq_len, val_fraction)?;
+        let data = self.dataset(&cfg, seq_len, val_fraction)?;
+        // Parameters are shared handles: the copy costs no weight memory.
+        let mut model = self.base()?.model.clone();
+        crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
+        self.trainer = Some(Trainer::new(model, data, cfg)?);
+        Ok(plan)
+    }
+
+    pub fn trainer(&self) -> Option<&Trainer> {
+        self.trainer.as_ref()
+    }
+
+    /// One optimizer step of the current run.
+    pub async fn step(&mut self) -> Result<Progress> {
+        let trainer = self
+            .trainer
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("start a training run first".into()))?;
+        trainer.step().await
+    }
+
+    /// Ends the current run early; its adapter stays available.
+    pub fn stop(&mut self) {
+        if let Some(t) = &mut self.trainer {
+            t.stop();
+        }
+    }
+
+    /// Validation loss of the base model (or the adapted one) on the current split.
+    pub async fn evaluate(&self) -> Result<Option<f32>> {
+        match &self.trainer {
+            Some(t) => t.evaluate().await,
+            None => Err(Error::Invalid("start a training run first".into())),
+        }
+    }
+
+    /// Completes `prompt` with the base model, or with base + adapter when `adapted` is set and a
+    /// run exists. With `chat`, the prompt is a user message in the model's chat format.
+    pub async fn generate(
+        &self,
+        prompt: &str,
+        chat: bool,
+        sampling: &SamplingConfig,
+        adapted: bool,
+    ) -> Result<String> {
+        let base = self.base()?;
+        let model = match (&self.trainer, adapted) {
+            (Some(t), true) => t.model().clone(),
+            (None, true) => return Err(Error::Invalid("there is no adapter yet".into())),
+            (_, false) => base.model.clone(),
+        };
+        let model = burn::module::Module::valid(&model);
+        let text = if chat {
+            base.chat_prompt(prompt)?
+        } else {
+            prompt.to_string()
+        };
+        let ids = base.tokenizer.encode(&text)?;
+        let out = generate(&model, &ids, sampling, &base.stop_tokens(), |_| true).await?;
+        base.tokenizer.decode(&out, true)
+    }
+
+    /// The PEFT adapter of the current run.
+    pub async fn export_adapter(&self, dtype: AdapterDtype) -> Result<AdapterFiles> {
+        let base = self.base()?;
+        let t = self
+            .trainer
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
+        peft::export(t.model(), &t.config().lora, &base.name, dtype).await
+    }
+}

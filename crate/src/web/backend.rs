@@ -1,0 +1,103 @@
+//! Choosing the compute backend in the browser: WebGPU on a hardware adapter, the CPU backend
+//! (burn's flex, compiled to wasm) when there is none or when the adapter is a software fallback
+//! (SwiftShader: slower than the CPU backend, see the README's measurements).
+
+use burn::tensor::Device;
+use burn::tensor::wgpu::wgpu;
+use serde::Serialize;
+
+/// What runs, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// "webgpu" or "cpu".
+    pub kind: String,
+    /// The WebGPU adapter's description, if there is one.
+    pub adapter: Option<String>,
+    pub fallback_adapter: bool,
+    /// Why this backend was chosen, in words for the page.
+    pub reason: String,
+    /// The adapter's buffer limits in bytes (burn requests all of them for its device).
+    pub max_storage_buffer_binding_size: Option<u64>,
+    pub max_buffer_size: Option<u64>,
+}
+
+/// `preference`: "auto", "webgpu" or "cpu".
+pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
+    let cpu = |reason: String, adapter: Option<&wgpu::Adapter>| {
+        let info = adapter.map(|a| a.get_info());
+        let limits = adapter.map(|a| a.limits());
+        (
+            crate::device::cpu(),
+            BackendInfo {
+                kind: "cpu".into(),
+                adapter: info.as_ref().map(describe),
+                fallback_adapter: info.as_ref().is_some_and(is_software),
+                reason,
+                max_storage_buffer_binding_size: limits
+                    .as_ref()
+                    .map(|l| u64::from(l.max_storage_buffer_binding_size)),
+                max_buffer_size: limits.as_ref().map(|l| l.max_buffer_size),
+            },
+        )
+    };
+    if preference == "cpu" {
+        return Ok(cpu("chosen in the settings".into(), None));
+    }
+    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..Default::default()
+    });
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .ok();
+    let Some(adapter) = adapter else {
+        return Ok(cpu("this browser offers no WebGPU adapter".into(), None));
+    };
+    let info = adapter.get_info();
+    if is_software(&info) && preference != "webgpu" {
+        return Ok(cpu(
+            "the WebGPU adapter is a software fallback, slower than the CPU backend".into(),
+            Some(&adapter),
+        ));
+    }
+    let limits = adapter.limits();
+    drop(adapter);
+    let device = Device::wgpu_options()
+        .init_async()
+        .await
+        .map_err(|e| format!("WebGPU could not start: {e:?}"))?;
+    Ok((
+        device,
+        BackendInfo {
+            kind: "webgpu".into(),
+            adapter: Some(describe(&info)),
+            fallback_adapter: is_software(&info),
+            reason: if preference == "webgpu" {
+                "chosen in the settings".into()
+            } else {
+                "a hardware WebGPU adapter is available".into()
+            },
+            max_storage_buffer_binding_size: Some(u64::from(
+                limits.max_storage_buffer_binding_size,
+            )),
+            max_buffer_size: Some(limits.max_buffer_size),
+        },
+    ))
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    let name = if info.name.is_empty() {
+        format!("{} {}", info.vendor, info.device)
+    } else {
+        info.name.clone()
+    };
+    format!("{name} ({:?})", info.device_type)
+}

@@ -1,0 +1,251 @@
+//! The JavaScript API (wasm-bindgen): a thin binding of [`crate::session::Session`].
+//!
+//! ```js
+//! import init, { WebSession } from "./pkg/webtune.js";
+//! await init();
+//! const s = await WebSession.create("auto");            // "auto" | "webgpu" | "cpu"
+//! s.backend();                                            // { kind, adapter, reason, ... }
+//! s.loadGguf("model.gguf", bytes);                        // -> ModelInfo
+//! s.addText("notes.txt", bytes);                          // -> { name, tokens } or { name, skipped }
+//! s.plan(settings);                                       // -> Plan (trainable parameters, adapter size, split)
+//! s.start(settings);                                      // -> Plan; then, one step per call:
+//! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs, ... }
+//! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
+//! const { config_json, safetensors } = await s.exportAdapter("f32");
+//! ```
+//! `settings` is `{ seq_len, val_fraction, train: TrainConfig }` (every field optional). Errors
+//! reject with a JavaScript `Error` whose message a person can read; nothing panics on input.
+//! Calls must not overlap (await each): a call made while another runs is refused as busy.
+
+mod backend;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Array, Promise, Uint8Array};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::base_model::{BaseModel, NamedFile};
+use crate::formats::peft::AdapterDtype;
+use crate::generate::SamplingConfig;
+use crate::session::Session;
+use crate::train::TrainConfig;
+
+pub use backend::BackendInfo;
+
+/// `plan` / `start` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct Settings {
+    seq_len: usize,
+    val_fraction: f64,
+    train: TrainConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            seq_len: 128,
+            val_fraction: 0.1,
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// `generate` options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct GenerateOptions {
+    chat: bool,
+    adapted: bool,
+    #[serde(flatten)]
+    sampling: SamplingConfig,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            chat: false,
+            adapted: false,
+            sampling: SamplingConfig::greedy(48),
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(err)
+}
+
+fn from_js<T: for<'de> Deserialize<'de> + Default>(value: JsValue) -> Result<T, JsError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(value).map_err(|e| err(format!("invalid settings: {e}")))
+}
+
+/// The page's session: model, texts, training run, adapter.
+#[wasm_bindgen]
+pub struct WebSession {
+    inner: Rc<RefCell<Session>>,
+    backend: BackendInfo,
+}
+
+impl WebSession {
+    fn session(&self) -> Result<std::cell::RefMut<'_, Session>, JsError> {
+        self.inner
+            .try_borrow_mut()
+            .map_err(|_| err("busy: wait for the previous call to finish"))
+    }
+}
+
+#[wasm_bindgen]
+impl WebSession {
+    /// Picks the compute backend (`"auto"`: WebGPU on a hardware adapter, else the CPU) and
+    /// starts an empty session.
+    pub async fn create(preference: String) -> Result<WebSession, JsError> {
+        console_error_panic_hook::set_once();
+        let (device, backend) = backend::select(&preference).await.map_err(err)?;
+        Ok(WebSession {
+            inner: Rc::new(RefCell::new(Session::new(device))),
+            backend,
+        })
+    }
+
+    /// Which backend runs, and why: `{ kind: "webgpu" | "cpu", adapter, reason, limits }`.
+    pub fn backend(&self) -> Result<JsValue, JsError> {
+        to_js(&self.backend)
+    }
+
+    /// Loads a GGUF model from its bytes; returns ModelInfo.
+    #[wasm_bindgen(js_name = loadGguf)]
+    pub fn load_gguf(&self, name: String, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        let mut s = self.session()?;
+        let base = BaseModel::from_gguf(&name, bytes, &s.device().clone()).map_err(err)?;
+        to_js(&s.set_model(base))
+    }
+
+    /// Loads a Hugging Face model from files (`config.json`, `tokenizer.json`, safetensors...):
+    /// `names[i]` is the name of `files[i]` (a Uint8Array).
+    #[wasm_bindgen(js_name = loadHfFiles)]
+    pub fn load_hf_files(
+        &self,
+        model_name: String,
+        names: Vec<String>,
+        files: Array,
+    ) -> Result<JsValue, JsError> {
+        let mut s = self.session()?;
+        if names.len() != files.length() as usize {
+            return Err(err("names and files differ in length"));
+        }
+        let files: Vec<NamedFile> = names
+            .into_iter()
+            .zip(files.iter())
+            .map(|(n, f)| NamedFile::new(n, Uint8Array::new(&f).to_vec()))
+            .collect();
+        let base =
+            BaseModel::from_hf_files(&model_name, files, &s.device().clone()).map_err(err)?;
+        to_js(&s.set_model(base))
+    }
+
+    /// Adds a text file; returns `{ name, tokens }`, or `{ name, skipped: reason }`.
+    #[wasm_bindgen(js_name = addText)]
+    pub fn add_text(&self, name: String, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        let info = self.session()?.add_text(&name, &bytes).map_err(err)?;
+        to_js(&info)
+    }
+
+    #[wasm_bindgen(js_name = removeText)]
+    pub fn remove_text(&self, name: String) -> Result<(), JsError> {
+        self.session()?.remove_text(&name);
+        Ok(())
+    }
+
+    /// What the settings imply: trainable parameters, adapter size, train/validation split.
+    pub fn plan(&self, settings: JsValue) -> Result<JsValue, JsError> {
+        let st: Settings = from_js(settings)?;
+        let plan = self
+            .session()?
+            .plan(&st.train, st.seq_len, st.val_fraction)
+            .map_err(err)?;
+        to_js(&plan)
+    }
+
+    /// Starts a run with fresh LoRA matrices.
+    pub fn start(&self, settings: JsValue) -> Result<JsValue, JsError> {
+        let st: Settings = from_js(settings)?;
+        let plan = self
+            .session()?
+            .start(st.train, st.seq_len, st.val_fraction)
+            .map_err(err)?;
+        to_js(&plan)
+    }
+
+    /// One optimizer step; resolves to Progress.
+    pub fn step(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let mut s = inner
+                .try_borrow_mut()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let progress = s.step().await.map_err(|e| JsValue::from(err(e)))?;
+            to_js(&progress).map_err(JsValue::from)
+        })
+    }
+
+    /// Ends the run early (the adapter keeps what it learned).
+    pub fn stop(&self) -> Result<(), JsError> {
+        self.session()?.stop();
+        Ok(())
+    }
+
+    /// Completes a prompt; options `{ chat, adapted, max_new_tokens, temperature, top_k, top_p, seed }`.
+    pub fn generate(&self, prompt: String, options: JsValue) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let o: GenerateOptions = from_js(options).map_err(JsValue::from)?;
+            let s = inner
+                .try_borrow()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let text = s
+                .generate(&prompt, o.chat, &o.sampling, o.adapted)
+                .await
+                .map_err(|e| JsValue::from(err(e)))?;
+            Ok(JsValue::from_str(&text))
+        })
+    }
+
+    /// The PEFT adapter: `{ config_json: string, safetensors: Uint8Array, zip: Uint8Array }` (the
+    /// zip holds both files); dtype "f32" or "f16".
+    #[wasm_bindgen(js_name = exportAdapter)]
+    pub fn export_adapter(&self, dtype: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let dtype = match dtype.as_str() {
+                "f16" => AdapterDtype::F16,
+                _ => AdapterDtype::F32,
+            };
+            let s = inner
+                .try_borrow()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let files = s
+                .export_adapter(dtype)
+                .await
+                .map_err(|e| JsValue::from(err(e)))?;
+            let out = js_sys::Object::new();
+            js_sys::Reflect::set(&out, &"config_json".into(), &files.config_json.into())?;
+            let bytes = Uint8Array::from(files.safetensors.as_slice());
+            js_sys::Reflect::set(&out, &"safetensors".into(), &bytes)?;
+            let zip = Uint8Array::from(files.to_zip().as_slice());
+            js_sys::Reflect::set(&out, &"zip".into(), &zip)?;
+            Ok(out.into())
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! In the browser (wasm-pack test --headless --chrome): LoRA training of the tiny Llama fixture
+//! on WebGPU (SwiftShader in CI) and on the CPU backend compiled to wasm, and the JavaScript API.
+#![cfg(target_arch = "wasm32")]
+
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::*;
+use webtune::burn::tensor::{Device, Tensor};
+use webtune::config::LlamaConfig;
+use webtune::data::Dataset;
+use webtune::formats::peft::{self, Adapter, AdapterDtype};
+use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::lora::{self, LoraConfig};
+use webtune::model::LlamaForCausalLM;
+use webtune::train::{TrainConfig, Trainer};
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const CONFIG: &str = include_str!("../../tests/fixtures/tiny-llama-tied/config.json");
+const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/model.safetensors");
+const TINY_GGUF: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-q.gguf");
+
+async fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data_async()
+        .await
+        .unwrap()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+async fn base_weights(m: &LlamaForCausalLM) -> Vec<Vec<f32>> {
+    let mut out = vec![host(m.model.embed_tokens.weight.val()).await];
+    for (_, _, p) in m.projections() {
+        out.push(host(p.base.weight.val()).await);
+    }
+    out
+}
+
+fn data() -> Dataset {
+    // A repeating pattern: learnable in a few steps.
+    let tokens: Vec<u32> = (0..600).map(|i| 3 + (i * 7) % 40).collect();
+    let window = |i: usize| tokens[i * 16..i * 16 + 17].to_vec();
+    Dataset {
+        seq_len: 16,
+        train: (0..30).map(window).collect(),
+        val: (30..34).map(window).collect(),
+        val_documents: Vec::new(),
+    }
+}
+
+async fn train_tiny(device: Device, steps: usize) {
+    let device = device.autodiff();
+    let config = LlamaConfig::from_json("config.json", CONFIG).unwrap();
+    let ckpt = SafetensorsCheckpoint::single("model.safetensors", WEIGHTS.to_vec()).unwrap();
+    let mut model = LlamaForCausalLM::load(&config, &ckpt, &device).unwrap();
+    let lora_cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    };
+    lora::attach(&mut model, &lora_cfg, 1).unwrap();
+    let before = base_weights(&model).await;
+    let cfg = TrainConfig {
+        lora: lora_cfg.clone(),
+        steps,
+        batch_size: 4,
+        lr: 2e-2,
+        warmup_steps: Some(0),
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, data(), cfg).unwrap();
+    let first = trainer.evaluate().await.unwrap().unwrap();
+    let mut last = None;
+    while !trainer.is_finished() {
+        last = trainer.step().await.unwrap().val_loss.or(last);
+    }
+    let last = last.expect("the last step evaluates");
+    web_sys_log(&format!("val loss {first} -> {last}"));
+    assert!(last < first - 0.2, "val loss {first} -> {last}");
+    assert!(
+        before == base_weights(trainer.model()).await,
+        "a frozen weight changed"
+    );
+
+    let files = peft::export(
+        trainer.model(),
+        &lora_cfg,
+        "tiny-llama-tied",
+        AdapterDtype::F32,
+    )
+    .await
+    .unwrap();
+    let adapter = Adapter::parse(&files.config_json, files.safetensors.clone()).unwrap();
+    assert_eq!(adapter.config.r, 4);
+    let st = safetensors::SafeTensors::deserialize(&files.safetensors).unwrap();
+    let mut names = st.names();
+    names.sort_unstable();
+    assert_eq!(names.len(), 8);
+    assert_eq!(
+        names[0],
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    );
+    assert_eq!(st.tensor(names[0]).unwrap().shape(), &[4, 32]);
+    assert_eq!(st.tensor(names[1]).unwrap().shape(), &[32, 4]); // q lora_B
+    assert_eq!(st.tensor(names[3]).unwrap().shape(), &[16, 4]); // v lora_B (2 kv heads x 8)
+}
+
+fn web_sys_log(s: &str) {
+    wasm_bindgen_test::console_log!("{s}");
+}
+
+#[wasm_bindgen_test]
+async fn cpu_backend_trains_lora_in_the_browser() {
+    train_tiny(webtune::device::cpu(), 12).await;
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_backend_trains_lora_in_the_browser() {
+    // SwiftShader is slow (~0.5 steps/s here): few steps, a high learning rate.
+    let device = Device::wgpu_options()
+        .init_async()
+        .await
+        .expect("WebGPU (run Chromium with --enable-unsafe-webgpu)");
+    train_tiny(device, 6).await;
+}
+
+#[wasm_bindgen_test]
+async fn javascript_api_runs_a_whole_session() {
+    use webtune::web::WebSession;
+    let s = WebSession::create("cpu".into()).await.unwrap();
+    let backend: serde_json::Value = serde_wasm_bindgen::from_value(s.backend().unwrap()).unwrap();
+    assert_eq!(backend["kind"], "cpu");
+    let info: serde_json::Value = serde_wasm_bindgen::from_value(
+        s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["layers"], 2);
+    // The tiny GGUF's vocabulary is byte-level symbols: plain lowercase text tokenizes.
+    let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
+    let t: serde_json::Value =
+        serde_wasm_bindgen::from_value(s.add_text("a.txt".into(), text.into_bytes()).unwrap())
+            .unwrap();
+    assert!(t["tokens"].as_u64().unwrap() > 500, "{t}");
+    let bad: serde_json::Value =
+        serde_wasm_bindgen::from_value(s.add_text("b.bin".into(), vec![0, 159, 146, 150]).unwrap())
+            .unwrap();
+    assert!(bad["skipped"].as_str().unwrap().contains("binary"), "{bad}");
+
+    let settings = serde_json::json!({"seq_len": 16, "train": {"steps": 3, "batch_size": 2, "lora": {"r": 2}}});
+    let settings = serde_wasm_bindgen::to_value(&settings).unwrap();
+    let plan: serde_json::Value =
+        serde_wasm_bindgen::from_value(s.plan(settings.clone()).unwrap()).unwrap();
+    assert_eq!(
+        plan["trainable_parameters"],
+        2 * 2 * (2 * (32 + 32) + 2 * (32 + 16))
+    );
+    s.start(settings).unwrap();
+    for step in 1..=3 {
+        let p = wasm_bindgen_futures::JsFuture::from(s.step())
+            .await
+            .unwrap();
+        let p: serde_json::Value = serde_wasm_bindgen::from_value(p).unwrap();
+        assert_eq!(p["step"], step);
+    }
+    let adapter = wasm_bindgen_futures::JsFuture::from(s.export_adapter("f16".into()))
+        .await
+        .unwrap();
+    let zip = js_sys::Reflect::get(&adapter, &JsValue::from_str("zip")).unwrap();
+    let zip = js_sys::Uint8Array::new(&zip).to_vec();
+    assert_eq!(&zip[..4], b"PK\x03\x04");
+    // Errors are values with a message, not panics.
+    let refused = s.add_text("c.txt".into(), b"ok".to_vec());
+    assert!(refused.is_ok());
+    let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec());
+    assert!(err.is_err());
+}

@@ -1,0 +1,153 @@
+// End to end: the page in headless Chromium. Serve web/, load the tiny model through the file
+// input, drop two text files, train to completion, download the adapter and check it; no page
+// errors, only same-origin GETs, a responsive main thread. Saves tests/out/page.png.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
+const out = join(root, "tests/out");
+mkdirSync(out, { recursive: true });
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
+    server.on("error", reject);
+    server.stderr.on("data", (d) => process.stderr.write(d));
+    server.stdout.on("data", (d) => {
+      const m = /serving (http:\/\/[^ ]+\/)/.exec(String(d));
+      if (m) resolve({ server, url: m[1] });
+    });
+    setTimeout(() => reject(new Error("the server did not start")), 15000);
+  });
+}
+
+/** The entries of a ZIP whose entries are stored (as webtune writes them). */
+function unzip(buf) {
+  const files = {};
+  let p = 0;
+  while (buf.readUInt32LE(p) === 0x04034b50) {
+    const size = buf.readUInt32LE(p + 18);
+    const nameLen = buf.readUInt16LE(p + 26);
+    const extra = buf.readUInt16LE(p + 28);
+    const name = buf.toString("utf8", p + 30, p + 30 + nameLen);
+    const start = p + 30 + nameLen + extra;
+    files[name] = buf.subarray(start, start + size);
+    p = start + size;
+  }
+  return files;
+}
+
+function safetensorsHeader(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  return JSON.parse(buf.toString("utf8", 8, 8 + n));
+}
+
+test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const origin = new URL(url).origin;
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--enable-unsafe-webgpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-sandbox"],
+  });
+  try {
+    const context = await browser.newContext({ acceptDownloads: true });
+    const requests = [];
+    context.on("request", (r) => requests.push({ method: r.method(), url: r.url() }));
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
+    page.on("console", (m) => { if (m.type() === "error") pageErrors.push(`console: ${m.text()}`); });
+    // Long tasks on the main thread (responsiveness while the worker trains).
+    await page.addInitScript(() => {
+      window.__longTasks = [];
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) window.__longTasks.push({ start: e.startTime, duration: e.duration });
+      }).observe({ type: "longtask", buffered: true });
+    });
+
+    await page.goto(url);
+    await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+    const backend = await page.textContent("#backend-status");
+    console.log(`backend: ${backend}`);
+
+    // The model, through the file input.
+    await page.setInputFiles("#model-files", join(root, "tests/fixtures/tiny-llama-q.gguf"));
+    await page.waitForSelector("#model-info:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#model-info"), /Layers\s*2/);
+
+    // Two text files, dropped on the drop zone.
+    await page.evaluate(() => {
+      const dt = new DataTransfer();
+      const a = "the cat sat on the mat and the dog sat on the log. ".repeat(40);
+      const b = "a man and a woman went to the market to sell their eggs. ".repeat(40);
+      dt.items.add(new File([a], "cats.txt", { type: "text/plain" }));
+      dt.items.add(new File([b], "market.txt", { type: "text/plain" }));
+      document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    });
+    await page.waitForFunction(() => document.querySelectorAll("#text-table tbody tr").length === 2
+      && [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].every((td) => td.textContent === "ready"));
+
+    // Small settings for a tiny model, then train.
+    await page.fill("input[name=steps]", "8");
+    await page.fill("input[name=seq_len]", "16");
+    await page.fill("input[name=batch_size]", "2");
+    await page.fill("input[name=lr]", "0.02");
+    await page.waitForFunction(() => /trainable parameters/.test(document.getElementById("plan").textContent));
+    assert.match(await page.textContent("#plan"), /held out for validation/);
+    const trainStart = await page.evaluate(() => performance.now());
+    await page.click("#start");
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    const trainEnd = await page.evaluate(() => performance.now());
+    assert.equal(await page.getAttribute("body", "data-progress"), "100");
+    assert.equal(await page.$eval("#train-progress", (p) => p.value / p.max), 1);
+    assert.ok(Number(await page.getAttribute("#chart", "data-points")) >= 8, "the chart holds points");
+    assert.match(await page.textContent("#train-status"), /Finished after 8 steps/);
+    await page.waitForFunction(() => document.getElementById("sample-after").textContent.length > 0, null, { timeout: 120_000 });
+
+    // Download the adapter and check it.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+    assert.match(download.suggestedFilename(), /-lora-\d{4}-\d{2}-\d{2}\.zip$/);
+    const zipPath = join(out, download.suggestedFilename());
+    await download.saveAs(zipPath);
+    const files = unzip(readFileSync(zipPath));
+    assert.deepEqual(Object.keys(files).sort(), ["adapter_config.json", "adapter_model.safetensors"]);
+    const config = JSON.parse(files["adapter_config.json"].toString("utf8"));
+    assert.equal(config.peft_type, "LORA");
+    assert.equal(config.task_type, "CAUSAL_LM");
+    assert.equal(config.r, 8);
+    assert.equal(config.lora_alpha, 16);
+    assert.deepEqual([...config.target_modules].sort(), ["q_proj", "v_proj"]);
+    const header = safetensorsHeader(files["adapter_model.safetensors"]);
+    assert.deepEqual(header.__metadata__, { format: "pt" });
+    const keys = Object.keys(header).filter((k) => k !== "__metadata__").sort();
+    assert.equal(keys.length, 8);
+    assert.deepEqual(header["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape, [8, 32]);
+    assert.deepEqual(header["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape, [32, 8]);
+    assert.deepEqual(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].shape, [16, 8]);
+    assert.equal(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].dtype, "F32");
+
+    await page.screenshot({ path: join(out, "page.png"), fullPage: true });
+
+    // No errors; the error box never showed.
+    assert.deepEqual(pageErrors, []);
+    assert.equal(await page.getAttribute("#error", "hidden"), "");
+    // Only same-origin GETs: nothing the person gave left the page.
+    const foreign = requests.filter((r) => r.method !== "GET" || (new URL(r.url).origin !== origin && !r.url.startsWith("blob:") && !r.url.startsWith("data:")));
+    assert.deepEqual(foreign, [], "requests other than same-origin GETs");
+    // Responsive while training: no main-thread task over 200 ms during the run.
+    const longTasks = await page.evaluate(([s, e]) => window.__longTasks.filter((t) => t.start >= s && t.start <= e), [trainStart, trainEnd]);
+    const worst = Math.max(0, ...longTasks.map((t) => t.duration));
+    console.log(`training took ${((trainEnd - trainStart) / 1000).toFixed(1)} s; main-thread long tasks: ${longTasks.length}, longest ${worst.toFixed(0)} ms`);
+    assert.ok(worst < 200, `the main thread blocked for ${worst} ms during training`);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});

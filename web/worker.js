@@ -1,0 +1,167 @@
+// The training worker: owns the wasm session, so the page never freezes. Messages in and out are
+// plain objects with a `type`; see app.js for the other side. No math here: the Rust core does it.
+import init, { WebSession } from "./pkg/webtune.js";
+
+let session = null;
+let running = false;   // a step loop is active
+let paused = false;
+let settings = null;
+let samplePrompt = "";
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+const fail = (context, e) => post({ type: "error", context, message: e?.message ?? String(e) });
+const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+const DEFAULT_MODEL = { url: "models/default.gguf", name: "SmolLM2-135M-Instruct.Q4_1.gguf" };
+const CACHE = "webtune-models";
+
+// Downloads with progress, keeping a copy in the browser's cache for the next visit.
+async function fetchModel(url, name) {
+  let cache = null;
+  try { cache = await caches.open(CACHE); } catch { /* no Cache API: fetch every time */ }
+  let response = cache ? await cache.match(url) : undefined;
+  const fromCache = !!response;
+  if (!response) {
+    response = await fetch(url);
+    if (!response.ok) throw new Error(`${name}: the server answered ${response.status} ${response.statusText}`);
+    if (cache) {
+      try { await cache.put(url, response.clone()); } catch { /* quota: keep going */ }
+    }
+  }
+  const total = Number(response.headers.get("content-length")) || 0;
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.length;
+    post({ type: "modelProgress", loaded, total, fromCache });
+  }
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
+  return bytes;
+}
+
+async function loadModel(msg) {
+  post({ type: "modelProgress", loaded: 0, total: 0 });
+  let info;
+  if (msg.source === "files") {
+    const gguf = msg.files.find((f) => f.name.toLowerCase().endsWith(".gguf"));
+    if (gguf) {
+      info = session.loadGguf(gguf.name, new Uint8Array(gguf.buffer));
+    } else {
+      const names = msg.files.map((f) => f.name);
+      const buffers = msg.files.map((f) => new Uint8Array(f.buffer));
+      info = session.loadHfFiles(msg.modelName || "model", names, buffers);
+    }
+  } else {
+    const url = msg.source === "url" ? msg.url : DEFAULT_MODEL.url;
+    const name = msg.source === "url" ? decodeURIComponent(new URL(url, self.location).pathname.split("/").pop() || "model.gguf") : DEFAULT_MODEL.name;
+    const bytes = await fetchModel(url, name);
+    post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
+    info = session.loadGguf(name, bytes);
+  }
+  post({ type: "model", info });
+}
+
+async function trainLoop() {
+  if (running) return;
+  running = true;
+  try {
+    while (!paused) {
+      const progress = await session.step();
+      post({ type: "progress", progress });
+      if (progress.step >= progress.total_steps) break;
+      await nextTask(); // let pause/stop messages in
+      if (stopRequested) { session.stop(); break; }
+    }
+    if (paused && !stopRequested) {
+      post({ type: "paused" });
+      return;
+    }
+    post({ type: "done", stopped: stopRequested });
+    stopRequested = false;
+    await sample(samplePrompt, true);
+  } catch (e) {
+    fail("training", e);
+    post({ type: "done", failed: true });
+  } finally {
+    running = false;
+  }
+}
+
+let stopRequested = false;
+
+async function sample(prompt, adapted) {
+  if (!prompt) return;
+  try {
+    const text = await session.generate(prompt, { adapted, max_new_tokens: 40 });
+    post({ type: "sample", adapted, prompt, text });
+  } catch (e) {
+    fail("sampling", e);
+  }
+}
+
+self.onmessage = async ({ data: msg }) => {
+  try {
+    switch (msg.type) {
+      case "init": {
+        await init();
+        session = await WebSession.create(msg.backend || "auto");
+        post({ type: "ready", backend: session.backend() });
+        break;
+      }
+      case "loadModel":
+        await loadModel(msg);
+        break;
+      case "addText":
+        post({ type: "text", info: session.addText(msg.name, new Uint8Array(msg.buffer)) });
+        break;
+      case "removeText":
+        session.removeText(msg.name);
+        post({ type: "textRemoved", name: msg.name });
+        break;
+      case "plan":
+        post({ type: "plan", plan: session.plan(msg.settings) });
+        break;
+      case "start": {
+        settings = msg.settings;
+        samplePrompt = msg.samplePrompt || "";
+        stopRequested = false;
+        paused = false;
+        const plan = session.start(settings);
+        post({ type: "started", plan });
+        await sample(samplePrompt, false);
+        trainLoop();
+        break;
+      }
+      case "pause":
+        paused = true;
+        break;
+      case "resume":
+        paused = false;
+        trainLoop();
+        break;
+      case "stop":
+        stopRequested = true;
+        if (!running) { session.stop(); paused = false; post({ type: "done", stopped: true }); await sample(samplePrompt, true); }
+        break;
+      case "sample":
+        await sample(msg.prompt, false);
+        if (msg.withAdapter) await sample(msg.prompt, true);
+        break;
+      case "export": {
+        const a = await session.exportAdapter(msg.dtype || "f32");
+        post({ type: "adapter", zip: a.zip, configJson: a.config_json }, [a.zip.buffer]);
+        break;
+      }
+      default:
+        fail("worker", new Error(`unknown message ${msg.type}`));
+    }
+  } catch (e) {
+    fail(msg.type, e);
+  }
+};
