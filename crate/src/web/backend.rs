@@ -35,7 +35,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
                 reason,
                 max_storage_buffer_binding_size: limits
                     .as_ref()
-                    .map(|l| u64::from(l.max_storage_buffer_binding_size)),
+                    .map(|l| l.max_storage_buffer_binding_size),
                 max_buffer_size: limits.as_ref().map(|l| l.max_buffer_size),
             },
         )
@@ -43,10 +43,9 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
     if preference == "cpu" {
         return Ok(cpu("chosen in the settings".into(), None));
     }
-    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::BROWSER_WEBGPU,
-        ..Default::default()
-    });
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+    let instance = wgpu::Instance::new(desc);
     let adapter = instance
         .request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -81,9 +80,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
             } else {
                 "a hardware WebGPU adapter is available".into()
             },
-            max_storage_buffer_binding_size: Some(u64::from(
-                limits.max_storage_buffer_binding_size,
-            )),
+            max_storage_buffer_binding_size: Some(limits.max_storage_buffer_binding_size),
             max_buffer_size: Some(limits.max_buffer_size),
         },
     ))
@@ -94,8 +91,9 @@ fn is_software(info: &wgpu::AdapterInfo) -> bool {
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
+    // Browsers may hide the adapter's name (privacy): say what is known.
     let name = if info.name.is_empty() {
-        format!("{} {}", info.vendor, info.device)
+        "unnamed adapter".to_string()
     } else {
         info.name.clone()
     };

@@ -17,6 +17,11 @@
 //! reject with a JavaScript `Error` whose message a person can read; nothing panics on input.
 //! Calls must not overlap (await each): a call made while another runs is refused as busy.
 
+// The session stays borrowed while a step or a generation awaits the GPU: by design, as the
+// session must not change under a running step. An overlapping call finds it borrowed and is
+// refused as "busy" (try_borrow), never a panic.
+#![allow(clippy::await_holding_refcell_ref)]
+
 mod backend;
 
 use std::cell::RefCell;
@@ -240,10 +245,10 @@ impl WebSession {
                 .await
                 .map_err(|e| JsValue::from(err(e)))?;
             let out = js_sys::Object::new();
+            let zip = Uint8Array::from(files.to_zip().as_slice());
             js_sys::Reflect::set(&out, &"config_json".into(), &files.config_json.into())?;
             let bytes = Uint8Array::from(files.safetensors.as_slice());
             js_sys::Reflect::set(&out, &"safetensors".into(), &bytes)?;
-            let zip = Uint8Array::from(files.to_zip().as_slice());
             js_sys::Reflect::set(&out, &"zip".into(), &zip)?;
             Ok(out.into())
         })
