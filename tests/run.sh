@@ -24,7 +24,7 @@ cargo test --workspace --locked
 
 echo "== browser tests (wasm-pack, headless Chromium: WebGPU on SwiftShader and the CPU backend)"
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
-  wasm-pack test --headless --chrome --release crate -- --no-default-features --test browser
+  wasm-pack test --headless --chrome --release crate
 
 echo "== the page, end to end (playwright-core)"
 bash web/build.sh

@@ -149,12 +149,18 @@ async fn javascript_api_runs_a_whole_session() {
     assert!(bad["skipped"].as_str().unwrap().contains("binary"), "{bad}");
 
     let settings = serde_json::json!({"seq_len": 16, "train": {"steps": 3, "batch_size": 2, "lora": {"r": 2}}});
-    let settings = serde_wasm_bindgen::to_value(&settings).unwrap();
+    // As the page sends it: a plain object (not a JS Map).
+    let settings = serde::Serialize::serialize(
+        &settings,
+        &serde_wasm_bindgen::Serializer::json_compatible(),
+    )
+    .unwrap();
     let plan: serde_json::Value =
         serde_wasm_bindgen::from_value(s.plan(settings.clone()).unwrap()).unwrap();
+    // 2 layers x (q_proj: r (32 + 32) + v_proj: r (32 + 16)), r = 2.
     assert_eq!(
         plan["trainable_parameters"],
-        2 * 2 * (2 * (32 + 32) + 2 * (32 + 16))
+        2 * (2 * (32 + 32) + 2 * (32 + 16))
     );
     s.start(settings).unwrap();
     for step in 1..=3 {

@@ -1,5 +1,7 @@
 //! LoRA against PEFT on the tiny random Llama fixtures (`tests/fixtures/peft/`, written by PEFT's
 //! `save_pretrained`): logits, loss, gradients of every A and B, one AdamW step, frozen base.
+// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The trainer's behaviour: reproducible runs, pause/resume, stop, progress events, the learning
 //! rate schedule, and that training lowers the loss.
+// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+#![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The webtune command line: the same core as the page, for people, tests and benchmarks.
+//! The commands and their implementation.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -138,7 +138,7 @@ struct TrainArgs {
     device: DeviceChoice,
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
