@@ -10,20 +10,13 @@ use std::collections::BTreeMap;
 use common::*;
 use webtune::burn::optim::GradientsParams;
 use webtune::burn::tensor::{Device, Tensor};
-use webtune::config::LlamaConfig;
 use webtune::data::Dataset;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
-use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::model::LlamaForCausalLM;
 use webtune::train::{Control, TrainConfig, Trainer, cross_entropy};
 
 fn load_base(name: &str, device: &Device) -> LlamaForCausalLM {
-    let dir = fixtures().join(name);
-    let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = LlamaConfig::from_json("config.json", &config_text).unwrap();
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
-    LlamaForCausalLM::load(&config, &ckpt, device).unwrap()
+    load_fixture_model(name, device)
 }
 
 fn adapter(case: &str) -> Adapter {

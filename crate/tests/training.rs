@@ -7,9 +7,7 @@ mod common;
 
 use common::*;
 use webtune::burn::tensor::Device;
-use webtune::config::LlamaConfig;
 use webtune::data::{Dataset, Document, SplitConfig};
-use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::lora::{self, LoraConfig};
 use webtune::model::LlamaForCausalLM;
 use webtune::train::{Control, Progress, RunEnd, TrainConfig, Trainer};
@@ -23,12 +21,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn tiny(device: &Device) -> LlamaForCausalLM {
-    let dir = fixtures().join("tiny-llama-tied");
-    let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = LlamaConfig::from_json("config.json", &config_text).unwrap();
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
-    LlamaForCausalLM::load(&config, &ckpt, device).unwrap()
+    load_fixture_model("tiny-llama-tied", device)
 }
 
 /// Two "documents" of a repeating pattern over the tiny vocabulary: easy to learn.
