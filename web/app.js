@@ -137,11 +137,11 @@ function showError(text) {
   close.onclick = () => { box.hidden = true; };
   box.append(close);
 }
+// A status line under the model section (load progress); empty text removes it.
 function showStatus(where, text) {
-  if (where === "model") $("model-info").dataset.status = text;
-  if (text) $("backend-status").dataset.model = text;
-  $("model-section").querySelector(".status")?.remove();
-  if (text) $("model-section").append(Object.assign(el("p", text), { className: "status" }));
+  const section = $(`${where}-section`);
+  section.querySelector(".status")?.remove();
+  if (text) section.append(Object.assign(el("p", text), { className: "status" }));
 }
 
 function settings() {

@@ -5,7 +5,6 @@ import init, { WebSession } from "./pkg/webtune.js";
 let session = null;
 let running = false;   // a step loop is active
 let paused = false;
-let settings = null;
 let samplePrompt = "";
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
@@ -128,11 +127,10 @@ self.onmessage = async ({ data: msg }) => {
         post({ type: "plan", plan: session.plan(msg.settings) });
         break;
       case "start": {
-        settings = msg.settings;
         samplePrompt = msg.samplePrompt || "";
         stopRequested = false;
         paused = false;
-        const plan = session.start(settings);
+        const plan = session.start(msg.settings);
         post({ type: "started", plan });
         await sample(samplePrompt, false);
         trainLoop();

@@ -192,10 +192,7 @@ fn run(cli: Cli) -> webtune::Result<()> {
             batch,
             device,
         } => {
-            let mut base = BaseModel::from_path(&model, &pick_device(device)?)?;
-            if let Some(dir) = adapter {
-                load_adapter(&dir)?.apply(&mut base.model)?;
-            }
+            let base = load_model(&model, adapter.as_deref(), device)?;
             let dataset = read_data(&data, &base, seq_len, 0.0, 0)?;
             let loss = pollster::block_on(webtune::train::evaluate(
                 &base.model,
@@ -223,10 +220,7 @@ fn run(cli: Cli) -> webtune::Result<()> {
             seed,
             device,
         } => {
-            let mut base = BaseModel::from_path(&model, &pick_device(device)?)?;
-            if let Some(dir) = adapter {
-                load_adapter(&dir)?.apply(&mut base.model)?;
-            }
+            let base = load_model(&model, adapter.as_deref(), device)?;
             let text = if chat {
                 base.chat_prompt(&prompt)?
             } else {
@@ -262,6 +256,19 @@ fn run(cli: Cli) -> webtune::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The base model, with a PEFT adapter applied when one is given.
+fn load_model(
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    device: DeviceChoice,
+) -> webtune::Result<BaseModel> {
+    let mut base = BaseModel::from_path(model, &pick_device(device)?)?;
+    if let Some(dir) = adapter {
+        load_adapter(dir)?.apply(&mut base.model)?;
+    }
+    Ok(base)
 }
 
 fn load_adapter(dir: &std::path::Path) -> webtune::Result<Adapter> {
