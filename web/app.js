@@ -4,6 +4,8 @@
 const $ = (id) => document.getElementById(id);
 const worker = new Worker("worker.js", { type: "module" });
 const state = { model: null, texts: new Map(), training: false, paused: false, points: [], total: 1, adapter: false };
+// Read by the end-to-end test and the benchmark (tests/), which drive this page.
+window.webtuneState = state;
 
 // ---- messages from the worker ---------------------------------------------------------------
 const handlers = {
@@ -152,8 +154,8 @@ function settings() {
     val_fraction: 0.1,
     train: {
       lora: { r: num("rank"), alpha: num("alpha"), targets: f.getAll("target") },
+      // Evaluation schedule and sample size: the core's defaults (a small share of the run).
       steps: num("steps"), batch_size: num("batch_size"), lr: num("lr"),
-      eval_every: Math.max(1, Math.round(num("steps") / 10)),
     },
   };
 }
@@ -250,7 +252,8 @@ $("backend-choice").onchange = () => {
   showError("Reload the page to switch the compute backend (a GPU device can be started once per page).");
   localStorage.setItem("webtune-backend", $("backend-choice").value);
 };
-$("backend-choice").value = localStorage.getItem("webtune-backend") || "auto";
+$("backend-choice").value = new URLSearchParams(location.search).get("backend")
+  || localStorage.getItem("webtune-backend") || "auto";
 $("load-default").onclick = () => worker.postMessage({ type: "loadModel", source: "default" });
 $("model-files").onchange = async (e) => {
   const files = [...e.target.files];

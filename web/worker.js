@@ -73,6 +73,8 @@ async function trainLoop() {
     while (!paused) {
       const progress = await session.step();
       post({ type: "progress", progress });
+      // The base model's sample waits for the first step, so that training starts at once.
+      if (progress.step === 1) await sample(samplePrompt, false);
       if (progress.step >= progress.total_steps) break;
       await nextTask(); // let pause/stop messages in
       if (stopRequested) { session.stop(); break; }
@@ -132,7 +134,6 @@ self.onmessage = async ({ data: msg }) => {
         paused = false;
         const plan = session.start(msg.settings);
         post({ type: "started", plan });
-        await sample(samplePrompt, false);
         trainLoop();
         break;
       }

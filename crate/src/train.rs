@@ -65,7 +65,7 @@ impl Default for TrainConfig {
             adam_beta2: 0.999,
             adam_epsilon: 1e-8,
             eval_every: 25,
-            eval_windows: 64,
+            eval_windows: 16,
             log_every: 1,
             seed: 0,
         }
@@ -103,8 +103,16 @@ pub struct Progress {
     pub val_loss: Option<f32>,
     pub val_perplexity: Option<f32>,
     pub lr: f64,
+    /// Seconds this optimizer step took (forward, backward, optimizer; no evaluation).
+    pub step_secs: f64,
+    /// Seconds this step's evaluation took, when it evaluated.
+    pub eval_secs: Option<f64>,
+    /// Training tokens per second of training time (evaluation excluded).
     pub tokens_per_sec: f64,
+    /// Seconds spent training and evaluating so far (pauses excluded).
     pub elapsed_secs: f64,
+    /// Remaining seconds: the remaining steps at the measured step time, plus the evaluations
+    /// still due at the measured evaluation time.
     pub eta_secs: f64,
 }
 
@@ -156,27 +164,38 @@ pub fn batch_tensors(windows: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Te
     )
 }
 
-/// Mean validation loss over (at most `max_windows` of) `windows`, without gradients.
+/// The windows an evaluation reads: all of them, or `max_windows` spread evenly over the
+/// validation text (the same ones every time, so evaluations compare), so that evaluation stays a
+/// small, fixed share of a run whatever the amount of held-out text.
+pub fn eval_sample(windows: &[Vec<u32>], max_windows: usize) -> Vec<&[u32]> {
+    let n = if max_windows == 0 {
+        windows.len()
+    } else {
+        windows.len().min(max_windows)
+    };
+    (0..n)
+        .map(|i| windows[i * windows.len() / n].as_slice())
+        .collect()
+}
+
+/// Mean validation loss over (an even sample of at most `max_windows` of) `windows`, without
+/// gradients.
 pub async fn evaluate(
     model: &LlamaForCausalLM,
     windows: &[Vec<u32>],
     batch_size: usize,
     max_windows: usize,
 ) -> Result<Option<f32>> {
-    let n = if max_windows == 0 {
-        windows.len()
-    } else {
-        windows.len().min(max_windows)
-    };
+    let sample = eval_sample(windows, max_windows);
+    let n = sample.len();
     if n == 0 {
         return Ok(None);
     }
     let model = model.valid();
     let device = model.model.embed_tokens.weight.val().device();
     let mut total: Option<Tensor<1>> = None;
-    for chunk in windows[..n].chunks(batch_size.max(1)) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let (inputs, targets) = batch_tensors(&refs, &device);
+    for chunk in sample.chunks(batch_size.max(1)) {
+        let (inputs, targets) = batch_tensors(chunk, &device);
         // Weight each chunk by its size so the result is the mean over all windows.
         let loss =
             cross_entropy(model.forward(inputs, None), targets).mul_scalar(chunk.len() as f64);
@@ -195,6 +214,9 @@ async fn read_scalar(t: Tensor<1>) -> Result<f32> {
         .map_err(|e| Error::Device(format!("reading a value back failed: {e:?}")))
 }
 
+/// Steps the ETA averages over.
+const RECENT_STEPS: usize = 5;
+
 /// One run of LoRA training over a dataset.
 pub struct Trainer {
     /// `None` only transiently while the optimizer consumes it.
@@ -207,8 +229,13 @@ pub struct Trainer {
     lora_ids: Vec<ParamId>,
     step: usize,
     tokens_seen: usize,
-    /// Seconds spent in steps so far (pauses excluded).
-    busy_secs: f64,
+    /// Seconds spent in optimizer steps so far (evaluation and pauses excluded).
+    train_secs: f64,
+    /// Seconds spent evaluating so far, and how many evaluations that was.
+    eval_secs: f64,
+    evals: usize,
+    /// Times of the last few steps, for the ETA.
+    recent_steps: Vec<f64>,
     stopped: bool,
     pub history: Vec<Progress>,
 }
@@ -258,7 +285,10 @@ impl Trainer {
             lora_ids,
             step: 0,
             tokens_seen: 0,
-            busy_secs: 0.0,
+            train_secs: 0.0,
+            eval_secs: 0.0,
+            evals: 0,
+            recent_steps: Vec::new(),
             stopped: false,
             history: Vec::new(),
         })
@@ -291,6 +321,11 @@ impl Trainer {
     /// Ends the run early; the model keeps what it learned so far.
     pub fn stop(&mut self) {
         self.stopped = true;
+    }
+
+    /// Validation windows one evaluation reads.
+    pub fn eval_sample_size(&self) -> usize {
+        eval_sample(&self.data.val, self.cfg.eval_windows).len()
     }
 
     /// Validation loss of the current model.
@@ -342,21 +377,63 @@ impl Trainer {
             (true, Some(l)) => Some(read_scalar(l).await?),
             _ => None,
         };
-        let eval_now = self.is_finished()
-            || (self.cfg.eval_every > 0 && self.step.is_multiple_of(self.cfg.eval_every));
-        let val_loss = if eval_now {
-            self.evaluate().await?
+        // On a GPU the step is only known to be done once something is read back: steps that
+        // read nothing are timed when they are queued, and the next read pays for them.
+        let step_secs = started.elapsed().as_secs_f64();
+        self.train_secs += step_secs;
+        self.recent_steps.push(step_secs);
+        if self.recent_steps.len() > RECENT_STEPS {
+            self.recent_steps.remove(0);
+        }
+
+        let (val_loss, eval_secs) = if self.eval_due(self.step) {
+            let started = Instant::now();
+            let loss = self.evaluate().await?;
+            let secs = started.elapsed().as_secs_f64();
+            self.eval_secs += secs;
+            self.evals += 1;
+            (loss, Some(secs))
         } else {
-            None
+            (None, None)
         };
-        self.busy_secs += started.elapsed().as_secs_f64();
-        let progress = self.progress(train_loss, val_loss, lr);
+        let progress = self.progress(train_loss, val_loss, lr, step_secs, eval_secs);
         self.history.push(progress.clone());
         Ok(progress)
     }
 
-    fn progress(&self, train_loss: Option<f32>, val_loss: Option<f32>, lr: f64) -> Progress {
-        let per_step = self.busy_secs / self.step.max(1) as f64;
+    /// Whether the model is evaluated after optimizer step `step` (1-based).
+    fn eval_due(&self, step: usize) -> bool {
+        step >= self.cfg.steps
+            || (self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every))
+    }
+
+    fn progress(
+        &self,
+        train_loss: Option<f32>,
+        val_loss: Option<f32>,
+        lr: f64,
+        step_secs: f64,
+        eval_secs: Option<f64>,
+    ) -> Progress {
+        // The recent steps predict the next ones better than the mean since the start, which
+        // includes the first, slower steps (allocation, kernel compilation on a GPU).
+        let per_step = if self.recent_steps.is_empty() {
+            0.0
+        } else {
+            self.recent_steps.iter().sum::<f64>() / self.recent_steps.len() as f64
+        };
+        let remaining = self.cfg.steps.saturating_sub(self.step);
+        let evals_left = (self.step + 1..=self.cfg.steps)
+            .filter(|&s| self.eval_due(s))
+            .count();
+        let per_eval = if self.evals > 0 {
+            self.eval_secs / self.evals as f64
+        } else {
+            // Not measured yet: a forward pass over the sample costs about a third of a
+            // training step (forward + backward) over as many windows.
+            let windows = self.eval_sample_size() as f64;
+            per_step * windows / (self.cfg.batch_size * self.cfg.grad_accum).max(1) as f64 / 3.0
+        };
         Progress {
             step: self.step,
             total_steps: self.cfg.steps,
@@ -366,13 +443,15 @@ impl Trainer {
             val_loss,
             val_perplexity: val_loss.map(f32::exp),
             lr,
-            tokens_per_sec: if self.busy_secs > 0.0 {
-                self.tokens_seen as f64 / self.busy_secs
+            step_secs,
+            eval_secs,
+            tokens_per_sec: if self.train_secs > 0.0 {
+                self.tokens_seen as f64 / self.train_secs
             } else {
                 0.0
             },
-            elapsed_secs: self.busy_secs,
-            eta_secs: per_step * self.cfg.steps.saturating_sub(self.step) as f64,
+            elapsed_secs: self.train_secs + self.eval_secs,
+            eta_secs: per_step * remaining as f64 + per_eval * evals_left as f64,
         }
     }
 

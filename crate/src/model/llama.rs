@@ -49,16 +49,17 @@ pub struct LlamaAttention {
 
 impl LlamaAttention {
     /// # Shapes
-    /// - x: `[batch, seq, hidden]`, cos/sin: `[1, 1, seq, head_dim]` -> `[batch, seq, hidden]`
+    /// - x: `[batch * seq, hidden]` (rows batch-major), cos/sin: `[1, 1, seq, head_dim]`
+    ///   -> `[batch * seq, hidden]`
     fn forward(
         &self,
-        x: Tensor<3>,
+        x: Tensor<2>,
+        [b, t]: [usize; 2],
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: Option<&Tensor<4, Bool>>,
         cache: Option<(&mut KvCache, usize)>,
-    ) -> Tensor<3> {
-        let [b, t, _] = x.dims();
+    ) -> Tensor<2> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads =
             |p: &LoraLinear, n: usize| p.forward(x.clone()).reshape([b, t, n, hd]).swap_dims(1, 2);
@@ -78,7 +79,7 @@ impl LlamaAttention {
             None => scores,
         };
         let out = softmax(scores, 3).matmul(v);
-        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        let out = out.swap_dims(1, 2).reshape([b * t, nh * hd]);
         self.o_proj.forward(out)
     }
 }
@@ -106,8 +107,8 @@ pub struct LlamaMlp {
 
 impl LlamaMlp {
     /// # Shapes
-    /// - x: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// - x: `[tokens, hidden]` -> `[tokens, hidden]`
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
@@ -144,22 +145,42 @@ impl LlamaForCausalLM {
     pub fn hidden_states(
         &self,
         input_ids: Tensor<2, Int>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let [_, t] = input_ids.dims();
+        let [b, t] = input_ids.dims();
+        let h = self.hidden_rows(input_ids, cache);
+        let [_, hidden] = h.dims();
+        h.reshape([b, t, hidden])
+    }
+
+    /// Final hidden states, one row per token.
+    ///
+    /// The residual stream stays two-dimensional, `[batch * seq, hidden]`, so that every
+    /// projection (and its backward pass) is one plain matmul over all tokens: on the CPU one
+    /// large matmul packs the weight once and splits across all cores, where a batched
+    /// `[batch, seq, hidden]` product repacked it for each sequence (measured: README, "Speed").
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch * seq, hidden]`
+    fn hidden_rows(&self, input_ids: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<2> {
+        let [b, t] = input_ids.dims();
         let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let first = &self.model.layers[0].self_attn;
         let (cos, sin) = rope::tables(self.model.rope_theta, first.head_dim, start, t, &device);
         let mask = (t > 1).then(|| causal_mask(start, t, &device));
 
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut x = self
+            .model
+            .embed_tokens
+            .forward(input_ids.reshape([1, b * t]))
+            .squeeze_dim(0);
         for (i, layer) in self.model.layers.iter().enumerate() {
             let h = layer.input_layernorm.forward(x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let h = layer
                 .self_attn
-                .forward(h, &cos, &sin, mask.as_ref(), layer_cache);
+                .forward(h, [b, t], &cos, &sin, mask.as_ref(), layer_cache);
             x = x + h;
             let h = layer
                 .mlp
@@ -177,14 +198,17 @@ impl LlamaForCausalLM {
     /// # Shapes
     /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
     pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let h = self.hidden_states(input_ids, cache);
-        match &self.lm_head {
+        let [b, t] = input_ids.dims();
+        let h = self.hidden_rows(input_ids, cache);
+        let logits = match &self.lm_head {
             Some(head) => head.forward(h),
             None => {
                 let w = self.model.embed_tokens.weight.val(); // [vocab, hidden]
-                h.matmul(w.transpose().unsqueeze::<3>())
+                h.matmul(w.transpose())
             }
-        }
+        };
+        let [_, vocab] = logits.dims();
+        logits.reshape([b, t, vocab])
     }
 
     /// Every linear projection under its HF module path (`model.layers.0.self_attn.q_proj`),

@@ -24,7 +24,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum DeviceChoice {
+pub enum DeviceChoice {
     /// burn's flex CPU backend
     Cpu,
     /// wgpu (build with --features gpu)
@@ -57,6 +57,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
     },
+    /// Time the benchmark workloads (training steps, evaluation, generation); prints JSON.
+    Bench(crate::bench::BenchArgs),
     /// Complete a prompt.
     Generate {
         /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
@@ -126,8 +128,8 @@ struct TrainArgs {
     val_fraction: f64,
     #[arg(long, default_value_t = 25)]
     eval_every: usize,
-    /// At most this many validation windows per evaluation (0 = all).
-    #[arg(long, default_value_t = 64)]
+    /// Validation windows per evaluation, spread evenly over the held-out text (0 = all).
+    #[arg(long, default_value_t = TrainConfig::default().eval_windows)]
     eval_windows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -148,7 +150,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn pick_device(choice: DeviceChoice) -> webtune::Result<burn::tensor::Device> {
+pub fn pick_device(choice: DeviceChoice) -> webtune::Result<burn::tensor::Device> {
     match choice {
         DeviceChoice::Cpu => Ok(device::cpu()),
         #[cfg(feature = "gpu")]
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> webtune::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args),
+        Command::Bench(args) => crate::bench::bench(args),
         Command::Eval {
             model,
             adapter,
@@ -282,7 +285,7 @@ fn load_adapter(dir: &std::path::Path) -> webtune::Result<Adapter> {
 }
 
 /// Reads and tokenizes the files; unusable ones are reported and skipped.
-fn read_data(
+pub fn read_data(
     paths: &[PathBuf],
     base: &BaseModel,
     seq_len: usize,

