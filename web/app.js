@@ -10,9 +10,10 @@ window.webtuneState = state;
 // ---- messages from the worker ---------------------------------------------------------------
 const handlers = {
   ready({ backend }) {
+    const threads = backend.threads > 1 ? `, ${backend.threads} threads` : ", one thread";
     $("backend-status").textContent = backend.kind === "webgpu"
       ? `Running on WebGPU: ${backend.adapter}.`
-      : `Running on the CPU${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
+      : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
     document.body.dataset.ready = "1";
   },

@@ -1,6 +1,43 @@
 #!/usr/bin/env bash
-# Builds the wasm module and its JS glue into web/pkg (git-ignored).
+# Builds the page's two wasm modules and their JS glue (git-ignored), and precompresses them:
+#   web/pkg/          WebGPU + the CPU backend on one thread (stable Rust, wasm SIMD)
+#   web/pkg-threads/  the CPU backend on all cores: rayon on Web Workers (nightly Rust with wasm
+#                     atomics: the standard library is rebuilt with them, -Z build-std)
+# worker.js loads pkg-threads when the page runs on the CPU and the browser allows threads
+# (cross-origin isolated), else pkg. `--only gpu|threads` builds one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
-wasm-pack build crate --target web --release --out-dir ../web/pkg --out-name webtune --no-typescript --no-pack -- --no-default-features
+ONLY="${2:-}"
+[ "${1:-}" = "--only" ] || ONLY=""
+
+pack() { # out-dir, then extra cargo args
+  local out=$1; shift
+  wasm-pack build crate --target web --release --out-dir "../web/$out" --out-name webtune \
+    --no-typescript --no-pack -- --no-default-features "$@"
+  # Served precompressed (serve.py): the wasm shrinks ~6x.
+  python3 - "web/$out" <<'PY'
+import gzip, pathlib, sys
+for f in pathlib.Path(sys.argv[1]).iterdir():
+    if f.suffix in (".wasm", ".js"):
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), 9, mtime=0))
+PY
+}
+
+if [ "$ONLY" != threads ]; then
+  pack pkg --features gpu
+fi
+if [ "$ONLY" != gpu ]; then
+  # A separate build folder: other flags and another compiler would otherwise rebuild each other.
+  # The linker arguments make the memory shared and imported (so workers can share it), up to
+  # 4 GiB (the wasm32 limit), and export the thread-local storage symbols wasm-bindgen's thread
+  # start-up calls; this nightly does not add them for wasm32-unknown-unknown by itself.
+  link=""
+  for a in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls \
+           --export=__tls_size --export=__tls_align --export=__tls_base; do
+    link="$link -C link-arg=$a"
+  done
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR-wasm-threads" RUSTUP_TOOLCHAIN=nightly \
+  RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128$link" \
+    pack pkg-threads --features threads -Z build-std=panic_abort,std
+fi

@@ -5,7 +5,13 @@
 - /models/default.gguf is the default model from the local cache (the browser caches it after the
   first load).
 - A Content-Security-Policy that lets the page connect only to this server; `--allow-model-origin`
-  adds an origin the page may fetch model files from (for the "load from URL" box).
+  adds an origin the page may fetch model files from (for the "load from URL" box; that server
+  must send CORS headers, as the page is cross-origin isolated).
+- Cross-origin isolation (COOP same-origin + COEP require-corp): the multi-threaded CPU build
+  needs SharedArrayBuffer.
+- `.wasm` and `.js` files are sent gzip-compressed when a `.gz` copy sits beside them (web/build.sh
+  writes those) and the browser accepts gzip.
+- No folder listings; malformed requests get 400.
 """
 import argparse
 import functools
@@ -37,12 +43,35 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return self.model_path
         return super().translate_path(path)
 
+    def list_directory(self, path):
+        self.send_error(404, "Not found")
+        return None
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        gz = path + ".gz"
+        accepts = "gzip" in (self.headers.get("Accept-Encoding") or "")
+        if (accepts and path.endswith((".wasm", ".js")) and os.path.isfile(gz)
+                and os.path.isfile(path) and os.path.getmtime(gz) >= os.path.getmtime(path)):
+            f = open(gz, "rb")
+            self.send_response(200)
+            self.send_header("Content-Type", self.guess_type(path))
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Vary", "Accept-Encoding")
+            self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+            self.end_headers()
+            return f
+        return super().send_head()
+
     def end_headers(self):
         self.send_header("Content-Security-Policy", self.csp)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        if not self.path.startswith("/models/"):
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        # `path` is unset when the request line itself was malformed (answered 400).
+        if not getattr(self, "path", "").startswith("/models/"):
             self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 

@@ -1,6 +1,5 @@
 // The training worker: owns the wasm session, so the page never freezes. Messages in and out are
 // plain objects with a `type`; see app.js for the other side. No math here: the Rust core does it.
-import init, { WebSession } from "./pkg/webtune.js";
 
 let session = null;
 let running = false;   // a step loop is active
@@ -8,6 +7,38 @@ let paused = false;
 let samplePrompt = "";
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+
+// Two builds of the module (web/build.sh): pkg has WebGPU and a one-thread CPU backend;
+// pkg-threads is the CPU backend on all cores (needs a cross-origin isolated page, for
+// SharedArrayBuffer). The CPU runs in pkg-threads whenever the browser allows it.
+async function hardwareGpu() {
+  if (!navigator.gpu) return false;
+  try {
+    const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    // A software adapter (SwiftShader) is slower than the CPU backend.
+    return !!adapter && !(adapter.isFallbackAdapter || adapter.info?.isFallbackAdapter);
+  } catch {
+    return false;
+  }
+}
+
+async function loadModule(preference) {
+  const threads = self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
+    && preference !== "webgpu" && (preference === "cpu" || !(await hardwareGpu()));
+  if (threads) {
+    try {
+      const mod = await import("./pkg-threads/webtune.js");
+      await mod.default();
+      await mod.initThreadPool(Math.max(1, navigator.hardwareConcurrency || 1));
+      return mod;
+    } catch (e) {
+      console.warn(`the multi-threaded build did not start (${e?.message ?? e}); using one thread`);
+    }
+  }
+  const mod = await import("./pkg/webtune.js");
+  await mod.default();
+  return mod;
+}
 const fail = (context, e) => post({ type: "error", context, message: e?.message ?? String(e) });
 const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
 
@@ -110,7 +141,7 @@ self.onmessage = async ({ data: msg }) => {
   try {
     switch (msg.type) {
       case "init": {
-        await init();
+        const { WebSession } = await loadModule(msg.backend || "auto");
         session = await WebSession.create(msg.backend || "auto");
         post({ type: "ready", backend: session.backend() });
         break;

@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod formats;
 pub mod generate;
+pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod session;

@@ -7,7 +7,6 @@
 
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -140,9 +139,7 @@ pub enum RunEnd {
 /// - logits: `[batch, seq, vocab]`, targets: `[batch, seq]` -> `[1]`
 pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     let [b, t, v] = logits.dims();
-    let logp = log_softmax(logits.reshape([b * t, v]), 1);
-    let picked = logp.gather(1, targets.reshape([b * t, 1]));
-    picked.mean().neg()
+    crate::kernels::cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]))
 }
 
 /// Input and target ids of some windows.

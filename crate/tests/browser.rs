@@ -115,6 +115,7 @@ async fn cpu_backend_trains_lora_in_the_browser() {
     train_tiny(webtune::device::cpu(), 12).await;
 }
 
+#[cfg(feature = "gpu")]
 #[wasm_bindgen_test]
 async fn webgpu_backend_trains_lora_in_the_browser() {
     // SwiftShader is slow (~0.5 steps/s here): few steps, a high learning rate.

@@ -66,7 +66,7 @@ async function main() {
     const page = await (await browser.newContext()).newPage();
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
-    page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") errors.push(`${m.type()}: ${m.text()}`); });
     const t0 = Date.now();
     await page.goto(`${url}?backend=${a.backend}`);
     await page.waitForSelector("body[data-ready='1']", { timeout: ms });

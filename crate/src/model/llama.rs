@@ -4,18 +4,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{KvCache, rope};
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::formats::{Checkpoint, HostTensor};
+use crate::kernels;
 use crate::lora::LoraLinear;
-
-/// Added to masked attention scores: exp() of it is exactly 0 in f32, yet it stays finite so that
-/// no backend meets inf - inf.
-const MASKED: f32 = -1.0e9;
 
 /// The HF module tree of the projections, spelled once for both borrows.
 macro_rules! projections {
@@ -48,54 +44,41 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
+    /// Grouped-query attention without repeating keys and values: the query heads that share a
+    /// key/value head are stacked as one block of rows, `[batch, kv_heads, groups * seq, head_dim]`,
+    /// so one matmul per key head serves all of its query heads.
+    ///
     /// # Shapes
-    /// - x: `[batch * seq, hidden]` (rows batch-major), cos/sin: `[1, 1, seq, head_dim]`
+    /// - x: `[batch * seq, hidden]` (rows batch-major), cos/sin: `[seq, head_dim]`
     ///   -> `[batch * seq, hidden]`
     fn forward(
         &self,
         x: Tensor<2>,
         [b, t]: [usize; 2],
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: Option<&Tensor<4, Bool>>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<2> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads =
-            |p: &LoraLinear, n: usize| p.forward(x.clone()).reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(heads(&self.q_proj, nh), cos, sin);
-        let k = rope::apply(heads(&self.k_proj, nkv), cos, sin);
-        let v = heads(&self.v_proj, nkv);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, k, v),
-            None => (k, v),
+        let groups = nh / nkv;
+        let q = kernels::rope(self.q_proj.forward(x.clone()), cos, sin, b, nh);
+        let k = kernels::rope(self.k_proj.forward(x.clone()), cos, sin, b, nkv);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
+        let (start, (k, v)) = match cache {
+            Some((cache, layer)) => (cache.len(), cache.append(layer, k, v)),
+            None => (0, (k, v)),
         };
-        let k = repeat_kv(k, nh / nkv);
-        let v = repeat_kv(v, nh / nkv);
-
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
-        let scores = match mask {
-            Some(mask) => scores.mask_fill(mask.clone(), MASKED),
-            None => scores,
-        };
-        let out = softmax(scores, 3).matmul(v);
+        let q = q.reshape([b, nkv, groups * t, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let probs = kernels::causal_softmax(scores, t, start, 1.0 / (hd as f64).sqrt());
+        let out = probs.matmul(v).reshape([b, nh, t, hd]);
         let out = out.swap_dims(1, 2).reshape([b * t, nh * hd]);
         self.o_proj.forward(out)
     }
-}
-
-/// Repeats each key/value head for the query heads that share it (GQA).
-///
-/// # Shapes
-/// - x: `[batch, kv_heads, seq, head_dim]` -> `[batch, kv_heads * groups, seq, head_dim]`
-fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, nkv, t, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, nkv, groups, t, hd])
-        .reshape([b, nkv * groups, t, hd])
 }
 
 #[derive(Module, Debug)]
@@ -109,8 +92,9 @@ impl LlamaMlp {
     /// # Shapes
     /// - x: `[tokens, hidden]` -> `[tokens, hidden]`
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(kernels::silu_mul(gate, up))
     }
 }
 
@@ -168,7 +152,7 @@ impl LlamaForCausalLM {
         let start = cache.as_ref().map_or(0, |c| c.len());
         let first = &self.model.layers[0].self_attn;
         let (cos, sin) = rope::tables(self.model.rope_theta, first.head_dim, start, t, &device);
-        let mask = (t > 1).then(|| causal_mask(start, t, &device));
+        let norm = |n: &RmsNorm, x: Tensor<2>| kernels::rms_norm(x, n.gamma.val(), n.epsilon);
 
         let mut x = self
             .model
@@ -176,21 +160,19 @@ impl LlamaForCausalLM {
             .forward(input_ids.reshape([1, b * t]))
             .squeeze_dim(0);
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let h = layer.input_layernorm.forward(x.clone());
+            let h = norm(&layer.input_layernorm, x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let h = layer
-                .self_attn
-                .forward(h, [b, t], &cos, &sin, mask.as_ref(), layer_cache);
+            let h = layer.self_attn.forward(h, [b, t], &cos, &sin, layer_cache);
             x = x + h;
             let h = layer
                 .mlp
-                .forward(layer.post_attention_layernorm.forward(x.clone()));
+                .forward(norm(&layer.post_attention_layernorm, x.clone()));
             x = x + h;
         }
         if let Some(cache) = cache {
             cache.advance(t);
         }
-        self.model.norm.forward(x)
+        norm(&self.model.norm, x)
     }
 
     /// Next-token logits at every position.
@@ -340,16 +322,4 @@ fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
 
 fn frozen_param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
     Param::from_tensor(t).set_require_grad(false)
-}
-
-/// True where query position `start + i` must not see key position `j` (j > start + i).
-///
-/// # Shapes
-/// - returns `[1, 1, len, start + len]`
-fn causal_mask(start: usize, len: usize, device: &Device) -> Tensor<4, Bool> {
-    let total = start + len;
-    let data: Vec<bool> = (0..len)
-        .flat_map(|i| (0..total).map(move |j| j > start + i))
-        .collect();
-    Tensor::<4, Bool>::from_data(TensorData::new(data, [1, 1, len, total]), device)
 }

@@ -1,19 +1,20 @@
 //! Rotary position embeddings as transformers' Llama applies them (`rotate_half`: the two halves
-//! of each head are rotated as pairs (i, i + head_dim/2), not interleaved pairs).
+//! of each head are rotated as pairs (i, i + head_dim/2), not interleaved pairs). The rotation
+//! itself is [`crate::kernels::rope`].
 
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// cos and sin tables for positions `start..start + len`.
 ///
 /// # Shapes
-/// - returns `([1, 1, len, head_dim], [1, 1, len, head_dim])`
+/// - returns `([len, head_dim], [len, head_dim])`
 pub fn tables(
     theta: f64,
     head_dim: usize,
     start: usize,
     len: usize,
     device: &Device,
-) -> (Tensor<4>, Tensor<4>) {
+) -> (Tensor<2>, Tensor<2>) {
     let half = head_dim / 2;
     // transformers computes inv_freq and the angles in f32; doing the same keeps positions far
     // into the context within f32 rounding of the reference.
@@ -31,20 +32,6 @@ pub fn tables(
             }
         }
     }
-    let make =
-        |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, head_dim]), device);
+    let make = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [len, head_dim]), device);
     (make(cos), make(sin))
-}
-
-/// x * cos + rotate_half(x) * sin.
-///
-/// # Shapes
-/// - x: `[batch, heads, seq, head_dim]`, cos/sin: `[1, 1, seq, head_dim]`
-pub fn apply(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let [_, _, _, head_dim] = x.dims();
-    let half = head_dim / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
 }

@@ -1,8 +1,13 @@
 //! Choosing the compute backend in the browser: WebGPU on a hardware adapter, the CPU backend
 //! (burn's flex, compiled to wasm) when there is none or when the adapter is a software fallback
 //! (SwiftShader: slower than the CPU backend, see the README's measurements).
+//!
+//! Two builds of the module exist (web/build.sh): with WebGPU (feature `gpu`; the CPU backend
+//! runs on one thread there), and the multi-threaded CPU build (feature `threads`), which has no
+//! WebGPU. The page loads the one it needs.
 
 use burn::tensor::Device;
+#[cfg(feature = "gpu")]
 use burn::tensor::wgpu::wgpu;
 use serde::Serialize;
 
@@ -16,12 +21,54 @@ pub struct BackendInfo {
     pub fallback_adapter: bool,
     /// Why this backend was chosen, in words for the page.
     pub reason: String,
+    /// CPU threads the CPU backend computes with (1 in the WebGPU build).
+    pub threads: usize,
     /// The adapter's buffer limits in bytes (burn requests all of them for its device).
     pub max_storage_buffer_binding_size: Option<u64>,
     pub max_buffer_size: Option<u64>,
 }
 
+/// CPU threads this module computes with: the pool `initThreadPool` started in the
+/// multi-threaded build, else one.
+fn cpu_threads() -> usize {
+    #[cfg(feature = "threads")]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(not(feature = "threads"))]
+    {
+        1
+    }
+}
+
+/// The multi-threaded CPU build has no WebGPU: it always runs on the CPU.
+#[cfg(not(feature = "gpu"))]
+pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
+    if preference == "webgpu" {
+        return Err(
+            "this build of webtune has no WebGPU (it is the multi-threaded CPU build)".into(),
+        );
+    }
+    Ok((
+        crate::device::cpu(),
+        BackendInfo {
+            kind: "cpu".into(),
+            adapter: None,
+            fallback_adapter: false,
+            reason: if preference == "cpu" {
+                "chosen in the settings".into()
+            } else {
+                "this browser offers no hardware WebGPU adapter".into()
+            },
+            threads: cpu_threads(),
+            max_storage_buffer_binding_size: None,
+            max_buffer_size: None,
+        },
+    ))
+}
+
 /// `preference`: "auto", "webgpu" or "cpu".
+#[cfg(feature = "gpu")]
 pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
     let cpu = |reason: String, adapter: Option<&wgpu::Adapter>| {
         let info = adapter.map(|a| a.get_info());
@@ -33,6 +80,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
                 adapter: info.as_ref().map(describe),
                 fallback_adapter: info.as_ref().is_some_and(is_software),
                 reason,
+                threads: cpu_threads(),
                 max_storage_buffer_binding_size: limits
                     .as_ref()
                     .map(|l| l.max_storage_buffer_binding_size),
@@ -75,6 +123,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
             kind: "webgpu".into(),
             adapter: Some(describe(&info)),
             fallback_adapter: is_software(&info),
+            threads: cpu_threads(),
             reason: if preference == "webgpu" {
                 "chosen in the settings".into()
             } else {
@@ -86,10 +135,12 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
     ))
 }
 
+#[cfg(feature = "gpu")]
 fn is_software(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu
 }
 
+#[cfg(feature = "gpu")]
 fn describe(info: &wgpu::AdapterInfo) -> String {
     // Browsers may hide the adapter's name (privacy): say what is known.
     let name = if info.name.is_empty() {

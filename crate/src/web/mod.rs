@@ -40,6 +40,11 @@ use crate::train::TrainConfig;
 
 pub use backend::BackendInfo;
 
+/// The multi-threaded build's `initThreadPool(n)`: call it once, after `init()`, before
+/// `WebSession.create` (it starts `n` Web Workers sharing the module's memory).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 /// `plan` / `start` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

@@ -1,0 +1,176 @@
+//! Fused operations for the model's memory-bound steps: RMSNorm, SwiGLU's gate, rotary
+//! embedding, causal softmax and the cross-entropy loss, forward and backward.
+//!
+//! Why: on the CPU a training step spent more time in element-wise ops than in its matmuls. burn
+//! builds each of these from five to ten generic ops, each a pass over memory into a fresh tensor
+//! (and as many again in their backward pass), one thread, with a scalar `exp`. Here each is one
+//! pass, parallel over rows, with a vectorizable `exp` (measured: README, "Speed").
+//!
+//! On the CPU backend (burn's `flex`, natively and in wasm) the fused kernels run, with
+//! hand-written backward passes under autodiff; on other devices (WebGPU) the same math is
+//! composed from burn's ops, and burn's autodiff and kernel fusion handle it. Tests check the two
+//! paths against each other and against PyTorch (the golden tests).
+
+pub mod cpu;
+mod ops;
+
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use ops::FusedOps;
+
+/// Whether `device` runs the fused CPU kernels.
+pub fn fused(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
+}
+
+/// x / rms(x) * gamma over the last dimension.
+///
+/// # Shapes
+/// - x: `[rows, d]`, gamma: `[d]` -> `[rows, d]`
+pub fn rms_norm(x: Tensor<2>, gamma: Tensor<1>, eps: f64) -> Tensor<2> {
+    if fused(&x.device()) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_rms_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            eps,
+        ));
+    }
+    composed::rms_norm(x, gamma, eps)
+}
+
+/// silu(gate) * up.
+///
+/// # Shapes
+/// - gate, up: `[rows, d]` -> `[rows, d]`
+pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+    if fused(&gate.device()) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_silu_mul(
+            gate.into_dispatch(),
+            up.into_dispatch(),
+        ));
+    }
+    composed::silu_mul(gate, up)
+}
+
+/// Rotary embedding (transformers' `rotate_half`), and the move from token rows to heads.
+///
+/// # Shapes
+/// - x: `[batch * seq, heads * head_dim]`, cos/sin: `[seq, head_dim]`
+///   -> `[batch, heads, seq, head_dim]`
+pub fn rope(
+    x: Tensor<2>,
+    cos: &Tensor<2>,
+    sin: &Tensor<2>,
+    batch: usize,
+    heads: usize,
+) -> Tensor<4> {
+    if fused(&x.device()) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_rope(
+            x.into_dispatch(),
+            cos.clone().into_dispatch(),
+            sin.clone().into_dispatch(),
+            batch,
+            heads,
+        ));
+    }
+    composed::rope(x, cos, sin, batch, heads)
+}
+
+/// softmax(scale * scores) over keys, each query seeing only keys up to its own position.
+/// Row r of a block is query position `start + r % seq` (a block may stack the queries of
+/// several heads that share keys).
+///
+/// # Shapes
+/// - scores: `[batch, blocks, rows, keys]` (rows a multiple of seq) -> same
+pub fn causal_softmax(scores: Tensor<4>, seq: usize, start: usize, scale: f64) -> Tensor<4> {
+    if fused(&scores.device()) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_causal_softmax(
+            scores.into_dispatch(),
+            seq,
+            start,
+            scale,
+        ));
+    }
+    composed::causal_softmax(scores, seq, start, scale)
+}
+
+/// Mean next-token cross-entropy.
+///
+/// # Shapes
+/// - logits: `[rows, vocab]`, targets: `[rows]` -> `[1]`
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    if fused(&logits.device()) {
+        let lse = Tensor::<1>::from_dispatch(<Dispatch as FusedOps>::fused_log_sum_exp(
+            logits.clone().detach().into_dispatch(),
+        ));
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_cross_entropy(
+            logits.into_dispatch(),
+            targets.into_dispatch(),
+            lse.into_dispatch(),
+        ));
+    }
+    composed::cross_entropy(logits, targets)
+}
+
+/// The same operations composed from burn's ops: what runs on other devices, and the reference
+/// the fused kernels are tested against.
+pub mod composed {
+    use super::*;
+
+    /// Added to masked attention scores: exp() of it is exactly 0 in f32, yet it stays finite,
+    /// so no backend meets inf - inf (WGSL promises nothing about infinities).
+    const MASKED: f32 = -1.0e9;
+
+    pub fn rms_norm(x: Tensor<2>, gamma: Tensor<1>, eps: f64) -> Tensor<2> {
+        let rms = (x.clone().square().mean_dim(1) + eps).sqrt();
+        (x / rms) * gamma.unsqueeze()
+    }
+
+    pub fn silu_mul(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+        silu(gate) * up
+    }
+
+    pub fn rope(
+        x: Tensor<2>,
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        batch: usize,
+        heads: usize,
+    ) -> Tensor<4> {
+        let [seq, head_dim] = cos.dims();
+        let x = x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+        let half = head_dim / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos.clone().unsqueeze::<4>() + rotated * sin.clone().unsqueeze::<4>()
+    }
+
+    pub fn causal_softmax(scores: Tensor<4>, seq: usize, start: usize, scale: f64) -> Tensor<4> {
+        let [_, _, rows, keys] = scores.dims();
+        let scores = scores.mul_scalar(scale);
+        if start + rows.min(seq.max(1)) <= 1 {
+            return softmax(scores, 3); // one query, which sees every key
+        }
+        let mask: Vec<bool> = (0..rows)
+            .flat_map(|r| (0..keys).map(move |j| j > start + r % seq.max(1)))
+            .collect();
+        let device = scores.device();
+        let mask = Tensor::<4, Bool>::from_data(TensorData::new(mask, [1, 1, rows, keys]), &device);
+        softmax(scores.mask_fill(mask, MASKED), 3)
+    }
+
+    pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+        let [rows, _] = logits.dims();
+        let logp = log_softmax(logits, 1);
+        logp.gather(1, targets.reshape([rows, 1])).mean().neg()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,551 @@
+//! The fused operations as a burn backend extension: implemented for the CPU backend (`Flex`,
+//! with the kernels of [`super::cpu`]) and for autodiff over it, with hand-written backward
+//! passes. Other backends never reach this trait: [`super`] checks the device first and composes
+//! burn's own ops there.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{DType, Shape};
+
+use super::cpu;
+
+/// Shapes and constants the kernels need besides their tensors.
+#[backend_extension(Autodiff, Flex)]
+pub trait FusedOps: Backend {
+    /// x `[rows, d]`, gamma `[d]` -> `[rows, d]`.
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+    fn fused_rms_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    fn fused_rms_norm_backward_gamma(
+        x: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// silu(gate) * up, both `[rows, d]`.
+    fn fused_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `[2, rows, d]`: d gate, then d up.
+    fn fused_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// x `[batch * seq, heads * head_dim]`, cos/sin `[seq, head_dim]` -> `[batch, heads, seq, head_dim]`.
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        batch: usize,
+        heads: usize,
+    ) -> FloatTensor<Self>;
+    fn fused_rope_backward(
+        dy: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// scores `[batch, blocks, rows, keys]` -> probabilities, row r being query `start + r % seq`.
+    fn fused_causal_softmax(
+        scores: FloatTensor<Self>,
+        seq: usize,
+        start: usize,
+        scale: f64,
+    ) -> FloatTensor<Self>;
+    fn fused_causal_softmax_backward(
+        probs: FloatTensor<Self>,
+        dprobs: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self>;
+
+    /// logits `[rows, vocab]` -> log-sum-exp per row `[rows]`.
+    fn fused_log_sum_exp(logits: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Mean cross-entropy `[1]` of logits `[rows, vocab]` against targets `[rows]`, given their
+    /// log-sum-exp.
+    fn fused_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    fn fused_cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        dloss: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+// ---- the CPU backend ------------------------------------------------------------------------
+
+/// A contiguous f32 copy (or the tensor itself when it already is one).
+fn f32s(t: &FlexTensor) -> FlexTensor {
+    let t = if t.dtype() == DType::F32 {
+        t.clone()
+    } else {
+        // The models here compute in f32; anything else is converted once.
+        FlexTensor::from_data(t.clone().into_data().convert::<f32>())
+    };
+    t.to_contiguous()
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
+}
+
+fn out(shape: Vec<usize>, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut t = FlexTensor::empty(Shape::from(shape), DType::F32);
+    f(t.storage_mut::<f32>());
+    t
+}
+
+fn indices(t: &FlexTensor) -> Vec<usize> {
+    t.clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.max(0) as usize)
+        .collect()
+}
+
+impl FusedOps for Flex {
+    fn fused_rms_norm(x: FlexTensor, gamma: FlexTensor, eps: f64) -> FlexTensor {
+        let (x, gamma) = (f32s(&x), f32s(&gamma));
+        out(dims(&x), |y| {
+            cpu::rms_norm(x.storage(), gamma.storage(), eps as f32, y)
+        })
+    }
+
+    fn fused_rms_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        eps: f64,
+        dy: FlexTensor,
+    ) -> FlexTensor {
+        let (x, gamma, dy) = (f32s(&x), f32s(&gamma), f32s(&dy));
+        out(dims(&x), |dx| {
+            cpu::rms_norm_backward(x.storage(), gamma.storage(), eps as f32, dy.storage(), dx)
+        })
+    }
+
+    fn fused_rms_norm_backward_gamma(x: FlexTensor, eps: f64, dy: FlexTensor) -> FlexTensor {
+        let (x, dy) = (f32s(&x), f32s(&dy));
+        let d = *dims(&x).last().unwrap_or(&0);
+        let g = cpu::rms_norm_backward_gamma(x.storage(), d, eps as f32, dy.storage());
+        out(vec![d], |o| o.copy_from_slice(&g))
+    }
+
+    fn fused_silu_mul(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let (gate, up) = (f32s(&gate), f32s(&up));
+        let shape = dims(&gate);
+        let row = *shape.last().unwrap_or(&1);
+        out(shape, |y| {
+            cpu::silu_mul(gate.storage(), up.storage(), y, row)
+        })
+    }
+
+    fn fused_silu_mul_backward(gate: FlexTensor, up: FlexTensor, dy: FlexTensor) -> FlexTensor {
+        let (gate, up, dy) = (f32s(&gate), f32s(&up), f32s(&dy));
+        let shape = dims(&gate);
+        let row = *shape.last().unwrap_or(&1);
+        let both = [vec![2], shape].concat();
+        out(both, |o| {
+            cpu::silu_mul_backward(gate.storage(), up.storage(), dy.storage(), o, row)
+        })
+    }
+
+    fn fused_rope(
+        x: FlexTensor,
+        cos: FlexTensor,
+        sin: FlexTensor,
+        batch: usize,
+        heads: usize,
+    ) -> FlexTensor {
+        let (x, cos, sin) = (f32s(&x), f32s(&cos), f32s(&sin));
+        let [t, hd] = [dims(&cos)[0], dims(&cos)[1]];
+        out(vec![batch, heads, t, hd], |y| {
+            cpu::rope(
+                x.storage(),
+                cos.storage(),
+                sin.storage(),
+                [batch, t, heads, hd],
+                y,
+            )
+        })
+    }
+
+    fn fused_rope_backward(dy: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        let (dy, cos, sin) = (f32s(&dy), f32s(&cos), f32s(&sin));
+        let [b, h, t, hd] = [dims(&dy)[0], dims(&dy)[1], dims(&dy)[2], dims(&dy)[3]];
+        out(vec![b * t, h * hd], |dx| {
+            cpu::rope_backward(
+                dy.storage(),
+                cos.storage(),
+                sin.storage(),
+                [b, t, h, hd],
+                dx,
+            )
+        })
+    }
+
+    fn fused_causal_softmax(
+        scores: FlexTensor,
+        seq: usize,
+        start: usize,
+        scale: f64,
+    ) -> FlexTensor {
+        let s = f32s(&scores);
+        let shape = dims(&s);
+        let keys = *shape.last().unwrap_or(&1);
+        out(shape, |p| {
+            cpu::causal_softmax(s.storage(), keys, seq, start, scale as f32, p)
+        })
+    }
+
+    fn fused_causal_softmax_backward(
+        probs: FlexTensor,
+        dprobs: FlexTensor,
+        scale: f64,
+    ) -> FlexTensor {
+        let (p, dp) = (f32s(&probs), f32s(&dprobs));
+        let shape = dims(&p);
+        let keys = *shape.last().unwrap_or(&1);
+        out(shape, |ds| {
+            cpu::causal_softmax_backward(p.storage(), dp.storage(), keys, scale as f32, ds)
+        })
+    }
+
+    fn fused_log_sum_exp(logits: FlexTensor) -> FlexTensor {
+        let x = f32s(&logits);
+        let [rows, vocab] = [dims(&x)[0], dims(&x)[1]];
+        out(vec![rows], |o| cpu::log_sum_exp(x.storage(), vocab, o))
+    }
+
+    fn fused_cross_entropy(logits: FlexTensor, targets: FlexTensor, lse: FlexTensor) -> FlexTensor {
+        let (x, lse) = (f32s(&logits), f32s(&lse));
+        let vocab = dims(&x)[1];
+        let loss = cpu::cross_entropy(x.storage(), vocab, &indices(&targets), lse.storage());
+        out(vec![1], |o| o[0] = loss)
+    }
+
+    fn fused_cross_entropy_backward(
+        logits: FlexTensor,
+        targets: FlexTensor,
+        lse: FlexTensor,
+        dloss: FlexTensor,
+    ) -> FlexTensor {
+        let (x, lse, g) = (f32s(&logits), f32s(&lse), f32s(&dloss));
+        let shape = dims(&x);
+        let vocab = shape[1];
+        let g = g.storage::<f32>()[0];
+        out(shape, |dx| {
+            cpu::cross_entropy_backward(
+                x.storage(),
+                vocab,
+                &indices(&targets),
+                lse.storage(),
+                g,
+                dx,
+            )
+        })
+    }
+}
+
+// ---- autodiff over it -------------------------------------------------------------------------
+
+type P<B> = <B as burn::backend::BackendTypes>::FloatTensorPrimitive;
+type PI<B> = <B as burn::backend::BackendTypes>::IntTensorPrimitive;
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for RmsNormBackward {
+    type State = (P<B>, P<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pg] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, gamma, eps) = ops.state;
+        if let Some(node) = pg {
+            let dg = B::fused_rms_norm_backward_gamma(x.clone(), eps, dy.clone());
+            grads.register::<B>(node.id, dg);
+        }
+        if let Some(node) = px {
+            grads.register::<B>(node.id, B::fused_rms_norm_backward(x, gamma, eps, dy));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SiluMulBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 2> for SiluMulBackward {
+    type State = (P<B>, P<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [pg, pu] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (gate, up) = ops.state;
+        let both = B::fused_silu_mul_backward(gate, up, dy);
+        let shape = both.shape();
+        let one: Vec<usize> = shape.iter().skip(1).copied().collect();
+        let take = |i: usize| {
+            let mut ranges: Vec<burn::tensor::Slice> = vec![burn::tensor::Slice::from(i..i + 1)];
+            ranges.extend(one.iter().map(|&d| burn::tensor::Slice::from(0..d)));
+            B::float_reshape(
+                B::float_slice(both.clone(), &ranges),
+                Shape::from(one.clone()),
+            )
+        };
+        if let Some(node) = pg {
+            grads.register::<B>(node.id, take(0));
+        }
+        if let Some(node) = pu {
+            grads.register::<B>(node.id, take(1));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for RopeBackward {
+    type State = (P<B>, P<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (cos, sin) = ops.state;
+        if let Some(node) = px {
+            grads.register::<B>(node.id, B::fused_rope_backward(dy, cos, sin));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CausalSoftmaxBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for CausalSoftmaxBackward {
+    type State = (P<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [ps] = ops.parents;
+        let dp = grads.consume::<B>(&ops.node);
+        let (probs, scale) = ops.state;
+        if let Some(node) = ps {
+            grads.register::<B>(node.id, B::fused_causal_softmax_backward(probs, dp, scale));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for CrossEntropyBackward {
+    type State = (P<B>, PI<B>, P<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [pl] = ops.parents;
+        let dloss = grads.consume::<B>(&ops.node);
+        let (logits, targets, lse) = ops.state;
+        if let Some(node) = pl {
+            let dx = B::fused_cross_entropy_backward(logits, targets, lse, dloss);
+            grads.register::<B>(node.id, dx);
+        }
+    }
+}
+
+impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn fused_rms_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let out = B::fused_rms_norm(x.primitive().clone(), gamma.primitive().clone(), eps);
+        match RmsNormBackward
+            .prepare::<C>([x.node(), gamma.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((x.into_primitive(), gamma.into_primitive(), eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_silu_mul(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::fused_silu_mul(gate.primitive().clone(), up.primitive().clone());
+        match SiluMulBackward
+            .prepare::<C>([gate.node(), up.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((gate.into_primitive(), up.into_primitive()), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        batch: usize,
+        heads: usize,
+    ) -> FloatTensor<Self> {
+        let out = B::fused_rope(
+            x.primitive().clone(),
+            cos.primitive().clone(),
+            sin.primitive().clone(),
+            batch,
+            heads,
+        );
+        match RopeBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((cos.into_primitive(), sin.into_primitive()), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_causal_softmax(
+        scores: FloatTensor<Self>,
+        seq: usize,
+        start: usize,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let out = B::fused_causal_softmax(scores.primitive().clone(), seq, start, scale);
+        match CausalSoftmaxBackward
+            .prepare::<C>([scores.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((out.clone(), scale), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_log_sum_exp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Only used inside `fused_cross_entropy`, whose backward covers it.
+        constant::<B, C>(B::fused_log_sum_exp(logits.into_primitive()))
+    }
+
+    fn fused_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let lse = lse.into_primitive();
+        let out = B::fused_cross_entropy(logits.primitive().clone(), targets.clone(), lse.clone());
+        match CrossEntropyBackward
+            .prepare::<C>([logits.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((logits.into_primitive(), targets, lse), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    // Backward passes are not themselves differentiated: they run on the inner backend.
+    fn fused_rms_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_rms_norm_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            eps,
+            dy.into_primitive(),
+        ))
+    }
+
+    fn fused_rms_norm_backward_gamma(
+        x: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_rms_norm_backward_gamma(
+            x.into_primitive(),
+            eps,
+            dy.into_primitive(),
+        ))
+    }
+
+    fn fused_silu_mul_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_silu_mul_backward(
+            gate.into_primitive(),
+            up.into_primitive(),
+            dy.into_primitive(),
+        ))
+    }
+
+    fn fused_rope_backward(
+        dy: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_rope_backward(
+            dy.into_primitive(),
+            cos.into_primitive(),
+            sin.into_primitive(),
+        ))
+    }
+
+    fn fused_causal_softmax_backward(
+        probs: FloatTensor<Self>,
+        dprobs: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_causal_softmax_backward(
+            probs.into_primitive(),
+            dprobs.into_primitive(),
+            scale,
+        ))
+    }
+
+    fn fused_cross_entropy_backward(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
+        dloss: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_cross_entropy_backward(
+            logits.into_primitive(),
+            targets,
+            lse.into_primitive(),
+            dloss.into_primitive(),
+        ))
+    }
+}
+
+/// An autodiff tensor that is not tracked (a constant).
+fn constant<B: Backend, C: CheckpointStrategy>(t: P<B>) -> FloatTensor<Autodiff<B, C>> {
+    <Autodiff<B, C> as AutodiffBackend>::from_inner(t)
+}

@@ -1,0 +1,149 @@
+//! The fused CPU kernels against the same math composed from burn's ops (whose backward passes
+//! burn's autodiff derives): outputs and input gradients, at odd sizes. The model-level golden
+//! tests (tests/lora_golden.rs, tests/llama_golden.rs) check both against PyTorch.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::*;
+use crate::generate::Rng;
+
+fn device() -> Device {
+    crate::device::cpu().autodiff()
+}
+
+fn random<const D: usize>(shape: [usize; D], seed: u64, scale: f32) -> Tensor<D> {
+    let mut rng = Rng::new(seed);
+    let n = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| ((rng.next_f64() * 2.0 - 1.0) as f32) * scale)
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), &device()).require_grad()
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+#[track_caller]
+fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: lengths");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{name}: max difference {worst} (scale {scale})"
+    );
+}
+
+/// Runs `f` on fresh copies of `inputs` twice, fused and composed, and compares the outputs and
+/// the gradients of sum(output * weights) with respect to every input.
+fn check<const D: usize, const O: usize>(
+    name: &str,
+    inputs: &[Tensor<D>],
+    fused_fn: impl Fn(&[Tensor<D>]) -> Tensor<O>,
+    composed_fn: impl Fn(&[Tensor<D>]) -> Tensor<O>,
+    tol: f32,
+) {
+    let run = |f: &dyn Fn(&[Tensor<D>]) -> Tensor<O>| {
+        let xs: Vec<Tensor<D>> = inputs
+            .iter()
+            .map(|t| Tensor::from_data(t.to_data(), &device()).require_grad())
+            .collect();
+        let out = f(&xs);
+        let weights = random(out.dims(), 99, 1.0).detach();
+        let grads = (out.clone() * weights).sum().backward();
+        let g: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| host(x.grad(&grads).expect("every input gets a gradient")))
+            .collect();
+        (host(out), g)
+    };
+    let (out_f, grads_f) = run(&fused_fn);
+    let (out_c, grads_c) = run(&composed_fn);
+    assert_close(&format!("{name} output"), &out_f, &out_c, tol);
+    for (i, (a, b)) in grads_f.iter().zip(&grads_c).enumerate() {
+        assert_close(&format!("{name} gradient of input {i}"), a, b, tol);
+    }
+}
+
+#[test]
+fn rms_norm_matches_composed() {
+    let x = random([7, 37], 1, 2.0);
+    let gamma = random([37], 2, 1.0).add_scalar(1.0).reshape([1, 37]);
+    let g1 = |t: &Tensor<2>| t.clone().reshape([37]);
+    check(
+        "rms_norm",
+        &[x, gamma],
+        |xs| rms_norm(xs[0].clone(), g1(&xs[1]), 1e-5),
+        |xs| composed::rms_norm(xs[0].clone(), g1(&xs[1]), 1e-5),
+        1e-5,
+    );
+}
+
+#[test]
+fn silu_mul_matches_composed() {
+    let g = random([9, 33], 3, 6.0);
+    let u = random([9, 33], 4, 2.0);
+    check(
+        "silu_mul",
+        &[g, u],
+        |xs| silu_mul(xs[0].clone(), xs[1].clone()),
+        |xs| composed::silu_mul(xs[0].clone(), xs[1].clone()),
+        1e-5,
+    );
+}
+
+#[test]
+fn rope_matches_composed() {
+    let (b, t, h, hd) = (2, 5, 3, 8);
+    let x = random([b * t, h * hd], 5, 1.0);
+    let (cos, sin) = crate::model::rope::tables(1e4, hd, 3, t, &device());
+    check(
+        "rope",
+        &[x],
+        |xs| rope(xs[0].clone(), &cos, &sin, b, h),
+        |xs| composed::rope(xs[0].clone(), &cos, &sin, b, h),
+        1e-6,
+    );
+}
+
+#[test]
+fn causal_softmax_matches_composed() {
+    // Two key heads, each with 3 query heads of 5 positions stacked (15 rows), 5 keys; and a
+    // decode-like case: 2 new queries after 4 cached positions (6 keys).
+    let scale = 1.0 / 8f64.sqrt();
+    for (rows, seq, start, keys) in [(15, 5, 0, 5), (6, 2, 4, 6)] {
+        let s = random([2, 2, rows, keys], 6, 20.0);
+        check(
+            "causal_softmax",
+            &[s],
+            |xs| causal_softmax(xs[0].clone(), seq, start, scale),
+            |xs| composed::causal_softmax(xs[0].clone(), seq, start, scale),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn cross_entropy_matches_composed() {
+    let logits = random([6, 41], 7, 8.0);
+    let targets =
+        Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 40, 7, 7, 13, 2], [6]), &device());
+    check(
+        "cross_entropy",
+        &[logits],
+        |xs| cross_entropy(xs[0].clone(), targets.clone()),
+        |xs| composed::cross_entropy(xs[0].clone(), targets.clone()),
+        1e-5,
+    );
+}
+
+#[test]
+fn the_cpu_backend_takes_the_fused_path_and_not_others() {
+    assert!(fused(&crate::device::cpu()));
+    assert!(fused(&crate::device::cpu().autodiff()));
+}
