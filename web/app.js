@@ -55,6 +55,7 @@ const handlers = {
   },
   textRemoved() { requestPlan(); },
   plan({ plan }) { renderPlan(plan); },
+  measuring() { $("plan").textContent += " · measuring this machine's speed…"; },
   started({ plan }) {
     renderPlan(plan);
     state.training = true; state.paused = false; state.points = []; state.total = 1;
@@ -71,8 +72,9 @@ const handlers = {
     const pct = Math.round((100 * p.step) / p.total_steps);
     const loss = p.train_loss != null ? `, loss ${p.train_loss.toFixed(3)}` : "";
     const val = lastVal() != null ? `, validation ${lastVal().toFixed(3)}` : "";
+    const evalNote = p.next_eval_step != null ? ` · evaluates after step ${p.next_eval_step}` : "";
     $("train-status").textContent =
-      `Step ${p.step} of ${p.total_steps} (${pct}%)${loss}${val} · ${Math.round(p.tokens_per_sec)} tokens/s · ETA ${duration(p.eta_secs)}`;
+      `Step ${p.step} of ${p.total_steps} (${pct}%)${loss}${val} · ${Math.round(p.tokens_per_sec)} tokens/s of training · ETA ${duration(p.eta_secs)}${evalNote}`;
     document.body.dataset.progress = String(pct);
     drawChart();
   },
@@ -170,7 +172,8 @@ function requestPlan() {
 function renderPlan(p) {
   const held = p.val_documents.length ? `${p.val_documents.length} file(s) held out for validation` : "the last 10% held out for validation";
   $("plan").textContent = `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · `
-    + `${p.train_tokens.toLocaleString()} training tokens, ${p.val_tokens.toLocaleString()} validation tokens (${held}) · ${p.epochs.toFixed(2)} epochs`;
+    + `${p.train_tokens.toLocaleString()} training tokens, ${p.val_tokens.toLocaleString()} validation tokens (${held}) · ${p.epochs.toFixed(2)} epochs`
+    + (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "");
 }
 
 function renderTexts() {
@@ -247,7 +250,9 @@ function drawChart() {
 // ---- the person's actions ----------------------------------------------------------------------
 function startWorker() {
   document.body.dataset.ready = "";
-  worker.postMessage({ type: "init", backend: $("backend-choice").value });
+  // ?threads=1: the one-thread build even where threads are possible (for comparison).
+  const singleThread = new URLSearchParams(location.search).get("threads") === "1";
+  worker.postMessage({ type: "init", backend: $("backend-choice").value, singleThread });
 }
 $("backend-choice").onchange = () => {
   showError("Reload the page to switch the compute backend (a GPU device can be started once per page).");

@@ -92,7 +92,9 @@ def main():
     if not os.path.isfile(a.model):
         print(f"warning: {a.model} is missing: the default model will not load (run tests/setup.sh)", file=sys.stderr)
     connect = " ".join(["'self'", *a.allow_model_origin])
-    csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+    # worker-src blob: the thread pool of the multi-threaded build (wasm-bindgen-rayon) starts its
+    # workers from a blob copy of its own script.
+    csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
            f"connect-src {connect}; img-src 'self' data: blob:; style-src 'self'; font-src 'self'; "
            "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
     handler = functools.partial(Handler, model_path=a.model, csp=csp)

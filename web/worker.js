@@ -22,8 +22,8 @@ async function hardwareGpu() {
   }
 }
 
-async function loadModule(preference) {
-  const threads = self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
+async function loadModule(preference, singleThread) {
+  const threads = !singleThread && self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
     && preference !== "webgpu" && (preference === "cpu" || !(await hardwareGpu()));
   if (threads) {
     try {
@@ -137,16 +137,28 @@ async function sample(prompt, adapted) {
   }
 }
 
-self.onmessage = async ({ data: msg }) => {
+// Messages run one at a time, in order (the session serves one call at a time); pause and stop
+// act at once, between two training steps.
+let queue = Promise.resolve();
+self.onmessage = ({ data: msg }) => {
+  if (msg.type === "pause" || msg.type === "stop") return handle(msg);
+  queue = queue.then(() => handle(msg));
+};
+
+// Whether this model's training speed was measured (for the plan's duration estimate).
+let measured = false;
+
+async function handle(msg) {
   try {
     switch (msg.type) {
       case "init": {
-        const { WebSession } = await loadModule(msg.backend || "auto");
+        const { WebSession } = await loadModule(msg.backend || "auto", msg.singleThread);
         session = await WebSession.create(msg.backend || "auto");
         post({ type: "ready", backend: session.backend() });
         break;
       }
       case "loadModel":
+        measured = false;
         await loadModel(msg);
         break;
       case "addText":
@@ -157,7 +169,15 @@ self.onmessage = async ({ data: msg }) => {
         post({ type: "textRemoved", name: msg.name });
         break;
       case "plan":
+        if (running) break; // the settings of a running run cannot change
         post({ type: "plan", plan: session.plan(msg.settings) });
+        if (!measured) {
+          // One timed training step, so the plan can say how long a run takes on this machine.
+          measured = true;
+          post({ type: "measuring" });
+          await session.measure(msg.settings);
+          post({ type: "plan", plan: session.plan(msg.settings) });
+        }
         break;
       case "start": {
         samplePrompt = msg.samplePrompt || "";
@@ -194,4 +214,4 @@ self.onmessage = async ({ data: msg }) => {
   } catch (e) {
     fail(msg.type, e);
   }
-};
+}

@@ -50,6 +50,9 @@ pub struct Plan {
     pub tokens_per_step: usize,
     /// How many times the run goes over the training text.
     pub epochs: f64,
+    /// Seconds the run should take here, from a measured step ([`Session::measure`]), when one
+    /// was measured.
+    pub estimated_secs: Option<f64>,
 }
 
 /// The page's state.
@@ -59,6 +62,8 @@ pub struct Session {
     base: Option<BaseModel>,
     docs: Vec<Document>,
     trainer: Option<Trainer>,
+    /// Training tokens per second measured on this device with this model.
+    speed: Option<f64>,
 }
 
 impl Session {
@@ -69,6 +74,7 @@ impl Session {
             base: None,
             docs: Vec::new(),
             trainer: None,
+            speed: None,
         }
     }
 
@@ -81,6 +87,7 @@ impl Session {
     pub fn set_model(&mut self, base: BaseModel) -> ModelInfo {
         self.trainer = None;
         self.docs.clear();
+        self.speed = None;
         let c = &base.config;
         let info = ModelInfo {
             name: base.name.clone(),
@@ -168,6 +175,9 @@ impl Session {
             .collect();
         let trainable = cfg.lora.num_parameters(&dims);
         let tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len;
+        let estimated_secs = self
+            .speed
+            .map(|tps| crate::train::estimate_secs(cfg, seq_len, data.val.len(), tps));
         Ok(Plan {
             trainable_parameters: trainable,
             adapter_bytes_f32: trainable * 4,
@@ -179,7 +189,31 @@ impl Session {
             val_documents: data.val_documents.clone(),
             tokens_per_step,
             epochs: (cfg.steps * tokens_per_step) as f64 / data.train_tokens().max(1) as f64,
+            estimated_secs,
         })
+    }
+
+    /// Times one training step of one window with `cfg`'s model settings on a throwaway copy of
+    /// the model (the base is not touched) and keeps the speed for [`Plan::estimated_secs`].
+    /// Returns training tokens per second. One window keeps the wait short (a quarter of a
+    /// default step); the first step of a run is also its slowest (memory is allocated, kernels
+    /// are compiled on a GPU), and larger batches use the CPU better: the estimate errs long.
+    pub async fn measure(&mut self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<f64> {
+        let data = self.dataset(cfg, seq_len, val_fraction)?;
+        let mut model = self.base()?.model.clone();
+        crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
+        let probe = TrainConfig {
+            // Two steps, so that the one measured is not the last (which would also evaluate).
+            steps: 2,
+            batch_size: 1,
+            grad_accum: 1,
+            ..cfg.clone()
+        };
+        let mut trainer = Trainer::new(model, data, probe)?;
+        let p = trainer.step().await?;
+        let tps = p.tokens_seen as f64 / p.step_secs.max(1e-9);
+        self.speed = Some(tps);
+        Ok(tps)
     }
 
     /// Starts a new run (LoRA freshly attached to a copy of the base model).

@@ -113,6 +113,8 @@ pub struct Progress {
     /// Remaining seconds: the remaining steps at the measured step time, plus the evaluations
     /// still due at the measured evaluation time.
     pub eta_secs: f64,
+    /// The next step after which the model is evaluated (None: no more evaluations).
+    pub next_eval_step: Option<usize>,
 }
 
 /// What the progress callback of [`Trainer::run`] wants next.
@@ -209,6 +211,22 @@ async fn read_scalar(t: Tensor<1>) -> Result<f32> {
     t.into_scalar_async::<f32>()
         .await
         .map_err(|e| Error::Device(format!("reading a value back failed: {e:?}")))
+}
+
+/// Seconds a run of `cfg` should take at `tokens_per_sec` of training: its steps, plus its
+/// evaluations (a forward pass costs about a third of a training step on as many tokens).
+pub fn estimate_secs(cfg: &TrainConfig, seq_len: usize, val_windows: usize, tokens_per_sec: f64) -> f64 {
+    let step_tokens = (cfg.batch_size * cfg.grad_accum * seq_len) as f64;
+    let evals = (1..=cfg.steps)
+        .filter(|&s| s == cfg.steps || (cfg.eval_every > 0 && s.is_multiple_of(cfg.eval_every)))
+        .count();
+    let eval_windows = if cfg.eval_windows == 0 {
+        val_windows
+    } else {
+        val_windows.min(cfg.eval_windows)
+    };
+    let eval_tokens = (eval_windows * seq_len) as f64 / 3.0;
+    (cfg.steps as f64 * step_tokens + evals as f64 * eval_tokens) / tokens_per_sec.max(1e-9)
 }
 
 /// Steps the ETA averages over.
@@ -449,6 +467,7 @@ impl Trainer {
             },
             elapsed_secs: self.train_secs + self.eval_secs,
             eta_secs: per_step * remaining as f64 + per_eval * evals_left as f64,
+            next_eval_step: (self.step + 1..=self.cfg.steps).find(|&s| self.eval_due(s)),
         }
     }
 

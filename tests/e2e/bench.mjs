@@ -3,7 +3,7 @@
 // step times from the page. Prints one JSON object per line:
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
-//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // `first_step_secs` is page open -> first finished training step, model download included.
@@ -26,6 +26,7 @@ function parseArgs(argv) {
     else if (k === "--batch") a.batch = Number(v);
     else if (k === "--seq-len") a.seqLen = Number(v);
     else if (k === "--timeout") a.timeout = Number(v);
+    else if (k === "--threads") a.threads = v;
     else throw new Error(`unknown argument ${k}`);
     i++;
   }
@@ -68,7 +69,7 @@ async function main() {
     page.on("pageerror", (e) => errors.push(String(e)));
     page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") errors.push(`${m.type()}: ${m.text()}`); });
     const t0 = Date.now();
-    await page.goto(`${url}?backend=${a.backend}`);
+    await page.goto(`${url}?backend=${a.backend}${a.threads ? `&threads=${a.threads}` : ""}`);
     await page.waitForSelector("body[data-ready='1']", { timeout: ms });
     const backend = await page.textContent("#backend-status");
     if (a.model) await page.setInputFiles("#model-files", a.model);

@@ -1,8 +1,8 @@
 //! The fused kernels on plain row-major `f32` slices: one pass over memory where burn's generic
-//! ops (and their autodiff) make five to ten, each into a fresh tensor. Rows run in parallel when
-//! the build has rayon (natively, and the page's multi-threaded build).
+//! ops (and their autodiff) make five to ten, each into a fresh tensor. Rows run in parallel
+//! natively (see [`for_rows`] for the page).
 //!
-//! Every function documents its layout; lengths are checked by the callers (`flex.rs`).
+//! Every function documents its layout; shapes come from the callers (`ops.rs`).
 
 /// Rows of `row_len` in `out`, each computed by `f(row_index, row)`, in parallel where possible.
 /// `cost` is the number of elements computing one row reads.
@@ -15,7 +15,12 @@ pub fn for_rows(
     if row_len == 0 {
         return;
     }
-    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    // In the page's multi-threaded build, splitting these memory-bound loops over the pool made
+    // steps slower and erratic (18 s against 9 s for SmolLM2: the threads wake through
+    // Atomics.wait and rayon's spin locks); there only the matmuls go parallel.
+    #[cfg(target_arch = "wasm32")]
+    let _ = cost;
+    #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
         // Small tensors are not worth waking the pool for.
@@ -42,7 +47,10 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.0, 88.3);
-    let n = (xc * LOG2E).round();
+    // Round to nearest by adding and subtracting 1.5 * 2^23: plain float adds, which vectorize on
+    // every target (`round` is a library call on wasm and on baseline x86-64).
+    const ROUND: f32 = 12_582_912.0;
+    let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;

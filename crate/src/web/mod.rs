@@ -188,6 +188,23 @@ impl WebSession {
         to_js(&plan)
     }
 
+    /// Times one training step with these settings (on a throwaway copy of the model) so that
+    /// `plan` can estimate a run's duration; resolves to training tokens per second.
+    pub fn measure(&self, settings: JsValue) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let st: Settings = from_js(settings).map_err(JsValue::from)?;
+            let mut s = inner
+                .try_borrow_mut()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let tps = s
+                .measure(&st.train, st.seq_len, st.val_fraction)
+                .await
+                .map_err(|e| JsValue::from(err(e)))?;
+            Ok(JsValue::from_f64(tps))
+        })
+    }
+
     /// Starts a run with fresh LoRA matrices.
     pub fn start(&self, settings: JsValue) -> Result<JsValue, JsError> {
         let st: Settings = from_js(settings)?;
