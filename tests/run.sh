@@ -16,16 +16,24 @@ cargo fmt --all -- --check
 echo "== clippy (native)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== clippy (wasm32)"
-cargo clippy --workspace --lib --test browser --locked --no-default-features --target wasm32-unknown-unknown -- -D warnings
+echo "== clippy (wasm32: the WebGPU build and the multi-threaded CPU build)"
+cargo clippy --workspace --lib --test browser --locked --no-default-features --features gpu \
+  --target wasm32-unknown-unknown -- -D warnings
+# The threads build needs nightly's std rebuilt with atomics, in its own build folder (web/build.sh).
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR-wasm-threads" RUSTFLAGS="$(bash web/build.sh --threads-rustflags)" \
+  cargo +nightly clippy --workspace --lib --locked --no-default-features --features threads \
+  --target wasm32-unknown-unknown -Z build-std=panic_abort,std -- -D warnings
 
 echo "== tests (native)"
 cargo test --workspace --locked
 
 echo "== browser tests (wasm-pack, headless Chromium: WebGPU on SwiftShader and the CPU backend)"
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
-  wasm-pack test --headless --chrome --release crate
+  wasm-pack test --headless --chrome --release crate --no-default-features --features gpu
 
-echo "== the page, end to end (playwright-core)"
+echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh
 (cd tests/e2e && node --test page.test.mjs)
+
+echo "== bench smoke (tiny model, a few steps; the full bench is tests/bench/run.sh)"
+bash tests/bench/run.sh --quick

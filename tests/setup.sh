@@ -27,6 +27,15 @@ if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   rustup target add wasm32-unknown-unknown
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# The page's multi-threaded wasm build needs nightly (wasm atomics; std rebuilt with -Z build-std).
+if ! rustup toolchain list | grep -q '^nightly'; then
+  say "installing the nightly toolchain (the page's multi-threaded build)"
+  rustup toolchain install nightly --profile minimal
+fi
+rustup +nightly component list --installed 2>/dev/null | grep -q '^rust-src' \
+  || rustup component add rust-src --toolchain nightly
+rustup +nightly target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$' \
+  || rustup target add wasm32-unknown-unknown --toolchain nightly
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 
 # --- wasm tools: wasm-pack, and the wasm-bindgen CLI matching Cargo.lock's wasm-bindgen ---------

@@ -250,9 +250,9 @@ function drawChart() {
 // ---- the person's actions ----------------------------------------------------------------------
 function startWorker() {
   document.body.dataset.ready = "";
-  // ?threads=1: the one-thread build even where threads are possible (for comparison).
-  const singleThread = new URLSearchParams(location.search).get("threads") === "1";
-  worker.postMessage({ type: "init", backend: $("backend-choice").value, singleThread });
+  // ?threads=N (N > 1): the CPU backend's multi-threaded build (see worker.js).
+  const threads = Number(new URLSearchParams(location.search).get("threads")) || 1;
+  worker.postMessage({ type: "init", backend: $("backend-choice").value, threads });
 }
 $("backend-choice").onchange = () => {
   showError("Reload the page to switch the compute backend (a GPU device can be started once per page).");

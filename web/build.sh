@@ -11,6 +11,20 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 ONLY="${2:-}"
 [ "${1:-}" = "--only" ] || ONLY=""
 
+# The multi-threaded build's flags: wasm atomics and SIMD; the linker arguments make the memory
+# shared and imported (so workers can share it), up to 4 GiB (the wasm32 limit), and export the
+# thread-local storage symbols wasm-bindgen's thread start-up calls (this nightly does not add
+# them for wasm32-unknown-unknown by itself). `--threads-rustflags` prints them (tests/run.sh).
+threads_rustflags() {
+  local flags="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128"
+  for a in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls \
+           --export=__tls_size --export=__tls_align --export=__tls_base; do
+    flags="$flags -C link-arg=$a"
+  done
+  echo "$flags"
+}
+if [ "${1:-}" = "--threads-rustflags" ]; then threads_rustflags; exit 0; fi
+
 pack() { # out-dir, then extra cargo args
   local out=$1; shift
   wasm-pack build crate --target web --release --out-dir "../web/$out" --out-name webtune \
@@ -29,15 +43,7 @@ if [ "$ONLY" != threads ]; then
 fi
 if [ "$ONLY" != gpu ]; then
   # A separate build folder: other flags and another compiler would otherwise rebuild each other.
-  # The linker arguments make the memory shared and imported (so workers can share it), up to
-  # 4 GiB (the wasm32 limit), and export the thread-local storage symbols wasm-bindgen's thread
-  # start-up calls; this nightly does not add them for wasm32-unknown-unknown by itself.
-  link=""
-  for a in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls \
-           --export=__tls_size --export=__tls_align --export=__tls_base; do
-    link="$link -C link-arg=$a"
-  done
   CARGO_TARGET_DIR="$CARGO_TARGET_DIR-wasm-threads" RUSTUP_TOOLCHAIN=nightly \
-  RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128$link" \
+  RUSTFLAGS="$(threads_rustflags)" \
     pack pkg-threads --features threads -Z build-std=panic_abort,std
 fi

@@ -8,9 +8,11 @@ let samplePrompt = "";
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
-// Two builds of the module (web/build.sh): pkg has WebGPU and a one-thread CPU backend;
-// pkg-threads is the CPU backend on all cores (needs a cross-origin isolated page, for
-// SharedArrayBuffer). The CPU runs in pkg-threads whenever the browser allows it.
+// Two builds of the module (web/build.sh): pkg has WebGPU and the CPU backend on one thread;
+// pkg-threads is the CPU backend with its matmuls on a pool of Web Workers (needs a cross-origin
+// isolated page, for SharedArrayBuffer). pkg-threads is opt-in (?threads=N, N > 1): measured on
+// 2 cores it runs the first two SmolLM2 steps faster (7-9 s against 11 s) and then settles at
+// ~20 s a step, twice the one-thread build's time (README, "Speed").
 async function hardwareGpu() {
   if (!navigator.gpu) return false;
   try {
@@ -22,14 +24,14 @@ async function hardwareGpu() {
   }
 }
 
-async function loadModule(preference, singleThread) {
-  const threads = !singleThread && self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
+async function loadModule(preference, threadCount) {
+  const threads = threadCount > 1 && self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
     && preference !== "webgpu" && (preference === "cpu" || !(await hardwareGpu()));
   if (threads) {
     try {
       const mod = await import("./pkg-threads/webtune.js");
       await mod.default();
-      await mod.initThreadPool(Math.max(1, navigator.hardwareConcurrency || 1));
+      await mod.initThreadPool(threadCount);
       return mod;
     } catch (e) {
       console.warn(`the multi-threaded build did not start (${e?.message ?? e}); using one thread`);
@@ -152,7 +154,7 @@ async function handle(msg) {
   try {
     switch (msg.type) {
       case "init": {
-        const { WebSession } = await loadModule(msg.backend || "auto", msg.singleThread);
+        const { WebSession } = await loadModule(msg.backend || "auto", msg.threads || 1);
         session = await WebSession.create(msg.backend || "auto");
         post({ type: "ready", backend: session.backend() });
         break;

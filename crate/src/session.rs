@@ -198,7 +198,12 @@ impl Session {
     /// Returns training tokens per second. One window keeps the wait short (a quarter of a
     /// default step); the first step of a run is also its slowest (memory is allocated, kernels
     /// are compiled on a GPU), and larger batches use the CPU better: the estimate errs long.
-    pub async fn measure(&mut self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<f64> {
+    pub async fn measure(
+        &mut self,
+        cfg: &TrainConfig,
+        seq_len: usize,
+        val_fraction: f64,
+    ) -> Result<f64> {
         let data = self.dataset(cfg, seq_len, val_fraction)?;
         let mut model = self.base()?.model.clone();
         crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;

@@ -215,7 +215,12 @@ async fn read_scalar(t: Tensor<1>) -> Result<f32> {
 
 /// Seconds a run of `cfg` should take at `tokens_per_sec` of training: its steps, plus its
 /// evaluations (a forward pass costs about a third of a training step on as many tokens).
-pub fn estimate_secs(cfg: &TrainConfig, seq_len: usize, val_windows: usize, tokens_per_sec: f64) -> f64 {
+pub fn estimate_secs(
+    cfg: &TrainConfig,
+    seq_len: usize,
+    val_windows: usize,
+    tokens_per_sec: f64,
+) -> f64 {
     let step_tokens = (cfg.batch_size * cfg.grad_accum * seq_len) as f64;
     let evals = (1..=cfg.steps)
         .filter(|&s| s == cfg.steps || (cfg.eval_every > 0 && s.is_multiple_of(cfg.eval_every)))

@@ -18,6 +18,50 @@ wasm_bindgen_test_configure!(run_in_browser);
 const CONFIG: &str = include_str!("../../tests/fixtures/tiny-llama-tied/config.json");
 const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/model.safetensors");
 const TINY_GGUF: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-q.gguf");
+const GOLDEN: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/golden.safetensors");
+
+/// The model's logits in this build on `device` against transformers' (the native golden
+/// tests' fixture): the wasm CPU kernels, and WebGPU with burn's fusion and autotuning, compute
+/// the same function as PyTorch.
+async fn logits_match_transformers(device: &Device) {
+    let config = LlamaConfig::from_json("config.json", CONFIG).unwrap();
+    let ckpt = SafetensorsCheckpoint::single("model.safetensors", WEIGHTS.to_vec()).unwrap();
+    let model = LlamaForCausalLM::load(&config, &ckpt, device).unwrap();
+    let golden = safetensors::SafeTensors::deserialize(GOLDEN).unwrap();
+    let ids = golden.tensor("input_ids").unwrap();
+    let ids_shape = [ids.shape()[0], ids.shape()[1]];
+    let ids: Vec<i64> = ids
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let expected: Vec<f32> = golden
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let ids = webtune::burn::tensor::Tensor::<2, webtune::burn::tensor::Int>::from_data(
+        webtune::burn::tensor::TensorData::new(ids, ids_shape),
+        device,
+    );
+    let logits = model.forward(ids, None);
+    let got = logits
+        .into_data_async()
+        .await
+        .unwrap()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let diff = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    web_sys_log(&format!("max |webtune - transformers| = {diff:e}"));
+    assert_eq!(got.len(), expected.len());
+    assert!(diff < 1e-4, "logits differ from transformers' by {diff}");
+}
 
 async fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data_async()
@@ -112,6 +156,7 @@ fn web_sys_log(s: &str) {
 
 #[wasm_bindgen_test]
 async fn cpu_backend_trains_lora_in_the_browser() {
+    logits_match_transformers(&webtune::device::cpu()).await;
     train_tiny(webtune::device::cpu(), 12).await;
 }
 
@@ -123,6 +168,7 @@ async fn webgpu_backend_trains_lora_in_the_browser() {
         .init_async()
         .await
         .expect("WebGPU (run Chromium with --enable-unsafe-webgpu)");
+    logits_match_transformers(&device).await;
     train_tiny(device, 6).await;
 }
 

@@ -76,6 +76,8 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
     const backend = await page.textContent("#backend-status");
     console.log(`backend: ${backend}`);
+    // Cross-origin isolated (COOP + COEP from serve.py): the multi-threaded build can start.
+    assert.equal(await page.evaluate(() => self.crossOriginIsolated), true);
 
     // The model, through the file input.
     await page.setInputFiles("#model-files", join(root, "tests/fixtures/tiny-llama-q.gguf"));
@@ -101,6 +103,8 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     await page.fill("input[name=lr]", "0.02");
     await page.waitForFunction(() => /trainable parameters/.test(document.getElementById("plan").textContent));
     assert.match(await page.textContent("#plan"), /held out for validation/);
+    // Before Start, the plan says how long the run should take here (from a measured step).
+    await page.waitForFunction(() => /on this machine/.test(document.getElementById("plan").textContent), null, { timeout: 120_000 });
     const trainStart = await page.evaluate(() => performance.now());
     await page.click("#start");
     await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
@@ -109,6 +113,9 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(await page.$eval("#train-progress", (p) => p.value / p.max), 1);
     assert.ok(Number(await page.getAttribute("#chart", "data-points")) >= 8, "the chart holds points");
     assert.match(await page.textContent("#train-status"), /Finished after 8 steps/);
+    const points = await page.evaluate(() => window.webtuneState.points);
+    assert.ok(points.every((p) => p.step_secs > 0 && p.tokens_per_sec > 0), "every step reports its training time");
+    assert.ok(points.at(-1).eval_secs > 0, "the last step evaluated, timed apart");
     await page.waitForFunction(() => document.getElementById("sample-after").textContent.length > 0, null, { timeout: 120_000 });
 
     // Download the adapter and check it.
@@ -146,6 +153,43 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     const worst = Math.max(0, ...longTasks.map((t) => t.duration));
     console.log(`training took ${((trainEnd - trainStart) / 1000).toFixed(1)} s; main-thread long tasks: ${longTasks.length}, longest ${worst.toFixed(0)} ms`);
     assert.ok(worst < 200, `the main thread blocked for ${worst} ms during training`);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("the multi-threaded CPU build trains in the page (?threads=2)", { timeout: 600_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-sandbox"],
+  });
+  try {
+    const page = await (await browser.newContext()).newPage();
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
+    page.on("console", (m) => { if (m.type() === "error" || /did not start/.test(m.text())) pageErrors.push(`console: ${m.text()}`); });
+    await page.goto(`${url}?backend=cpu&threads=2`);
+    await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+    assert.match(await page.textContent("#backend-status"), /Running on the CPU, 2 threads/);
+    await page.setInputFiles("#model-files", join(root, "tests/fixtures/tiny-llama-q.gguf"));
+    await page.waitForSelector("#model-info:not([hidden])", { timeout: 60_000 });
+    await page.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(60)], "cats.txt", { type: "text/plain" }));
+      document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    });
+    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+    await page.fill("input[name=steps]", "4");
+    await page.fill("input[name=seq_len]", "16");
+    await page.waitForSelector("#start:not([disabled])");
+    await page.click("#start");
+    await page.waitForSelector("body[data-done='1']", { timeout: 300_000 });
+    assert.match(await page.textContent("#train-status"), /Finished after 4 steps/);
+    assert.deepEqual(pageErrors, []);
   } finally {
     await browser.close();
     server.kill();

@@ -21,7 +21,10 @@ fn random<const D: usize>(shape: [usize; D], seed: u64, scale: f32) -> Tensor<D>
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 #[track_caller]
