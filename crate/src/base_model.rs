@@ -181,15 +181,38 @@ fn base_name(path: &str) -> &str {
     path.rsplit(['/', '\\']).next().unwrap_or(path)
 }
 
-/// Token ids beyond the embedding would index out of bounds: refuse such a pair at load time.
+/// Token ids beyond the embedding would index out of bounds (a panic on the CPU, garbage on a
+/// GPU): refuse a tokenizer with any id, or a special token, the model's vocabulary lacks.
 fn check_vocab(file: &str, config: &LlamaConfig, tokenizer: &Tokenizer) -> Result<()> {
-    if tokenizer.vocab_size() > config.vocab_size {
+    let vocab = config.vocab_size;
+    if tokenizer.vocab_size() > vocab {
         return Err(Error::config(
             file,
             format!(
-                "the tokenizer has {} tokens but the model's vocabulary has {}",
-                tokenizer.vocab_size(),
-                config.vocab_size
+                "the tokenizer has {} tokens but the model's vocabulary has {vocab}",
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    if let Some(max) = tokenizer.max_id()
+        && max as usize >= vocab
+    {
+        return Err(Error::config(
+            file,
+            format!(
+                "the tokenizer has token id {max}, outside the model's vocabulary ({vocab} tokens)"
+            ),
+        ));
+    }
+    let special = tokenizer
+        .eos_token_ids
+        .iter()
+        .chain(&tokenizer.bos_token_id);
+    if let Some(id) = special.into_iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::config(
+            file,
+            format!(
+                "the tokenizer's BOS/EOS token id {id} is outside the model's vocabulary ({vocab} tokens)"
             ),
         ));
     }

@@ -22,6 +22,9 @@ impl Message {
     }
 }
 
+/// Template instructions one rendering may run (real chat templates need a few thousand).
+const TEMPLATE_FUEL: u64 = 1_000_000;
+
 /// ChatML, used when a model has no template of its own.
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
@@ -35,6 +38,10 @@ pub fn render(
     eos_token: &str,
 ) -> Result<String> {
     let mut env = Environment::new();
+    // A template comes inside a model file, from anyone: bound its work and its nesting, so a
+    // template of nested loops fails with a message instead of running forever.
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(64);
     // HF templates are written for Python's Jinja2: string methods like .strip() and .startswith().
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

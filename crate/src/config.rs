@@ -106,11 +106,16 @@ impl LlamaConfig {
                 format!("architecture `{arch}` is not supported (supported: llama)"),
             ));
         }
+        // Counts are u64 in the file and usize (32 bits on wasm32) here: never truncate.
+        let size = |key: &str, v: u64| -> Result<usize> {
+            usize::try_from(v).map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
+        };
         let int = |key: &str| -> Result<usize> {
-            gguf.get(&format!("llama.{key}"))
+            let v = gguf
+                .get(&format!("llama.{key}"))
                 .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| Error::config(file, format!("llama.{key} is missing")))
+                .ok_or_else(|| Error::config(file, format!("llama.{key} is missing")))?;
+            size(&format!("llama.{key}"), v)
         };
         let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
         let embd = gguf
@@ -120,8 +125,8 @@ impl LlamaConfig {
                 tensor: "token_embd.weight".to_string(),
             })?;
         let vocab_size = match gguf.get("llama.vocab_size").and_then(|v| v.as_u64()) {
-            Some(v) => v as usize,
-            None => embd.shape[0],
+            Some(v) => size("llama.vocab_size", v)?,
+            None => embd.shape.first().copied().unwrap_or(0),
         };
         let hidden_size = int("embedding_length")?;
         let num_attention_heads = int("attention.head_count")?;
@@ -130,11 +135,17 @@ impl LlamaConfig {
             .get("llama.attention.key_length")
             .or_else(|| gguf.get("llama.rope.dimension_count"))
             .and_then(|v| v.as_u64())
-            .map(|v| v as usize);
-        let token = |key: &str| {
-            gguf.get(&format!("tokenizer.ggml.{key}"))
+            .map(|v| size("llama.attention.key_length", v))
+            .transpose()?;
+        let token = |key: &str| -> Result<Option<u32>> {
+            let key = format!("tokenizer.ggml.{key}");
+            gguf.get(&key)
                 .and_then(|v| v.as_u64())
-                .map(|v| v as u32)
+                .map(|v| {
+                    u32::try_from(v)
+                        .map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
+                })
+                .transpose()
         };
         let config = LlamaConfig {
             model_type: Some("llama".to_string()),
@@ -155,8 +166,8 @@ impl LlamaConfig {
                 .map(|t| serde_json::json!({ "rope_type": t })),
             max_position_embeddings: int("context_length").unwrap_or(2048),
             tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
-            bos_token_id: token("bos_token_id"),
-            eos_token_id: token("eos_token_id").map(TokenIds::One),
+            bos_token_id: token("bos_token_id")?,
+            eos_token_id: token("eos_token_id")?.map(TokenIds::One),
             hidden_act: "silu".to_string(),
             attention_bias: false,
             mlp_bias: false,
@@ -182,12 +193,32 @@ impl LlamaConfig {
 
     /// Parameters of the model, embeddings included (the tied head counted once).
     pub fn num_parameters(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim();
-        let kv = self.num_key_value_heads() * self.head_dim();
-        let layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+        usize::try_from(self.num_parameters_u64()).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_parameters`] in 64 bits, saturating: safe on any config, checked or not.
+    fn num_parameters_u64(&self) -> u64 {
+        let n = |x: usize| x as u64;
+        let (h, i, v) = (
+            n(self.hidden_size),
+            n(self.intermediate_size),
+            n(self.vocab_size),
+        );
+        let q = n(self.num_attention_heads).saturating_mul(n(self.head_dim()));
+        let kv = n(self.num_key_value_heads()).saturating_mul(n(self.head_dim()));
+        let layer = h
+            .saturating_mul(q.saturating_mul(2).saturating_add(kv.saturating_mul(2)))
+            .saturating_add(h.saturating_mul(i).saturating_mul(3))
+            .saturating_add(h.saturating_mul(2));
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            v.saturating_mul(h)
+        };
+        v.saturating_mul(h)
+            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
+            .saturating_add(h)
+            .saturating_add(head)
     }
 
     /// Rejects what the model code does not implement, so it fails here with a message
@@ -213,6 +244,42 @@ impl LlamaConfig {
             if value == 0 {
                 return bad(format!("{name} is 0"));
             }
+        }
+        // Limits before anything is allocated for them (crate::limits).
+        use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_PARAMETERS, MAX_VOCAB, MAX_WIDTH};
+        for (name, value, max) in [
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("head_dim", self.head_dim(), MAX_WIDTH),
+            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+            ("num_key_value_heads", self.num_key_value_heads(), MAX_HEADS),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+        ] {
+            if value > max {
+                return bad(format!(
+                    "{name} is {value}, more than webtune supports ({max})"
+                ));
+            }
+        }
+        let parameters = self.num_parameters_u64();
+        if parameters > MAX_PARAMETERS {
+            return bad(format!(
+                "the config describes {parameters} parameters, more than webtune supports \
+                 ({MAX_PARAMETERS})"
+            ));
+        }
+        let mut special = self
+            .eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default();
+        special.extend(self.bos_token_id);
+        if let Some(id) = special.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return bad(format!(
+                "the BOS/EOS token id {id} is outside the vocabulary ({} tokens)",
+                self.vocab_size
+            ));
         }
         if !self
             .num_attention_heads

@@ -23,6 +23,14 @@ pub struct Skipped {
 
 /// Why a file's bytes are not usable text, if they are not.
 pub fn check_text(bytes: &[u8]) -> std::result::Result<&str, String> {
+    let max = crate::limits::MAX_TEXT_BYTES;
+    if bytes.len() > max {
+        return Err(format!(
+            "the file is {} MB, more than the {} MB a text file may have; split it into smaller files",
+            bytes.len() >> 20,
+            max >> 20
+        ));
+    }
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("the file is empty".to_string());
     }

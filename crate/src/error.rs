@@ -66,6 +66,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// Training produced NaN or infinity (a loss, a gradient, a weight).
+    #[error("{0}")]
+    NonFinite(String),
+
     /// The compute device failed (e.g. a GPU readback failed or the device was lost).
     #[error("compute device: {0}")]
     Device(String),

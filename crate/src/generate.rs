@@ -35,6 +35,30 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// Checks the settings (a NaN temperature or a million new tokens get a message).
+    pub fn validate(&self) -> Result<()> {
+        let max = crate::limits::MAX_NEW_TOKENS;
+        if self.max_new_tokens > max {
+            return Err(Error::Invalid(format!(
+                "max_new_tokens is {}; at most {max} tokens are generated at once",
+                self.max_new_tokens
+            )));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Invalid(format!(
+                "the temperature is {}; it must be 0 (greedy) or positive",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "top_p is {}; it must be in (0, 1]",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+
     pub fn greedy(max_new_tokens: usize) -> Self {
         Self {
             max_new_tokens,
@@ -135,6 +159,7 @@ pub async fn generate(
     if prompt.is_empty() {
         return Err(Error::Invalid("the prompt is empty".to_string()));
     }
+    cfg.validate()?;
     let device = model.model.embed_tokens.weight.val().device();
     let mut cache = model.new_cache();
     let mut rng = Rng::new(cfg.seed);

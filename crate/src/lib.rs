@@ -18,6 +18,7 @@ pub mod error;
 pub mod formats;
 pub mod generate;
 pub mod kernels;
+pub mod limits;
 pub mod lora;
 pub mod model;
 pub mod session;

@@ -133,18 +133,33 @@ impl LoraConfig {
         }
     }
 
-    /// The module names to adapt, out of `available`, in `available`'s order.
-    pub fn resolve_targets(&self, available: &[&'static str]) -> crate::Result<Vec<&'static str>> {
-        if self.r == 0 {
-            return Err(crate::Error::Invalid(
-                "the LoRA rank must be at least 1".into(),
-            ));
+    /// Checks rank, alpha and dropout (rank 0 would divide by zero, dropout 1 drops everything).
+    pub fn validate(&self) -> crate::Result<()> {
+        let max = crate::limits::MAX_RANK;
+        if !(1..=max).contains(&self.r) {
+            return Err(crate::Error::Invalid(format!(
+                "the LoRA rank is {}; it must be between 1 and {max}",
+                self.r
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(crate::Error::Invalid(format!(
+                "the LoRA alpha is {}; it must be a positive number",
+                self.alpha
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(crate::Error::Invalid(
-                "the LoRA dropout must be in [0, 1)".into(),
-            ));
+            return Err(crate::Error::Invalid(format!(
+                "the LoRA dropout is {}; it must be in [0, 1)",
+                self.dropout
+            )));
         }
+        Ok(())
+    }
+
+    /// The module names to adapt, out of `available`, in `available`'s order.
+    pub fn resolve_targets(&self, available: &[&'static str]) -> crate::Result<Vec<&'static str>> {
+        self.validate()?;
         if self.targets.iter().any(|t| t == "all-linear") {
             return Ok(available.to_vec());
         }

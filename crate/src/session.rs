@@ -146,6 +146,12 @@ impl Session {
     }
 
     fn dataset(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Dataset> {
+        cfg.validate(seq_len)?;
+        if !(0.0..1.0).contains(&val_fraction) {
+            return Err(Error::Invalid(format!(
+                "the validation share is {val_fraction}; it must be in [0, 1)"
+            )));
+        }
         let base = self.base()?;
         let eos = base.stop_tokens().first().copied();
         Dataset::split(
@@ -188,7 +194,7 @@ impl Session {
             val_tokens: data.val_tokens(),
             val_documents: data.val_documents.clone(),
             tokens_per_step,
-            epochs: (cfg.steps * tokens_per_step) as f64 / data.train_tokens().max(1) as f64,
+            epochs: cfg.steps as f64 * tokens_per_step as f64 / data.train_tokens().max(1) as f64,
             estimated_secs,
         })
     }

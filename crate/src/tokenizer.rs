@@ -150,10 +150,11 @@ impl Tokenizer {
         });
         let inner = tokenizers::Tokenizer::from_bytes(spec.to_string().as_bytes())
             .map_err(|e| err(format!("could not build the tokenizer: {e}")))?;
+        // An id beyond u32 is no id at all; the vocabulary check refuses ids beyond the model's.
         let id = |key: &str| {
             gguf.get(&format!("tokenizer.ggml.{key}"))
                 .and_then(|v| v.as_u64())
-                .map(|v| v as u32)
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
         };
         Ok(Self {
             inner,
@@ -191,6 +192,12 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The largest token id (added tokens included): ids need not be dense, so this can exceed
+    /// the vocabulary size.
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

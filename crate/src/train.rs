@@ -72,6 +72,90 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every setting against [`crate::limits`] with windows of `seq_len` tokens: a
+    /// setting typed by hand gets a message naming it, not an allocation failure mid-run.
+    pub fn validate(&self, seq_len: usize) -> Result<()> {
+        use crate::limits::*;
+        self.lora.validate()?;
+        let range = |name: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!(
+                    "{name} is {v}; it must be between {lo} and {hi}"
+                )))
+            }
+        };
+        range("the number of steps", self.steps, 1, MAX_STEPS)?;
+        range("the batch size", self.batch_size, 1, MAX_BATCH_SIZE)?;
+        range("gradient accumulation", self.grad_accum, 1, MAX_GRAD_ACCUM)?;
+        range("the sequence length", seq_len, 2, MAX_SEQ_LEN)?;
+        range("the warmup", self.warmup(), 0, self.steps)?;
+        range("the evaluation period", self.eval_every, 0, MAX_STEPS)?;
+        range(
+            "the evaluation windows",
+            self.eval_windows,
+            0,
+            MAX_EVAL_WINDOWS,
+        )?;
+        range("the logging period", self.log_every, 0, MAX_STEPS)?;
+        let tokens = self.batch_size.saturating_mul(seq_len);
+        if tokens > MAX_BATCH_TOKENS {
+            return Err(Error::Invalid(format!(
+                "batch size x sequence length is {tokens} tokens; at most {MAX_BATCH_TOKENS} fit \
+                 in one micro-batch (use gradient accumulation for larger batches)"
+            )));
+        }
+        let real = |name: &str, v: f64, ok: bool, want: &str| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(Error::Invalid(format!("{name} is {v}; it must be {want}")))
+            }
+        };
+        real(
+            "the learning rate",
+            self.lr,
+            self.lr > 0.0 && self.lr <= MAX_LEARNING_RATE,
+            &format!("above 0 and at most {MAX_LEARNING_RATE}"),
+        )?;
+        let unit = |v: f64, open: bool| v >= 0.0 && if open { v < 1.0 } else { v <= 1.0 };
+        real(
+            "min_lr_ratio",
+            self.min_lr_ratio,
+            unit(self.min_lr_ratio, false),
+            "in [0, 1]",
+        )?;
+        real(
+            "the weight decay",
+            self.weight_decay,
+            unit(self.weight_decay, false),
+            "in [0, 1]",
+        )?;
+        real(
+            "adam_beta1",
+            self.adam_beta1,
+            unit(self.adam_beta1, true),
+            "in [0, 1)",
+        )?;
+        real(
+            "adam_beta2",
+            self.adam_beta2,
+            unit(self.adam_beta2, true),
+            "in [0, 1)",
+        )?;
+        real(
+            "adam_epsilon",
+            self.adam_epsilon,
+            self.adam_epsilon > 0.0,
+            "positive",
+        )?;
+        if let Some(n) = self.max_grad_norm {
+            real("max_grad_norm", n, n > 0.0, "positive")?;
+        }
+        Ok(())
+    }
+
     pub fn warmup(&self) -> usize {
         self.warmup_steps.unwrap_or(self.steps / 10)
     }
@@ -213,6 +297,15 @@ async fn read_scalar(t: Tensor<1>) -> Result<f32> {
         .map_err(|e| Error::Device(format!("reading a value back failed: {e:?}")))
 }
 
+async fn read_values(t: Tensor<1>) -> Result<Vec<f32>> {
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("reading values back failed: {e:?}")))?;
+    data.try_to_vec::<f32>()
+        .map_err(|e| Error::Device(format!("reading values back failed: {e:?}")))
+}
+
 /// Seconds a run of `cfg` should take at `tokens_per_sec` of training: its steps, plus its
 /// evaluations (a forward pass costs about a third of a training step on as many tokens).
 pub fn estimate_secs(
@@ -257,6 +350,10 @@ pub struct Trainer {
     /// Times of the last few steps, for the ETA.
     recent_steps: Vec<f64>,
     stopped: bool,
+    /// The model before the last step, to go back to when that step is not finite.
+    previous: Option<LlamaForCausalLM>,
+    /// Why the run stopped, when a step was not finite.
+    failure: Option<String>,
     pub history: Vec<Progress>,
 }
 
@@ -269,11 +366,7 @@ impl Trainer {
                 "training needs an autodiff device (device.autodiff())".into(),
             ));
         }
-        if cfg.steps == 0 || cfg.batch_size == 0 || cfg.grad_accum == 0 {
-            return Err(Error::Invalid(
-                "steps, batch size and gradient accumulation must be at least 1".into(),
-            ));
-        }
+        cfg.validate(data.seq_len)?;
         let lora_ids: Vec<ParamId> = model
             .projections()
             .into_iter()
@@ -310,6 +403,8 @@ impl Trainer {
             evals: 0,
             recent_steps: Vec::new(),
             stopped: false,
+            previous: None,
+            failure: None,
             history: Vec::new(),
         })
     }
@@ -385,16 +480,39 @@ impl Trainer {
             self.tokens_seen += refs.len() * self.data.seq_len;
         }
         let mut grads = accumulator.grads();
-        if let Some(max_norm) = self.cfg.max_grad_norm {
-            clip_global_norm(&mut grads, &self.lora_ids, max_norm);
+        let grad_sq = grad_sum_sq(&grads, &self.lora_ids);
+        if let (Some(max_norm), Some(sum_sq)) = (self.cfg.max_grad_norm, &grad_sq) {
+            clip_global_norm(&mut grads, &self.lora_ids, sum_sq.clone(), max_norm);
         }
+        // Parameters are shared handles: keeping the model from before the step copies nothing
+        // but lets a step that turns out non-finite be undone.
+        self.previous = Some(model.clone());
         self.model = Some(self.optim.step(lr, model, grads));
         self.step += 1;
 
         let log_now = self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every))
             || self.is_finished();
         let train_loss = match (log_now, loss_sum) {
-            (true, Some(l)) => Some(read_scalar(l).await?),
+            (true, Some(loss)) => {
+                // One readback for the loss and the gradients' squared norm: NaN or infinity in
+                // either stops the run here, before a broken adapter can be kept.
+                let values = match grad_sq {
+                    Some(sq) => Tensor::cat(vec![loss, sq], 0),
+                    None => loss,
+                };
+                let values = read_values(values).await?;
+                let loss = values[0];
+                let grads_finite = values.get(1).is_none_or(|g| g.is_finite());
+                if !loss.is_finite() || !grads_finite {
+                    let what = if loss.is_finite() {
+                        "the gradients hold NaN or infinite values".to_string()
+                    } else {
+                        format!("the training loss is {loss}")
+                    };
+                    return Err(self.fail(what, lr));
+                }
+                Some(loss)
+            }
             _ => None,
         };
         // On a GPU the step is only known to be done once something is read back: steps that
@@ -409,6 +527,9 @@ impl Trainer {
         let (val_loss, eval_secs) = if self.eval_due(self.step) {
             let started = Instant::now();
             let loss = self.evaluate().await?;
+            if let Some(l) = loss.filter(|l| !l.is_finite()) {
+                return Err(self.fail(format!("the validation loss is {l}"), lr));
+            }
             let secs = started.elapsed().as_secs_f64();
             self.eval_secs += secs;
             self.evals += 1;
@@ -419,6 +540,32 @@ impl Trainer {
         let progress = self.progress(train_loss, val_loss, lr, step_secs, eval_secs);
         self.history.push(progress.clone());
         Ok(progress)
+    }
+
+    /// Ends the run after a non-finite step and puts back the model from before that step (or,
+    /// when evaluation found the fault, before the step just taken). Its weights came from steps
+    /// whose gradients were checked finite (with the default `log_every` of 1); the export checks
+    /// them again.
+    fn fail(&mut self, what: String, lr: f64) -> Error {
+        let failed_step = self.step;
+        let (good_step, model) = match self.previous.take() {
+            Some(model) => (failed_step - 1, model),
+            None => (failed_step, self.model.take().expect("model is present")),
+        };
+        self.model = Some(model);
+        self.stopped = true;
+        let message = format!(
+            "step {failed_step}: {what}, so the run stopped. The learning rate ({lr:e} at this \
+             step) is the likely cause: try a smaller one. The adapter is kept as it was after \
+             step {good_step}."
+        );
+        self.failure = Some(message.clone());
+        Error::NonFinite(message)
+    }
+
+    /// Why the run stopped early, when a step was not finite.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     /// Whether the model is evaluated after optimizer step `step` (1-based).
@@ -508,20 +655,23 @@ impl Trainer {
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm` (as torch's
-/// `clip_grad_norm_`), computed on the device: no readback.
-pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: f64) {
-    let present: Vec<(ParamId, Tensor<2>)> = ids
-        .iter()
-        .filter_map(|&id| grads.remove::<2>(id).map(|g| (id, g)))
-        .collect();
-    let Some(sum_sq) = present
-        .iter()
-        .map(|(_, g)| g.clone().square().sum())
+/// The sum of squares of the gradients of `ids`, on the device (None: none has a gradient).
+pub fn grad_sum_sq(grads: &GradientsParams, ids: &[ParamId]) -> Option<Tensor<1>> {
+    ids.iter()
+        .filter_map(|&id| grads.get::<2>(id))
+        .map(|g| g.square().sum())
         .reduce(|a, b| a + b)
-    else {
-        return;
-    };
+}
+
+/// Scales the gradients of `ids`, whose squared norm is `sum_sq` ([`grad_sum_sq`]), so that
+/// their global L2 norm is at most `max_norm` (as torch's `clip_grad_norm_`), on the device: no
+/// readback.
+pub fn clip_global_norm(
+    grads: &mut GradientsParams,
+    ids: &[ParamId],
+    sum_sq: Tensor<1>,
+    max_norm: f64,
+) {
     let coef = sum_sq
         .sqrt()
         .add_scalar(1e-6)
@@ -529,7 +679,9 @@ pub fn clip_global_norm(grads: &mut GradientsParams, ids: &[ParamId], max_norm: 
         .mul_scalar(max_norm)
         .clamp_max(1.0)
         .reshape([1, 1]);
-    for (id, g) in present {
-        grads.register(id, g * coef.clone());
+    for &id in ids {
+        if let Some(g) = grads.remove::<2>(id) {
+            grads.register(id, g * coef.clone());
+        }
     }
 }

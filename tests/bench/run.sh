@@ -89,9 +89,15 @@ fi
 python3 - "$OUT" <<'PY'
 import glob, gzip, json, os, sys
 out = sys.argv[1]
-files = sorted(glob.glob("web/pkg/*.wasm") + glob.glob("web/pkg/*.js") + glob.glob("web/*.js")
-               + glob.glob("web/*.html") + glob.glob("web/*.css"))
-if files:
+page = sorted(glob.glob("web/*.js") + glob.glob("web/*.html") + glob.glob("web/*.css"))
+report = {}
+# The page loads one of the two builds: pkg (WebGPU + one-thread CPU, the default) or
+# pkg-threads (the CPU on a pool of workers, with ?threads=N).
+for build in ("pkg", "pkg-threads"):
+    files = sorted(glob.glob(f"web/{build}/*.wasm") + glob.glob(f"web/{build}/*.js")
+                   + glob.glob(f"web/{build}/snippets/**/*.js", recursive=True)) + page
+    if not any(f.endswith(".wasm") for f in files):
+        continue
     raw = sum(os.path.getsize(f) for f in files)
     gz = sum(len(gzip.compress(open(f, "rb").read(), 9)) for f in files)
     try:
@@ -99,7 +105,8 @@ if files:
         br = sum(len(brotli.compress(open(f, "rb").read())) for f in files)
     except ImportError:
         br = None
-    json.dump({"files": files, "raw": raw, "gzip": gz, "brotli": br}, open(f"{out}/shipped.json", "w"))
+    report[build] = {"files": files, "raw": raw, "gzip": gz, "brotli": br}
+json.dump(report, open(f"{out}/shipped.json", "w"))
 PY
 
 python3 tests/bench/table.py "$OUT"

@@ -4,7 +4,7 @@
 //! tensor only when it is asked for. [`GgufCheckpoint`] presents a llama-architecture file under HF
 //! tensor names, with llama.cpp's q/k row permutation undone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::ggml::{self, GgmlType};
 use super::{Checkpoint, HostTensor};
@@ -96,6 +96,8 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
+    /// Tensor name -> position in `tensors`.
+    index: HashMap<String, usize>,
     bytes: Vec<u8>,
 }
 
@@ -178,8 +180,26 @@ impl<'a> Cursor<'a> {
             8 => Value::String(self.string(version, &what)?),
             9 if depth == 0 => {
                 let item_type = self.u32(&what)?;
-                let n = self.count(version, 1, &what)?;
-                let mut items = Vec::with_capacity(n);
+                // Each item takes at least its own size in the file (a string its length), so a
+                // corrupt count fails here; a `Value` is 32 bytes, so reserve no more than a
+                // bounded amount up front either way.
+                let item_bytes = match item_type {
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    _ => 1,
+                };
+                let n = self.count(version, item_bytes, &what)?;
+                if n > crate::limits::MAX_GGUF_ARRAY {
+                    return Err(Error::format(
+                        self.file,
+                        format!(
+                            "{what} is an array of {n} items, more than webtune reads ({})",
+                            crate::limits::MAX_GGUF_ARRAY
+                        ),
+                    ));
+                }
+                let mut items = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     items.push(self.value(version, item_type, key, depth + 1)?);
                 }
@@ -234,12 +254,25 @@ impl GgufFile {
             let key = cur.string(version, "a metadata key")?;
             let type_id = cur.u32(&format!("the type of metadata `{key}`"))?;
             let value = cur.value(version, type_id, &key, 0)?;
-            metadata.insert(key, value);
+            // Which of two values a reader would take is up to the reader: refuse, don't guess.
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(Error::format(
+                    &file_name,
+                    format!("the metadata key `{key}` appears twice"),
+                ));
+            }
         }
 
         let mut infos = Vec::with_capacity(n_tensors);
-        for _ in 0..n_tensors {
+        let mut index = HashMap::with_capacity(n_tensors);
+        for i in 0..n_tensors {
             let name = cur.string(version, "a tensor name")?;
+            if index.insert(name.clone(), i).is_some() {
+                return Err(Error::format(
+                    &file_name,
+                    format!("the tensor `{name}` appears twice"),
+                ));
+            }
             let what = format!("the info of tensor `{name}`");
             let n_dims = cur.u32(&what)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
@@ -304,6 +337,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
+            index,
             bytes,
         })
     }
@@ -313,7 +347,7 @@ impl GgufFile {
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.index.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The stored bytes of a tensor (for copying it into another file unchanged).

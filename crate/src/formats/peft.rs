@@ -203,6 +203,15 @@ pub async fn export(
             "the model has no LoRA layers to export".into(),
         ));
     }
+    // An adapter with NaN or infinity in it would load everywhere and break every output.
+    if let Some((name, _)) = tensors
+        .iter()
+        .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+    {
+        return Err(Error::NonFinite(format!(
+            "the adapter's `{name}` holds NaN or infinite values: it is not written"
+        )));
+    }
     let targets: Vec<&str> = LlamaForCausalLM::LINEAR_MODULES
         .iter()
         .copied()
@@ -293,7 +302,12 @@ impl Adapter {
             return unsupported("modules_to_save");
         }
         let weights = SafetensorsCheckpoint::single(WEIGHTS_FILE, weights)?;
-        Ok(Self { config, weights })
+        let adapter = Self { config, weights };
+        adapter
+            .lora_config()
+            .validate()
+            .map_err(|e| Error::config(CONFIG_FILE, e))?;
+        Ok(adapter)
     }
 
     /// The LoRA settings the adapter was made with.

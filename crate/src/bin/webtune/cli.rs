@@ -1,7 +1,7 @@
 //! The commands and their implementation.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -133,6 +133,9 @@ struct TrainArgs {
     eval_windows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Overwrite an adapter already in --out.
+    #[arg(long)]
+    force: bool,
     /// Store the adapter in f16 (half the size).
     #[arg(long)]
     f16: bool,
@@ -316,7 +319,49 @@ pub fn read_data(
     )
 }
 
+/// Makes sure the adapter can be written before any time is spent training: `out` is a folder
+/// (created if missing) that can be written to and holds no adapter yet (unless `force`).
+fn prepare_out(out: &Path, force: bool) -> webtune::Result<()> {
+    let shown = out.display().to_string();
+    if out.exists() && !out.is_dir() {
+        return Err(webtune::Error::Invalid(format!(
+            "{shown}: --out must be a folder, and this is a file"
+        )));
+    }
+    let existing: Vec<&str> = [peft::CONFIG_FILE, peft::WEIGHTS_FILE]
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if !existing.is_empty() && !force {
+        return Err(webtune::Error::Invalid(format!(
+            "{shown} already holds an adapter ({}); pass --force to overwrite it, or pick another folder",
+            existing.join(", ")
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| webtune::Error::io(&shown, e))?;
+    let probe = out.join(".webtune-write-test");
+    std::fs::write(&probe, b"").map_err(|e| webtune::Error::io(&shown, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Writes the adapter's two files, each whole or not at all (a temporary file renamed into
+/// place), so an interrupted write never leaves a half-written adapter under the real names.
+fn write_adapter(out: &Path, files: &peft::AdapterFiles) -> webtune::Result<()> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        let tmp = out.join(format!(".{name}.partial"));
+        let io = |e| webtune::Error::io(path.display().to_string(), e);
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    };
+    // Weights first: a config next to the old weights would describe them wrongly.
+    write(peft::WEIGHTS_FILE, &files.safetensors)?;
+    write(peft::CONFIG_FILE, files.config_json.as_bytes())
+}
+
 fn train(a: TrainArgs) -> webtune::Result<()> {
+    prepare_out(&a.out, a.force)?;
     let device = pick_device(a.device)?.autodiff();
     let mut base = BaseModel::from_path(&a.model, &device)?;
     let cfg = TrainConfig {
@@ -363,11 +408,18 @@ fn train(a: TrainArgs) -> webtune::Result<()> {
     if let Some(l) = before {
         eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
     }
-    trainer.run_blocking(|p| {
+    let outcome = trainer.run_blocking(|p| {
         print_progress(p);
         Control::Continue
-    })?;
+    });
     eprintln!();
+    // A non-finite step stopped the run: the trainer kept the last good adapter, which is
+    // still worth writing; the command fails all the same.
+    let failure = match outcome {
+        Ok(_) => None,
+        Err(e @ webtune::Error::NonFinite(_)) => Some(e),
+        Err(e) => return Err(e),
+    };
     let after = trainer.history.last().and_then(|p| p.val_loss);
     if let Some(l) = after {
         eprintln!("after:  val loss {l:.4}  perplexity {:.2}", l.exp());
@@ -379,16 +431,12 @@ fn train(a: TrainArgs) -> webtune::Result<()> {
     };
     let model = trainer.into_model();
     let files = pollster::block_on(peft::export(&model, &lora_cfg, &base.name, dtype))?;
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| webtune::Error::io(a.out.display().to_string(), e))?;
-    let write = |name: &str, bytes: &[u8]| {
-        let path = a.out.join(name);
-        std::fs::write(&path, bytes).map_err(|e| webtune::Error::io(path.display().to_string(), e))
-    };
-    write(peft::CONFIG_FILE, files.config_json.as_bytes())?;
-    write(peft::WEIGHTS_FILE, &files.safetensors)?;
+    write_adapter(&a.out, &files)?;
     eprintln!("wrote {}", a.out.display());
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn print_progress(p: &Progress) {

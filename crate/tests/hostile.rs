@@ -1,0 +1,556 @@
+//! Hostile input, one test per row of issue 7's table that the Rust core owns (the page's rows are
+//! in tests/e2e): each input gets a clear error naming the file or the setting, or the documented
+//! behaviour. None may panic or allocate for a size it has not checked.
+// Native only: reads fixtures from disk and runs the CLI (the browser tests are in browser.rs).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use common::gguf_writer::{self, TensorEntry};
+use common::*;
+use webtune::burn::module::Param;
+use webtune::burn::tensor::{Tensor, TensorData};
+use webtune::data::{Dataset, Document, SplitConfig, tokenize_files};
+use webtune::formats::gguf::{GgufFile, Value};
+use webtune::formats::peft::{self, Adapter, AdapterDtype};
+use webtune::lora::{self, LoraConfig};
+use webtune::session::Session;
+use webtune::train::{TrainConfig, Trainer};
+use webtune::{BaseModel, Error, NamedFile};
+
+fn tiny_gguf() -> Vec<u8> {
+    std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap()
+}
+
+fn load_gguf(bytes: Vec<u8>) -> Result<BaseModel, Error> {
+    BaseModel::from_gguf("hostile.gguf", bytes, &webtune::device::cpu())
+}
+
+fn rewrite(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -> Vec<u8> {
+    let file = GgufFile::parse("tiny-llama-q.gguf", tiny_gguf()).unwrap();
+    let (mut meta, mut tensors) = gguf_writer::parts(&file);
+    edit(&mut meta, &mut tensors);
+    gguf_writer::write(&meta, &tensors)
+}
+
+fn set(meta: &mut [(String, Value)], key: &str, value: Value) {
+    meta.iter_mut().find(|(k, _)| k == key).unwrap().1 = value;
+}
+
+/// The error's message (printed, so a failing assertion shows it).
+fn message<T>(result: Result<T, Error>) -> String {
+    match result {
+        Ok(_) => panic!("hostile input was accepted"),
+        Err(e) => {
+            let m = e.to_string();
+            println!("{m}");
+            m
+        }
+    }
+}
+
+fn hf_files(edit_config: impl Fn(&str) -> String, tokenizer_json: String) -> Vec<NamedFile> {
+    let dir = fixtures().join("tiny-llama-untied");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    vec![
+        NamedFile::new("config.json", edit_config(&config).into_bytes()),
+        NamedFile::new(
+            "model.safetensors",
+            std::fs::read(dir.join("model.safetensors")).unwrap(),
+        ),
+        NamedFile::new("tokenizer.json", tokenizer_json.into_bytes()),
+    ]
+}
+
+/// A byte-level BPE tokenizer over the tiny models' 96 ids; `last_id` renumbers its last token.
+fn tokenizer_json(last_id: u32) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..96u32)
+        .map(|i| {
+            let id = if i == 95 { last_id } else { i };
+            (char::from_u32(0x21 + i).unwrap().to_string(), id.into())
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+fn load_hf(files: Vec<NamedFile>) -> Result<BaseModel, Error> {
+    BaseModel::from_hf_files("tiny", files, &webtune::device::cpu())
+}
+
+// Row 1: a layer count of 2^32 - 1 or 2^64 - 1 is refused before a layer is allocated.
+#[test]
+fn huge_layer_counts_are_refused_before_allocating() {
+    for n in [u64::from(u32::MAX), u64::MAX] {
+        let m = message(load_gguf(rewrite(|meta, _| {
+            set(meta, "llama.block_count", Value::U64(n))
+        })));
+        assert!(
+            m.contains("hostile.gguf") && m.contains("num_hidden_layers") && m.contains("512"),
+            "{m}"
+        );
+    }
+    let files = hf_files(
+        |c| {
+            c.replace(
+                "\"num_hidden_layers\": 2",
+                "\"num_hidden_layers\": 4294967295",
+            )
+        },
+        tokenizer_json(95),
+    );
+    let m = message(load_hf(files));
+    assert!(
+        m.contains("config.json") && m.contains("num_hidden_layers"),
+        "{m}"
+    );
+    // Sizes that multiply past 64 bits are caught too (the parameter count saturates).
+    let files = hf_files(
+        |c| {
+            c.replace("\"hidden_size\": 32", "\"hidden_size\": 131072")
+                .replace("\"intermediate_size\": 64", "\"intermediate_size\": 131072")
+        },
+        tokenizer_json(95),
+    );
+    let m = message(load_hf(files));
+    assert!(m.contains("config.json") && m.contains("parameters"), "{m}");
+}
+
+// Row 2: token ids beyond the embedding (a tokenizer id, the config's or the GGUF's EOS).
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    // The hf files load as they are: the edits below are what breaks them.
+    load_hf(hf_files(|c| c.to_string(), tokenizer_json(95))).unwrap();
+
+    let m = message(load_hf(hf_files(|c| c.to_string(), tokenizer_json(5000))));
+    assert!(
+        m.contains("token id 5000") && m.contains("vocabulary"),
+        "{m}"
+    );
+
+    let m = message(load_hf(hf_files(
+        |c| c.replace("\"eos_token_id\": 2", "\"eos_token_id\": 5000"),
+        tokenizer_json(95),
+    )));
+    assert!(m.contains("config.json") && m.contains("5000"), "{m}");
+
+    let m = message(load_gguf(rewrite(|meta, _| {
+        set(meta, "tokenizer.ggml.eos_token_id", Value::U32(1_000_000))
+    })));
+    assert!(m.contains("hostile.gguf") && m.contains("1000000"), "{m}");
+}
+
+/// A GGUF v3 file with no tensors and one metadata array of `count` items of `item_type`,
+/// followed by `payload` bytes.
+fn gguf_with_array(item_type: u32, count: u64, payload: usize) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    b.extend(3u64.to_le_bytes());
+    b.extend(b"big");
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(item_type.to_le_bytes());
+    b.extend(count.to_le_bytes());
+    b.resize(b.len() + payload, 0);
+    b
+}
+
+// Row 3: an array whose count equals the bytes left: each item needs its own size in the file,
+// and no array may hold more items than webtune reads.
+#[test]
+fn gguf_array_counts_are_checked_before_reserving() {
+    let bytes = gguf_with_array(10, 4096, 4096); // 4096 u64 need 32 KiB, the file has 4 KiB
+    let m = message(GgufFile::parse("hostile.gguf", bytes));
+    assert!(
+        m.contains("hostile.gguf") && m.contains("more than the rest"),
+        "{m}"
+    );
+
+    let n = webtune::limits::MAX_GGUF_ARRAY + 1;
+    let bytes = gguf_with_array(0, n as u64, n); // u8 items: the file does hold them
+    let m = message(GgufFile::parse("hostile.gguf", bytes));
+    assert!(
+        m.contains("metadata `big`") && m.contains("more than webtune reads"),
+        "{m}"
+    );
+
+    // Strings: the count of a string array is checked against 8 bytes a string.
+    let bytes = gguf_with_array(8, 1000, 1000);
+    let m = message(GgufFile::parse("hostile.gguf", bytes));
+    assert!(m.contains("more than the rest"), "{m}");
+}
+
+/// The tiny untied model with token `poison`'s embedding row set to infinity.
+fn poisoned_model(
+    poison: usize,
+    device: &webtune::burn::tensor::Device,
+) -> webtune::LlamaForCausalLM {
+    let mut model = load_fixture_model("tiny-llama-untied", device);
+    let emb = model.model.embed_tokens.weight.val();
+    let [vocab, hidden] = emb.dims();
+    let mut data = to_vec(emb);
+    data[poison * hidden..(poison + 1) * hidden].fill(f32::INFINITY);
+    let emb = Tensor::<2>::from_data(TensorData::new(data, [vocab, hidden]), device);
+    model.model.embed_tokens.weight = Param::from_tensor(emb).set_require_grad(false);
+    model
+}
+
+fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    pollster::block_on(peft::lora_tensors(t.model()))
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.data))
+        .collect()
+}
+
+// Row 4: a step whose loss is not finite stops the run, says which step and why, and the model
+// (so the adapter) goes back to what it was before that step. No non-finite adapter is written.
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
+    let device = webtune::device::cpu().autodiff();
+    const POISON: u32 = 90;
+    let mut model = poisoned_model(POISON as usize, &device);
+    let cfg = TrainConfig {
+        lora: LoraConfig {
+            r: 4,
+            dropout: 0.0,
+            ..LoraConfig::default()
+        },
+        steps: 40,
+        batch_size: 1,
+        lr: 1e-2,
+        eval_every: 0,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    lora::attach(&mut model, &cfg.lora, cfg.seed).unwrap();
+    // One document, split by position (the last 10% for validation): the poisoned token sits in
+    // one training window, which a shuffled epoch reaches at some step.
+    let mut tokens: Vec<u32> = (0..400).map(|i| 3 + (i * 7) % 40).collect();
+    tokens[200] = POISON;
+    let docs = [Document {
+        name: "a.txt".into(),
+        tokens,
+    }];
+    let split = SplitConfig {
+        seq_len: 16,
+        val_fraction: 0.1,
+        seed: 1,
+    };
+    let data = Dataset::split(&docs, Some(2), &split).unwrap();
+    assert!(data.train.iter().any(|w| w.contains(&POISON)));
+    let mut t = Trainer::new(model, data, cfg).unwrap();
+
+    let mut snapshot = lora_tensors(&t);
+    let err = loop {
+        match pollster::block_on(t.step()) {
+            Ok(p) => {
+                assert!(p.train_loss.unwrap().is_finite());
+                snapshot = lora_tensors(&t);
+            }
+            Err(e) => break e,
+        }
+    };
+    let step = t.steps_done();
+    let m = err.to_string();
+    println!("{m}");
+    assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
+    assert!(
+        m.contains(&format!("step {step}:")) && m.contains("learning rate"),
+        "{m}"
+    );
+    assert!(
+        step > 1,
+        "the poisoned window came first: pick another seed"
+    );
+    assert!(t.is_finished() && t.failure() == Some(m.as_str()));
+    assert!(matches!(
+        pollster::block_on(t.step()),
+        Err(Error::Invalid(_))
+    ));
+    // The adapter is the one from before the failed step, bit for bit, and it exports.
+    assert_eq!(lora_tensors(&t), snapshot);
+    let files = pollster::block_on(peft::export(
+        t.model(),
+        &t.config().lora,
+        "tiny",
+        AdapterDtype::F32,
+    ))
+    .unwrap();
+    assert!(!files.safetensors.is_empty());
+}
+
+#[test]
+fn a_non_finite_adapter_is_never_written() {
+    let device = webtune::device::cpu();
+    let mut model = load_fixture_model("tiny-llama-untied", &device);
+    let cfg = LoraConfig::default();
+    lora::attach(&mut model, &cfg, 0).unwrap();
+    let (_, _, proj) = model.projections_mut().into_iter().next().unwrap();
+    let branch = proj.lora.as_mut().unwrap();
+    let dims = branch.b.val().dims();
+    branch.b = Param::from_tensor(Tensor::full(dims, f32::NAN, &device));
+    let err = pollster::block_on(peft::export(&model, &cfg, "tiny", AdapterDtype::F32))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
+    assert!(err.to_string().contains("lora_B"), "{err}");
+}
+
+fn session_with_text() -> Session {
+    let mut s = Session::new(webtune::device::cpu());
+    s.set_model(load_gguf(tiny_gguf()).unwrap());
+    let text = "the quick brown fox jumps over the lazy dog. ".repeat(200);
+    s.add_text("fox.txt", text.as_bytes()).unwrap();
+    s
+}
+
+// Row 6: settings typed into the page: each out-of-range one is named, nothing overflows.
+#[test]
+fn out_of_range_settings_are_named() {
+    let s = session_with_text();
+    s.plan(&TrainConfig::default(), 128, 0.1).unwrap();
+    let lora = |r| LoraConfig {
+        r,
+        ..LoraConfig::default()
+    };
+    let cases: Vec<(TrainConfig, usize, f64, &str)> = vec![
+        (
+            TrainConfig {
+                batch_size: 1_000_000_000,
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "batch size",
+        ),
+        (
+            TrainConfig {
+                lora: lora(100_000_000),
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "rank",
+        ),
+        (
+            TrainConfig {
+                lora: lora(0),
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "rank",
+        ),
+        (
+            TrainConfig {
+                steps: usize::MAX,
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "steps",
+        ),
+        (TrainConfig::default(), usize::MAX, 0.1, "sequence length"),
+        (
+            TrainConfig {
+                batch_size: 512,
+                ..TrainConfig::default()
+            },
+            8192,
+            0.1,
+            "micro-batch",
+        ),
+        (
+            TrainConfig {
+                lr: f64::NAN,
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                lr: 1e30,
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                grad_accum: usize::MAX,
+                ..TrainConfig::default()
+            },
+            128,
+            0.1,
+            "gradient accumulation",
+        ),
+        (TrainConfig::default(), 128, 2.0, "validation share"),
+    ];
+    for (cfg, seq_len, val, what) in cases {
+        let m = message(s.plan(&cfg, seq_len, val));
+        assert!(m.contains(what), "{what}: {m}");
+    }
+}
+
+/// A real adapter's files with `edit` applied to its config.
+fn adapter_with(edit: impl Fn(&mut serde_json::Value)) -> Result<Adapter, Error> {
+    let mut model = load_fixture_model("tiny-llama-untied", &webtune::device::cpu());
+    let cfg = LoraConfig::default();
+    lora::attach(&mut model, &cfg, 0).unwrap();
+    let files = pollster::block_on(peft::export(&model, &cfg, "tiny", AdapterDtype::F32)).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
+    edit(&mut config);
+    Adapter::parse(&config.to_string(), files.safetensors)
+}
+
+// Row 7: a PEFT adapter with dropout 1.5 or rank 0.
+#[test]
+fn adapter_configs_with_impossible_settings_are_refused() {
+    adapter_with(|_| {}).unwrap();
+    let m = message(adapter_with(|c| c["lora_dropout"] = 1.5.into()));
+    assert!(
+        m.contains("adapter_config.json") && m.contains("dropout"),
+        "{m}"
+    );
+    let m = message(adapter_with(|c| c["r"] = 0.into()));
+    assert!(
+        m.contains("adapter_config.json") && m.contains("rank"),
+        "{m}"
+    );
+}
+
+// Row 12: a chat template of nested loops runs out of fuel instead of running for hours.
+#[test]
+fn a_runaway_chat_template_fails_with_a_message() {
+    let template = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}\
+                    x{% endfor %}{% endfor %}{% endfor %}";
+    let started = std::time::Instant::now();
+    let m = message(webtune::chat::render(
+        template,
+        &[webtune::chat::Message::user("hi")],
+        true,
+        "",
+        "",
+    ));
+    assert!(m.contains("chat template"), "{m}");
+    // Not a timing test: a billion iterations would take minutes, the fuel stops it at once.
+    println!("stopped after {:?}", started.elapsed());
+}
+
+// Row 14: duplicate metadata keys and tensor names are refused, not first- or last-wins.
+#[test]
+fn duplicate_gguf_keys_and_tensors_are_refused() {
+    let m = message(load_gguf(rewrite(|meta, _| {
+        meta.push(("llama.block_count".into(), Value::U32(3)))
+    })));
+    assert!(m.contains("`llama.block_count` appears twice"), "{m}");
+    let m = message(load_gguf(rewrite(|_, tensors| {
+        let copy = TensorEntry {
+            name: tensors[0].name.clone(),
+            shape: tensors[0].shape.clone(),
+            ggml_type: tensors[0].ggml_type,
+            data: tensors[0].data.clone(),
+        };
+        tensors.push(copy);
+    })));
+    assert!(
+        m.contains("appears twice") && m.contains("hostile.gguf"),
+        "{m}"
+    );
+}
+
+// Row 15: a text file above the stated size is refused by name, with what to do.
+#[test]
+fn an_oversized_text_file_is_refused_with_a_message() {
+    let tokenizer = load_gguf(tiny_gguf()).unwrap().tokenizer;
+    let big = vec![b'a'; webtune::limits::MAX_TEXT_BYTES + 1];
+    let (docs, skipped) = tokenize_files([("huge.txt", big.as_slice())], &tokenizer);
+    assert!(docs.is_empty());
+    assert_eq!(skipped[0].name, "huge.txt");
+    assert!(
+        skipped[0].reason.contains("64 MB") && skipped[0].reason.contains("split"),
+        "{}",
+        skipped[0].reason
+    );
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+// Row 10: `train --out` is checked before training; the adapter is written whole or not at all.
+#[test]
+fn train_out_is_checked_before_training() {
+    let dir = std::env::temp_dir().join(format!("webtune-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-llama-q.gguf");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--seq-len",
+            "16",
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+
+    let adapter = dir.join("adapter");
+    let (ok, err) = train(&adapter, &[]);
+    assert!(ok, "{err}");
+    let written: Vec<String> = std::fs::read_dir(&adapter)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let mut sorted = written.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [peft::CONFIG_FILE, peft::WEIGHTS_FILE],
+        "{written:?}"
+    );
+
+    let (ok, err) = train(&adapter, &[]);
+    assert!(
+        !ok && err.contains("already holds an adapter") && err.contains("--force"),
+        "{err}"
+    );
+    let (ok, err) = train(&adapter, &["--force"]);
+    assert!(ok, "{err}");
+
+    let (ok, err) = train(&text, &[]);
+    assert!(!ok && err.contains("must be a folder"), "{err}");
+    let (ok, err) = train(&text.join("sub"), &[]);
+    assert!(!ok && err.contains("fox.txt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
