@@ -219,8 +219,9 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
     }
 }
 
-/// Yields batches of window indices, reshuffled every epoch.
-#[derive(Debug, Clone)]
+/// Yields batches of window indices, reshuffled every epoch. Its whole state is saved in a
+/// checkpoint, so a resumed run reads the same batches.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchOrder {
     n: usize,
     batch: usize,
@@ -242,6 +243,20 @@ impl BatchOrder {
         };
         me.reshuffle();
         me
+    }
+
+    /// Whether this (restored) order fits `n` windows in batches of `batch`: a checkpoint is a
+    /// file, and a broken one must not index out of bounds.
+    pub fn fits(&self, n: usize, batch: usize) -> bool {
+        let mut seen = vec![false; n];
+        self.n == n
+            && self.batch == batch.max(1)
+            && self.order.len() == n
+            && self.pos <= n
+            && self
+                .order
+                .iter()
+                .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
     }
 
     fn reshuffle(&mut self) {

@@ -68,7 +68,7 @@ impl SamplingConfig {
 }
 
 /// SplitMix64: small, fast, and the same stream on every platform for a given seed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rng(u64);
 
 impl Rng {

@@ -11,6 +11,7 @@
 
 pub mod base_model;
 pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
@@ -21,6 +22,7 @@ pub mod kernels;
 pub mod limits;
 pub mod lora;
 pub mod model;
+pub mod optim;
 pub mod session;
 pub mod tokenizer;
 pub mod train;

@@ -5,6 +5,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::base_model::BaseModel;
+use crate::checkpoint::CheckpointFile;
 use crate::data::{Dataset, Document, Skipped, SplitConfig, tokenize_files};
 use crate::error::{Error, Result};
 use crate::formats::peft::{self, AdapterDtype, AdapterFiles};
@@ -64,6 +65,8 @@ pub struct Session {
     trainer: Option<Trainer>,
     /// Training tokens per second measured on this device with this model.
     speed: Option<f64>,
+    /// The validation share of the current run (its checkpoints record it).
+    val_fraction: f64,
 }
 
 impl Session {
@@ -75,6 +78,7 @@ impl Session {
             docs: Vec::new(),
             trainer: None,
             speed: None,
+            val_fraction: 0.1,
         }
     }
 
@@ -235,6 +239,31 @@ impl Session {
         let mut model = self.base()?.model.clone();
         crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
         self.trainer = Some(Trainer::new(model, data, cfg)?);
+        self.val_fraction = val_fraction;
+        Ok(plan)
+    }
+
+    /// The current run as a checkpoint file ([`crate::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<Vec<u8>> {
+        let base = self.base()?;
+        let t = self
+            .trainer
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("start a training run first".into()))?;
+        t.checkpoint(&base.name, self.val_fraction).await
+    }
+
+    /// Continues the run saved in a checkpoint file (`name` is what to call it in messages).
+    /// The model and the text files of that run must be loaded; returns the run's plan.
+    pub fn resume(&mut self, name: &str, bytes: Vec<u8>) -> Result<Plan> {
+        let file = CheckpointFile::parse(name, bytes)?;
+        let st = &file.state;
+        let plan = self.plan(&st.config, st.seq_len, st.val_fraction)?;
+        let data = self.dataset(&st.config, st.seq_len, st.val_fraction)?;
+        let base = self.base()?;
+        let trainer = Trainer::resume(base.model.clone(), data, &file, &base.name)?;
+        self.trainer = Some(trainer);
+        self.val_fraction = st.val_fraction;
         Ok(plan)
     }
 

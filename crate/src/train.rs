@@ -6,15 +6,18 @@
 //! and stopping happen between steps.
 
 use burn::module::{Module, ParamId};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
+use crate::checkpoint::{self, CheckpointFile, RunState};
 use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
+use crate::lora::LoraBranch;
 use crate::lora::LoraConfig;
 use crate::model::LlamaForCausalLM;
+use crate::optim::AdamW;
 
 /// Everything that shapes a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,7 +177,7 @@ impl TrainConfig {
 }
 
 /// A progress report, sent after every step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub step: usize,
     pub total_steps: usize,
@@ -327,6 +330,11 @@ pub fn estimate_secs(
     (cfg.steps as f64 * step_tokens + evals as f64 * eval_tokens) / tokens_per_sec.max(1e-9)
 }
 
+/// The dropout seed of step `step` (0-based) of a run seeded with `seed`.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    crate::generate::Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
 /// Steps the ETA averages over.
 const RECENT_STEPS: usize = 5;
 
@@ -334,7 +342,7 @@ const RECENT_STEPS: usize = 5;
 pub struct Trainer {
     /// `None` only transiently while the optimizer consumes it.
     model: Option<LlamaForCausalLM>,
-    optim: burn::optim::ModuleOptimizer,
+    optim: AdamW,
     cfg: TrainConfig,
     data: Dataset,
     order: BatchOrder,
@@ -378,15 +386,12 @@ impl Trainer {
                 "the model has no LoRA layers to train".into(),
             ));
         }
-        // Dropout draws from the device's generator: seed it so a CPU run is reproducible. That
-        // generator is shared by the process, so reproducibility holds for one run at a time.
-        device.seed(cfg.seed);
-        let optim = AdamWConfig::new()
-            .with_beta_1(cfg.adam_beta1 as f32)
-            .with_beta_2(cfg.adam_beta2 as f32)
-            .with_epsilon(cfg.adam_epsilon as f32)
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init();
+        let optim = AdamW::new(
+            cfg.adam_beta1,
+            cfg.adam_beta2,
+            cfg.adam_epsilon,
+            cfg.weight_decay,
+        );
         let order = BatchOrder::new(data.train.len(), cfg.batch_size, cfg.seed);
         Ok(Self {
             model: Some(model),
@@ -433,6 +438,106 @@ impl Trainer {
         self.stopped || self.step >= self.cfg.steps
     }
 
+    /// The run as a checkpoint file ([`crate::checkpoint`]): `base_model` names the model it
+    /// runs on, `val_fraction` is the split it was made with.
+    pub async fn checkpoint(&self, base_model: &str, val_fraction: f64) -> Result<Vec<u8>> {
+        let state = RunState {
+            format: 1,
+            base_model: base_model.to_string(),
+            config: self.cfg.clone(),
+            seq_len: self.data.seq_len,
+            val_fraction,
+            data_fingerprint: checkpoint::fingerprint(&self.data),
+            step: self.step,
+            tokens_seen: self.tokens_seen,
+            train_secs: self.train_secs,
+            eval_secs: self.eval_secs,
+            evals: self.evals,
+            order: self.order.clone(),
+            optimizer_steps: self.optim.steps,
+            history: self.history.clone(),
+        };
+        let tensors = checkpoint::read_tensors(self.model(), &self.optim.moments).await?;
+        checkpoint::to_bytes(&state, &tensors)
+    }
+
+    /// Continues the run saved in `file`: `model` is the base model (on an autodiff device; any
+    /// LoRA it has is replaced), `data` the same windows the run had, `base_model` its name.
+    pub fn resume(
+        mut model: LlamaForCausalLM,
+        data: Dataset,
+        file: &CheckpointFile,
+        base_model: &str,
+    ) -> Result<Self> {
+        file.check_matches(base_model, &data)?;
+        let st = &file.state;
+        let cfg = st.config.clone();
+        let targets = cfg
+            .lora
+            .resolve_targets(&LlamaForCausalLM::LINEAR_MODULES)?;
+        let device = model.model.embed_tokens.weight.val().device();
+        let r = cfg.lora.r;
+        for (path, name, proj) in model.projections_mut() {
+            if !targets.contains(&name) {
+                proj.lora = None;
+                continue;
+            }
+            let [d_in, d_out] = proj.dims();
+            let [name_a, name_b] = crate::optim::matrix_names(&path);
+            let a = Tensor::from_inner(file.tensor(&name_a, [d_in, r], &device)?);
+            let b = Tensor::from_inner(file.tensor(&name_b, [r, d_out], &device)?);
+            proj.lora = Some(LoraBranch::from_tensors(
+                a,
+                b,
+                cfg.lora.scale(),
+                cfg.lora.dropout,
+            ));
+        }
+        let mut moments = std::collections::BTreeMap::new();
+        for (path, _, proj) in model.projections() {
+            let Some(lora) = &proj.lora else { continue };
+            let [name_a, name_b] = crate::optim::matrix_names(&path);
+            for (name, dims) in [(name_a, lora.a.dims()), (name_b, lora.b.dims())] {
+                // A checkpoint of step 0 has no moments yet.
+                if file.state.optimizer_steps == 0 {
+                    continue;
+                }
+                moments.insert(
+                    name.clone(),
+                    crate::optim::Moments {
+                        exp_avg: file.tensor(&format!("{name}.exp_avg"), dims, &device)?,
+                        exp_avg_sq: file.tensor(&format!("{name}.exp_avg_sq"), dims, &device)?,
+                    },
+                );
+            }
+        }
+        let train_windows = data.train.len();
+        let mut t = Trainer::new(model, data, cfg)?;
+        if !st.order.fits(train_windows, t.cfg.batch_size) {
+            return Err(Error::format(
+                file.file_name(),
+                "the checkpoint's batch order does not fit its texts",
+            ));
+        }
+        t.optim.steps = st.optimizer_steps;
+        t.optim.moments = moments;
+        t.order = st.order.clone();
+        t.step = st.step;
+        t.tokens_seen = st.tokens_seen;
+        t.train_secs = st.train_secs;
+        t.eval_secs = st.eval_secs;
+        t.evals = st.evals;
+        t.history = st.history.clone();
+        t.recent_steps = st
+            .history
+            .iter()
+            .rev()
+            .take(RECENT_STEPS)
+            .map(|p| p.step_secs)
+            .collect();
+        Ok(t)
+    }
+
     /// Ends the run early; the model keeps what it learned so far.
     pub fn stop(&mut self) {
         self.stopped = true;
@@ -461,6 +566,10 @@ impl Trainer {
         }
         let started = Instant::now();
         let lr = self.cfg.lr_at(self.step);
+        // Dropout draws from the device's generator: seeded from the run's seed and the step, so
+        // that a run resumed from a checkpoint draws the same masks as one never interrupted. The
+        // generator is shared by the process: reproducibility holds for one run at a time.
+        self.device.seed(step_seed(self.cfg.seed, self.step));
         let model = self.model.take().expect("model is present between steps");
         let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
@@ -487,7 +596,9 @@ impl Trainer {
         // Parameters are shared handles: keeping the model from before the step copies nothing
         // but lets a step that turns out non-finite be undone.
         self.previous = Some(model.clone());
-        self.model = Some(self.optim.step(lr, model, grads));
+        let mut model = model;
+        self.optim.step(lr, &mut model, &mut grads);
+        self.model = Some(model);
         self.step += 1;
 
         let log_now = self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every))

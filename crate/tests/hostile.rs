@@ -10,6 +10,7 @@ use common::gguf_writer::{self, TensorEntry};
 use common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Tensor, TensorData};
+use webtune::checkpoint;
 use webtune::data::{Dataset, Document, SplitConfig, tokenize_files};
 use webtune::formats::gguf::{GgufFile, Value};
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
@@ -552,5 +553,76 @@ fn train_out_is_checked_before_training() {
     assert!(!ok && err.contains("must be a folder"), "{err}");
     let (ok, err) = train(&text.join("sub"), &[]);
     assert!(!ok && err.contains("fox.txt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Row 10 / durable runs on the command line: a run paused (or killed) after a checkpoint and
+// resumed with --resume writes the adapter an uninterrupted run writes, byte for byte.
+#[test]
+fn train_resume_continues_exactly() {
+    let dir = std::env::temp_dir().join(format!("webtune-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-llama-q.gguf");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+    let settings = [
+        "--steps",
+        "8",
+        "--seq-len",
+        "16",
+        "--seed",
+        "3",
+        "--eval-every",
+        "3",
+    ];
+    let whole = dir.join("whole");
+    let (ok, err) = train(&whole, &settings);
+    assert!(ok, "{err}");
+    assert!(
+        !whole.join(checkpoint::FILE_NAME).exists(),
+        "a finished run keeps no checkpoint"
+    );
+
+    let parts = dir.join("parts");
+    let mut first: Vec<&str> = settings.to_vec();
+    first.extend(["--pause-after", "5"]);
+    let (ok, err) = train(&parts, &first);
+    assert!(ok && err.contains("paused after step 5"), "{err}");
+    assert!(!parts.join(peft::WEIGHTS_FILE).exists());
+    let resume = ["--resume", parts.to_str().unwrap()];
+    // Settings come from the checkpoint: typing one is refused, not ignored.
+    let (ok, err) = train(&parts, &[&resume[..], &["--rank", "4"]].concat());
+    assert!(!ok && err.contains("--rank"), "{err}");
+    let (ok, err) = train(&parts, &resume);
+    assert!(ok && err.contains("step 5 of 8"), "{err}");
+    for file in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
+        assert!(
+            std::fs::read(whole.join(file)).unwrap() == std::fs::read(parts.join(file)).unwrap(),
+            "{file} of the resumed run differs"
+        );
+    }
+    // --adapter continues an adapter with its own LoRA settings: a typed rank is refused.
+    let (ok, err) = train(
+        &dir.join("more"),
+        &["--adapter", whole.to_str().unwrap(), "--rank", "4"],
+    );
+    assert!(!ok && err.contains("--rank"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use webtune::burn::tensor::Device;
+use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, Document, SplitConfig};
 use webtune::lora::{self, LoraConfig};
 use webtune::model::LlamaForCausalLM;
@@ -180,4 +181,81 @@ fn schedule_warms_up_linearly_then_decays_by_cosine() {
     assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-12);
     assert!((cfg.lr_at(60) - 0.55e-3).abs() < 1e-9); // halfway: (max + min) / 2
     assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-12);
+}
+
+#[test]
+fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
+    let _turn = serial();
+    // Dropout is on (config()): the masks of a resumed step must be the masks it would have had.
+    let mut whole = trainer(10, 4);
+    whole.run_blocking(|_| Control::Continue).unwrap();
+
+    let mut first = trainer(10, 4);
+    first
+        .run_blocking(|p| {
+            if p.step == 6 {
+                Control::Pause
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    let bytes = pollster::block_on(first.checkpoint("tiny", 0.3)).unwrap();
+    drop(first);
+
+    // A fresh process would have: the base model, the same texts, the checkpoint file.
+    let device = webtune::device::cpu().autodiff();
+    let file = CheckpointFile::parse(checkpoint::FILE_NAME, bytes.clone()).unwrap();
+    assert_eq!(file.state.step, 6);
+    let mut resumed = Trainer::resume(tiny(&device), data(), &file, "tiny").unwrap();
+    assert_eq!(resumed.steps_done(), 6);
+    assert_eq!(
+        resumed.run_blocking(|_| Control::Continue).unwrap(),
+        RunEnd::Finished
+    );
+    assert!(
+        lora_state(&whole) == lora_state(&resumed),
+        "the resumed run's adapter differs from the uninterrupted run's"
+    );
+    let losses =
+        |t: &Trainer| -> Vec<Option<f32>> { t.history.iter().map(|p| p.train_loss).collect() };
+    assert_eq!(losses(&whole), losses(&resumed));
+
+    // A checkpoint only resumes on the model and texts it was made with.
+    let other_text = {
+        let docs = [Document {
+            name: "z.txt".into(),
+            tokens: (0..400).map(|i| 3 + (i * 5) % 40).collect(),
+        }];
+        let split = SplitConfig {
+            seq_len: 16,
+            val_fraction: 0.3,
+            seed: 1,
+        };
+        Dataset::split(&docs, Some(2), &split).unwrap()
+    };
+    let err = Trainer::resume(tiny(&device), other_text, &file, "tiny")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("other text files"), "{err}");
+    let err = Trainer::resume(tiny(&device), data(), &file, "another")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("`another`"), "{err}");
+
+    // A damaged checkpoint is an error, never a panic.
+    let mut rng = webtune::generate::Rng::new(3);
+    for _ in 0..200 {
+        let mut b = bytes.clone();
+        for _ in 0..4 {
+            let i = (rng.next_u64() as usize) % b.len();
+            b[i] ^= 1 << (rng.next_u64() % 8);
+        }
+        if let Ok(file) = CheckpointFile::parse(checkpoint::FILE_NAME, b) {
+            let _ = Trainer::resume(tiny(&device), data(), &file, "tiny");
+        }
+    }
+    for len in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        assert!(CheckpointFile::parse(checkpoint::FILE_NAME, bytes[..len].to_vec()).is_err());
+    }
 }

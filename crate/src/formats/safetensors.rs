@@ -87,6 +87,17 @@ impl SafetensorsCheckpoint {
         })
     }
 
+    /// A `__metadata__` entry of the (first) file's header.
+    pub fn metadata_entry(&self, key: &str) -> Option<&str> {
+        let shard = self.shards.first()?;
+        shard
+            .metadata
+            .metadata()
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
     /// Names of all tensors.
     pub fn names(&self) -> Vec<&str> {
         self.owner.keys().map(String::as_str).collect()

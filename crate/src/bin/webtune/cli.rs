@@ -4,12 +4,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, SplitConfig, tokenize_files};
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::lora::LoraConfig;
-use webtune::train::{Control, Progress, TrainConfig, Trainer};
+use webtune::train::{Progress, TrainConfig, Trainer};
 use webtune::{BaseModel, device};
 
 #[derive(Parser)]
@@ -133,6 +135,17 @@ struct TrainArgs {
     eval_windows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Save a checkpoint (adapter, optimizer state, data order, history) to
+    /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from it.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: usize,
+    /// Continue the interrupted run whose checkpoint is in this folder, exactly where it was
+    /// (same model and text files; the settings come from the checkpoint).
+    #[arg(long, conflicts_with = "adapter")]
+    resume: Option<PathBuf>,
+    /// Train this many steps, save the checkpoint and stop (continue later with --resume OUT).
+    #[arg(long)]
+    pause_after: Option<usize>,
     /// Overwrite an adapter already in --out.
     #[arg(long)]
     force: bool,
@@ -144,7 +157,24 @@ struct TrainArgs {
 }
 
 pub fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The training settings typed on the command line (not defaults): with --adapter or
+    // --resume the settings come from the file, and a typed one must not be ignored silently.
+    let typed: Vec<&'static str> = matches
+        .subcommand_matches("train")
+        .map(|m| {
+            TRAIN_SETTINGS
+                .iter()
+                .copied()
+                .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+                .collect()
+        })
+        .unwrap_or_default();
+    match run(cli, &typed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -167,7 +197,26 @@ pub fn pick_device(choice: DeviceChoice) -> webtune::Result<burn::tensor::Device
 
 use webtune::burn;
 
-fn run(cli: Cli) -> webtune::Result<()> {
+/// The `train` arguments that shape a run (clap ids), and which of them a PEFT adapter fixes.
+const TRAIN_SETTINGS: [&str; 14] = [
+    "rank",
+    "alpha",
+    "dropout",
+    "targets",
+    "rslora",
+    "lr",
+    "steps",
+    "seq_len",
+    "batch",
+    "grad_accum",
+    "val_fraction",
+    "eval_every",
+    "eval_windows",
+    "seed",
+];
+const LORA_SETTINGS: [&str; 5] = ["rank", "alpha", "dropout", "targets", "rslora"];
+
+fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
     match cli.command {
         Command::Info { model } => {
             let base = BaseModel::from_path(&model, &device::cpu())?;
@@ -188,7 +237,7 @@ fn run(cli: Cli) -> webtune::Result<()> {
             println!("chat template: {}", base.tokenizer.chat_template.is_some());
             Ok(())
         }
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(args, typed),
         Command::Bench(args) => crate::bench::bench(args),
         Command::Eval {
             model,
@@ -348,78 +397,160 @@ fn prepare_out(out: &Path, force: bool) -> webtune::Result<()> {
 /// Writes the adapter's two files, each whole or not at all (a temporary file renamed into
 /// place), so an interrupted write never leaves a half-written adapter under the real names.
 fn write_adapter(out: &Path, files: &peft::AdapterFiles) -> webtune::Result<()> {
-    let write = |name: &str, bytes: &[u8]| {
-        let path = out.join(name);
-        let tmp = out.join(format!(".{name}.partial"));
-        let io = |e| webtune::Error::io(path.display().to_string(), e);
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
-    };
     // Weights first: a config next to the old weights would describe them wrongly.
-    write(peft::WEIGHTS_FILE, &files.safetensors)?;
-    write(peft::CONFIG_FILE, files.config_json.as_bytes())
+    write_atomically(&out.join(peft::WEIGHTS_FILE), &files.safetensors)?;
+    write_atomically(&out.join(peft::CONFIG_FILE), files.config_json.as_bytes())
 }
 
-fn train(a: TrainArgs) -> webtune::Result<()> {
+/// Writes `path` whole or not at all: a temporary file next to it, renamed into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> webtune::Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_string(), |n| n.to_string_lossy().to_string());
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let io = |e| webtune::Error::io(path.display().to_string(), e);
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn flags(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
+    if a.resume.is_some() && !typed.is_empty() {
+        return Err(webtune::Error::Invalid(format!(
+            "--resume continues a run with its own settings: leave out {}",
+            flags(typed)
+        )));
+    }
+    let typed_lora: Vec<&str> = typed
+        .iter()
+        .copied()
+        .filter(|t| LORA_SETTINGS.contains(t))
+        .collect();
+    if a.adapter.is_some() && !typed_lora.is_empty() {
+        return Err(webtune::Error::Invalid(format!(
+            "--adapter continues that adapter with its own rank, alpha, dropout and targets: \
+             leave out {}",
+            flags(&typed_lora)
+        )));
+    }
     prepare_out(&a.out, a.force)?;
     let device = pick_device(a.device)?.autodiff();
     let mut base = BaseModel::from_path(&a.model, &device)?;
-    let cfg = TrainConfig {
-        lora: LoraConfig {
-            r: a.rank,
-            alpha: a.alpha,
-            dropout: a.dropout,
-            targets: a.targets.clone(),
-            use_rslora: a.rslora,
-            ..LoraConfig::default()
-        },
-        steps: a.steps,
-        batch_size: a.batch,
-        grad_accum: a.grad_accum,
-        lr: a.lr,
-        eval_every: a.eval_every,
-        eval_windows: a.eval_windows,
-        seed: a.seed,
-        ..TrainConfig::default()
-    };
-    let lora_cfg = match &a.adapter {
+    let (mut trainer, val_fraction) = match &a.resume {
         Some(dir) => {
-            let adapter = load_adapter(dir)?;
-            adapter.apply(&mut base.model)?;
-            adapter.lora_config()
+            let path = dir.join(checkpoint::FILE_NAME);
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(&path).map_err(|e| webtune::Error::io(&shown, e))?;
+            let file = CheckpointFile::parse(&shown, bytes)?;
+            let st = &file.state;
+            let data = read_data(&a.data, &base, st.seq_len, st.val_fraction, st.config.seed)?;
+            eprintln!(
+                "resuming the run of {} at step {} of {}",
+                st.base_model, st.step, st.config.steps
+            );
+            let val_fraction = st.val_fraction;
+            (
+                Trainer::resume(base.model, data, &file, &base.name)?,
+                val_fraction,
+            )
         }
         None => {
-            webtune::lora::attach(&mut base.model, &cfg.lora, cfg.seed)?;
-            cfg.lora.clone()
+            let mut cfg = TrainConfig {
+                lora: LoraConfig {
+                    r: a.rank,
+                    alpha: a.alpha,
+                    dropout: a.dropout,
+                    targets: a.targets.clone(),
+                    use_rslora: a.rslora,
+                    ..LoraConfig::default()
+                },
+                steps: a.steps,
+                batch_size: a.batch,
+                grad_accum: a.grad_accum,
+                lr: a.lr,
+                eval_every: a.eval_every,
+                eval_windows: a.eval_windows,
+                seed: a.seed,
+                ..TrainConfig::default()
+            };
+            match &a.adapter {
+                Some(dir) => {
+                    let adapter = load_adapter(dir)?;
+                    adapter.apply(&mut base.model)?;
+                    cfg.lora = adapter.lora_config();
+                    eprintln!(
+                        "continuing the adapter in {} (r={}, alpha={}) with a fresh AdamW state \
+                         and a new learning-rate schedule; to continue an interrupted run exactly, \
+                         use --resume with its checkpoint",
+                        dir.display(),
+                        cfg.lora.r,
+                        cfg.lora.alpha
+                    );
+                }
+                None => {
+                    webtune::lora::attach(&mut base.model, &cfg.lora, cfg.seed)?;
+                }
+            }
+            let data = read_data(&a.data, &base, a.seq_len, a.val_fraction, a.seed)?;
+            (Trainer::new(base.model, data, cfg)?, a.val_fraction)
         }
     };
-    let data = read_data(&a.data, &base, a.seq_len, a.val_fraction, a.seed)?;
-    let trainable = base.model.num_lora_parameters();
+    let data = trainer.dataset();
     eprintln!(
         "{}: {} training windows, {} validation windows ({} held-out files); {} trainable parameters",
         base.name,
         data.train.len(),
         data.val.len(),
         data.val_documents.len(),
-        trainable
+        trainer.model().num_lora_parameters()
     );
-    let mut trainer = Trainer::new(base.model, data, cfg)?;
-    let before = pollster::block_on(trainer.evaluate())?;
-    if let Some(l) = before {
-        eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
+    if trainer.steps_done() == 0 {
+        let before = pollster::block_on(trainer.evaluate())?;
+        if let Some(l) = before {
+            eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
+        }
     }
-    let outcome = trainer.run_blocking(|p| {
-        print_progress(p);
-        Control::Continue
-    });
+    let checkpoint_path = a.out.join(checkpoint::FILE_NAME);
+    let mut failure = None;
+    let mut taken = 0;
+    while !trainer.is_finished() {
+        if a.pause_after == Some(taken) {
+            let bytes = pollster::block_on(trainer.checkpoint(&base.name, val_fraction))?;
+            write_atomically(&checkpoint_path, &bytes)?;
+            eprintln!(
+                "\npaused after step {}: continue with --resume {}",
+                trainer.steps_done(),
+                a.out.display()
+            );
+            return Ok(());
+        }
+        taken += 1;
+        match pollster::block_on(trainer.step()) {
+            Ok(p) => print_progress(&p),
+            // A non-finite step stopped the run: the trainer kept the adapter from before it,
+            // which is still worth writing; the command fails all the same.
+            Err(e @ webtune::Error::NonFinite(_)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        let step = trainer.steps_done();
+        if a.checkpoint_every > 0
+            && step.is_multiple_of(a.checkpoint_every)
+            && !trainer.is_finished()
+        {
+            let bytes = pollster::block_on(trainer.checkpoint(&base.name, val_fraction))?;
+            write_atomically(&checkpoint_path, &bytes)?;
+        }
+    }
     eprintln!();
-    // A non-finite step stopped the run: the trainer kept the last good adapter, which is
-    // still worth writing; the command fails all the same.
-    let failure = match outcome {
-        Ok(_) => None,
-        Err(e @ webtune::Error::NonFinite(_)) => Some(e),
-        Err(e) => return Err(e),
-    };
     let after = trainer.history.last().and_then(|p| p.val_loss);
     if let Some(l) = after {
         eprintln!("after:  val loss {l:.4}  perplexity {:.2}", l.exp());
@@ -429,13 +560,18 @@ fn train(a: TrainArgs) -> webtune::Result<()> {
     } else {
         AdapterDtype::F32
     };
+    let lora_cfg = trainer.config().lora.clone();
     let model = trainer.into_model();
     let files = pollster::block_on(peft::export(&model, &lora_cfg, &base.name, dtype))?;
     write_adapter(&a.out, &files)?;
     eprintln!("wrote {}", a.out.display());
     match failure {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            // The run is done: its checkpoint has nothing left to resume.
+            let _ = std::fs::remove_file(&checkpoint_path);
+            Ok(())
+        }
     }
 }
 
