@@ -33,7 +33,7 @@ CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
 
 echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh
-(cd tests/e2e && node --test page.test.mjs)
+(cd tests/e2e && node --test page.test.mjs durable.test.mjs)
 
 echo "== bench smoke (tiny model, a few steps; the full bench is tests/bench/run.sh)"
 bash tests/bench/run.sh --quick

@@ -1,21 +1,48 @@
 // The page: renders the worker's state and forwards the person's actions to it. No model math
 // here; the Rust core (in worker.js) does all of it.
 
+import * as store from "./store.js";
+
 const $ = (id) => document.getElementById(id);
-const worker = new Worker("worker.js", { type: "module" });
-const state = { model: null, texts: new Map(), training: false, paused: false, points: [], total: 1, adapter: false };
+let worker = null;
+const state = {
+  model: null, texts: new Map(), training: false, paused: false, points: [], total: 1, adapter: false,
+  // Where the loaded model came from, so that a saved run can load it again.
+  modelSource: null, pendingModelSource: null,
+  // A saved run being resumed: sent to the worker once the model and its texts are back.
+  resuming: null,
+  // The backend the worker runs (after a lost GPU: "cpu").
+  backend: "auto",
+};
 // Read by the end-to-end test and the benchmark (tests/), which drive this page.
 window.webtuneState = state;
 
 // ---- messages from the worker ---------------------------------------------------------------
 const handlers = {
-  ready({ backend }) {
+  async ready({ backend, limits }) {
+    showLimits(limits);
     const threads = backend.threads > 1 ? `, ${backend.threads} threads` : ", one thread";
     $("backend-status").textContent = backend.kind === "webgpu"
       ? `Running on WebGPU: ${backend.adapter}.`
       : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
     document.body.dataset.ready = "1";
+    const run = await store.loadRun();
+    if (run && recovering) {
+      recovering = false;
+      resumeRun(run);
+    } else if (recovering) {
+      // Nothing saved to resume: put the model and the texts back, so the page stays usable.
+      recovering = false;
+      if (state.modelSource) loadModelFrom(state.modelSource);
+    } else if (run) {
+      const { setup, checkpoint } = run;
+      $("resume-text").textContent = `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${checkpoint.total} `
+        + `(${new Date(checkpoint.savedAt).toLocaleString()}), with ${setup.texts.length} text file(s).`
+        + (setup.model.source === "files" && !setup.model.files?.length ? " Open the same model files first." : "");
+      $("resume-banner").hidden = false;
+      document.body.dataset.pendingRun = String(checkpoint.step);
+    }
   },
   modelProgress({ loaded, total, fromCache, parsing }) {
     const bar = $("model-progress");
@@ -27,6 +54,7 @@ const handlers = {
   },
   model({ info }) {
     state.model = info;
+    state.modelSource = state.pendingModelSource ?? state.modelSource;
     $("model-progress").hidden = true;
     showStatus("model", "");
     const dl = $("model-info");
@@ -51,19 +79,40 @@ const handlers = {
     Object.assign(t, info);
     state.texts.set(info.name, t);
     renderTexts();
+    if (state.resuming) {
+      if (![...state.texts.values()].every((x) => x.tokens != null || x.skipped)) return;
+      // The model and every text are back: continue the saved run.
+      const { setup, checkpoint } = state.resuming;
+      state.resuming = null;
+      state.training = true; updateButtons();
+      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt,
+        checkpointEvery: setup.checkpointEvery });
+      return;
+    }
     requestPlan();
   },
   textRemoved() { requestPlan(); },
   plan({ plan }) { renderPlan(plan); },
   measuring() { $("plan").textContent += " · measuring this machine's speed…"; },
-  started({ plan }) {
+  started({ plan, history, resumed }) {
     renderPlan(plan);
-    state.training = true; state.paused = false; state.points = []; state.total = 1;
+    state.training = true; state.paused = false; state.points = history || []; state.total = history?.at(-1)?.total_steps || 1;
     $("sample-after").textContent = "";
     drawChart();
     updateButtons();
-    $("train-status").textContent = "Starting…";
+    const at = history?.at(-1)?.step ?? 0;
+    $("train-status").textContent = resumed ? `Resuming at step ${at}…` : "Starting…";
+    document.body.dataset.resumedAt = resumed ? String(at) : "";
   },
+  async checkpoint({ bytes, step, total }) {
+    try {
+      await store.saveCheckpoint({ bytes, step, total });
+      document.body.dataset.checkpoint = String(step);
+    } catch (e) {
+      showNotice(`Progress could not be saved in this browser (${e?.message ?? e}); the run goes on.`);
+    }
+  },
+  crashed({ message, gpuLost }) { recover(message, gpuLost); },
   progress({ progress: p }) {
     state.total = p.total_steps;
     state.points.push(p);
@@ -82,10 +131,21 @@ const handlers = {
     state.paused = true;
     $("train-status").textContent += " · paused";
     updateButtons();
+    if (switchAfterPause) {
+      // Paused (and saved) to move to another backend: continue there.
+      const backend = switchAfterPause;
+      switchAfterPause = null;
+      recovering = true;
+      state.training = false; state.paused = false;
+      showNotice(`Moving the run to ${backend === "cpu" ? "the CPU" : backend === "webgpu" ? "WebGPU" : "the automatic backend"}…`);
+      startWorker(backend);
+    }
   },
-  done({ stopped, failed }) {
+  done({ stopped, failed, adapter }) {
     state.training = false; state.paused = false;
-    state.adapter = !failed && state.points.length > 0;
+    // After a failed (non-finite) step the adapter from before it is kept and can be downloaded.
+    state.adapter = !!adapter;
+    store.clearRun();
     const last = state.points.at(-1);
     if (!failed) {
       $("train-status").textContent = `${stopped ? "Stopped" : "Finished"} after ${last ? last.step : 0} steps`
@@ -112,18 +172,51 @@ const handlers = {
   error({ context, message }) {
     showError(`${contextWords[context] || "Something went wrong"}: ${message}`);
     if (context === "loadModel") { $("model-progress").hidden = true; showStatus("model", ""); }
-    if (context === "start") { state.training = false; updateButtons(); }
+    if (context === "start" || context === "resume-run") {
+      state.training = false; state.resuming = null; updateButtons();
+      store.clearRun();
+    }
   },
 };
 
 const contextWords = {
   init: "The compute backend could not start", loadModel: "The model could not be loaded",
   addText: "The text could not be added", plan: "These settings do not work", start: "Training could not start",
-  training: "Training failed", sampling: "The sample could not be generated", export: "The adapter could not be saved",
+  training: "Training failed", "resume-run": "The saved run could not be resumed", sampling: "The sample could not be generated", export: "The adapter could not be saved",
 };
 
-worker.onmessage = ({ data }) => handlers[data.type]?.(data);
-worker.onerror = (e) => showError(`The worker failed: ${e.message}`);
+// ---- the worker, and starting a fresh one when it dies -------------------------------------
+// Set while a fresh worker starts after a crash: once ready it resumes the saved run.
+let recovering = false;
+
+function startWorker(backend) {
+  worker?.terminate();
+  state.backend = backend;
+  state.model = null;
+  document.body.dataset.ready = "";
+  worker = new Worker("worker.js", { type: "module" });
+  worker.onmessage = ({ data }) => handlers[data.type]?.(data);
+  worker.onerror = (e) => { e.preventDefault?.(); recover(e.message || "the worker stopped"); };
+  // ?threads=N (N > 1): the CPU backend's multi-threaded build (see worker.js).
+  const threads = Number(new URLSearchParams(location.search).get("threads")) || 1;
+  worker.postMessage({ type: "init", backend, threads });
+}
+
+// The module crashed (a trap), the worker died, or the GPU was lost: start a fresh worker (on
+// the CPU when the GPU is gone) and continue the run from its last checkpoint.
+function recover(message, gpuLost = false) {
+  if (recovering) return;
+  recovering = true;
+  const wasTraining = state.training;
+  state.training = false; state.paused = false;
+  const backend = gpuLost ? "cpu" : state.backend;
+  if (gpuLost) $("backend-choice").value = "cpu";
+  showNotice(`${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). `
+    + `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`);
+  document.body.dataset.recovered = String(Number(document.body.dataset.recovered || 0) + 1);
+  updateButtons();
+  startWorker(backend);
+}
 
 // ---- helpers ------------------------------------------------------------------------------
 function el(tag, text) { const e = document.createElement(tag); if (text != null) e.textContent = text; return e; }
@@ -133,6 +226,22 @@ function duration(s) {
   return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 function lastVal() { for (let i = state.points.length - 1; i >= 0; i--) if (state.points[i].val_loss != null) return state.points[i].val_loss; return null; }
+function showNotice(text) {
+  const box = $("notice");
+  box.hidden = false;
+  box.textContent = text;
+}
+function showLimits(l) {
+  if (!l) return;
+  const form = $("settings");
+  const set = (name, max) => { const input = form.elements[name]; if (input) input.max = String(max); };
+  set("steps", l.max_steps); set("batch_size", l.max_batch_size); set("seq_len", l.max_seq_len);
+  set("rank", l.max_rank); set("lr", l.max_learning_rate);
+  $("limits").textContent = `Limits: steps ≤ ${l.max_steps.toLocaleString()}, rank ≤ ${l.max_rank}, batch size ≤ ${l.max_batch_size}, `
+    + `sequence length ≤ ${l.max_seq_len}, batch size × sequence length ≤ ${l.max_batch_tokens.toLocaleString()}, `
+    + `learning rate ≤ ${l.max_learning_rate}; text files up to ${Math.round(l.max_text_bytes / 2 ** 20)} MB each.`;
+  state.maxTextBytes = l.max_text_bytes;
+}
 function showError(text) {
   const box = $("error");
   box.hidden = false;
@@ -205,11 +314,27 @@ async function addText(name, buffer) {
 }
 
 async function addFiles(files) {
+  if (state.training) { showError("Texts cannot change during a run: stop it first."); return; }
   if (!state.model) showError("Load a base model first: the text is counted in its tokens.");
-  for (const f of files) addText(f.name, await f.arrayBuffer());
+  for (const f of files) {
+    // Not read at all above the limit: a huge file would fill the page's memory first.
+    if (state.maxTextBytes && f.size > state.maxTextBytes) {
+      state.texts.set(f.name, { name: f.name, skipped: `the file is ${Math.round(f.size / 2 ** 20)} MB, more than the ${Math.round(state.maxTextBytes / 2 ** 20)} MB a text file may have; split it into smaller files` });
+      renderTexts();
+      continue;
+    }
+    addText(f.name, await f.arrayBuffer());
+  }
 }
 
 function updateButtons() {
+  // During a run (paused too) the model and the texts stay as they are: the run depends on them.
+  const locked = state.training || !!state.resuming;
+  for (const id of ["load-default", "model-files", "model-url", "text-files"]) $(id).disabled = locked;
+  $("model-url-form").querySelector("button").disabled = locked;
+  $("drop-zone").setAttribute("aria-disabled", String(locked));
+  for (const b of document.querySelectorAll("#text-table button")) b.disabled = locked;
+  for (const input of $("settings").elements) input.disabled = locked;
   const hasText = [...state.texts.values()].some((t) => t.tokens);
   $("start").disabled = !state.model || !hasText || (state.training && !state.paused);
   $("start").textContent = state.paused ? "Resume" : "Start";
@@ -248,32 +373,90 @@ function drawChart() {
 }
 
 // ---- the person's actions ----------------------------------------------------------------------
-function startWorker() {
-  document.body.dataset.ready = "";
-  // ?threads=N (N > 1): the CPU backend's multi-threaded build (see worker.js).
-  const threads = Number(new URLSearchParams(location.search).get("threads")) || 1;
-  worker.postMessage({ type: "init", backend: $("backend-choice").value, threads });
-}
-$("backend-choice").onchange = () => {
-  showError("Reload the page to switch the compute backend (a GPU device can be started once per page).");
-  localStorage.setItem("webtune-backend", $("backend-choice").value);
-};
+$("backend-choice").onchange = () => switchBackend($("backend-choice").value);
 $("backend-choice").value = new URLSearchParams(location.search).get("backend")
   || localStorage.getItem("webtune-backend") || "auto";
-$("load-default").onclick = () => worker.postMessage({ type: "loadModel", source: "default" });
+
+// Another backend: a fresh worker. A run moves with its checkpoint (a pause saves one).
+function switchBackend(backend) {
+  localStorage.setItem("webtune-backend", backend);
+  if (state.training && !state.paused) {
+    switchAfterPause = backend;
+    worker.postMessage({ type: "pause" });
+    return;
+  }
+  recovering = state.training || !!state.modelSource;
+  state.training = false; state.paused = false;
+  startWorker(backend);
+}
+let switchAfterPause = null;
+
+// The model, by source: "default", { url }, or the files picked.
+function loadModelFrom(src) {
+  state.pendingModelSource = src;
+  if (src.source === "default") worker.postMessage({ type: "loadModel", source: "default" });
+  else if (src.source === "url") worker.postMessage({ type: "loadModel", source: "url", url: src.url });
+  else loadModelFiles(src.files, src.name);
+}
+
+async function loadModelFiles(files, modelName) {
+  const payload = await Promise.all(files.map(async (f) => ({ name: f.name, buffer: await f.arrayBuffer() })));
+  worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName }, payload.map((p) => p.buffer));
+}
+
+// Continue a saved run: its settings, its model, its texts, then its checkpoint.
+function resumeRun(run) {
+  const { setup } = run;
+  $("resume-banner").hidden = true;
+  if (setup.model.source === "files" && !setup.model.files?.length) {
+    showError("The model of that run was opened from files the browser did not keep: open the same files, then press Resume.");
+    return;
+  }
+  for (const [name, value] of Object.entries(setup.form)) {
+    const inputs = $("settings").elements[name];
+    if (inputs instanceof RadioNodeList) for (const i of inputs) i.checked = value.includes(i.value);
+    else if (inputs) inputs.value = value;
+  }
+  $("sample-prompt").value = setup.samplePrompt;
+  state.texts = new Map(setup.texts.map((t) => [t.name, { name: t.name, buffer: t.buffer }]));
+  state.resuming = run;
+  renderTexts();
+  updateButtons();
+  loadModelFrom(setup.model);
+}
+
+function formValues() {
+  const f = new FormData($("settings"));
+  const out = {};
+  for (const key of new Set(f.keys())) out[key] = key === "target" ? f.getAll(key) : f.get(key);
+  return out;
+}
+
+$("load-default").onclick = () => loadModelFrom({ source: "default", name: "SmolLM2-135M-Instruct" });
 $("model-files").onchange = async (e) => {
   const files = [...e.target.files];
   if (!files.length) return;
-  const payload = await Promise.all(files.map(async (f) => ({ name: f.name, buffer: await f.arrayBuffer() })));
   const folder = files[0].webkitRelativePath?.split("/")[0] || files.find((f) => f.name.endsWith(".gguf"))?.name || "model";
-  worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName: folder }, payload.map((p) => p.buffer));
+  const pending = await store.loadRun();
   e.target.value = "";
+  if (!$("resume-banner").hidden && pending?.setup.model.source === "files") {
+    // The files of an interrupted run, opened again to resume it.
+    pending.setup.model.files = files;
+    $("resume-banner").hidden = true;
+    resumeRun(pending);
+    return;
+  }
+  loadModelFrom({ source: "files", name: folder, files });
 };
 $("model-url-form").onsubmit = (e) => {
   e.preventDefault();
   const url = $("model-url").value.trim();
-  if (url) worker.postMessage({ type: "loadModel", source: "url", url });
+  if (url) loadModelFrom({ source: "url", url, name: url });
 };
+$("resume-run").onclick = async () => { const run = await store.loadRun(); if (run) resumeRun(run); };
+$("discard-run").onclick = async () => { await store.clearRun(); $("resume-banner").hidden = true; document.body.dataset.pendingRun = ""; };
+// Leaving mid-run: the browser asks first (the run is saved every few steps all the same).
+addEventListener("beforeunload", (e) => { if (state.training && !state.paused) { e.preventDefault(); e.returnValue = ""; } });
 $("text-files").onchange = async (e) => { await addFiles([...e.target.files]); e.target.value = ""; };
 const zone = $("drop-zone");
 zone.ondragover = (e) => { e.preventDefault(); zone.classList.add("over"); };
@@ -281,10 +464,23 @@ zone.ondragleave = () => zone.classList.remove("over");
 zone.ondrop = async (e) => { e.preventDefault(); zone.classList.remove("over"); await addFiles([...e.dataTransfer.files]); };
 zone.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("text-files").click(); } };
 $("settings").oninput = () => requestPlan();
-$("start").onclick = () => {
+$("start").onclick = async () => {
   if (state.paused) { state.paused = false; worker.postMessage({ type: "resume" }); updateButtons(); return; }
+  // Read before the form is locked (disabled fields are not in FormData).
+  const run = settings(), form = formValues();
+  const checkpointEvery = Number(form.checkpoint_every) || 0;
+  const samplePrompt = $("sample-prompt").value;
   state.training = true; updateButtons();
-  worker.postMessage({ type: "start", settings: settings(), samplePrompt: $("sample-prompt").value });
+  $("resume-banner").hidden = true;
+  // What the run needs to start again in a fresh page: model source, texts, settings.
+  await store.clearRun();
+  try {
+    const texts = [...state.texts.values()].filter((t) => t.tokens && t.buffer).map((t) => ({ name: t.name, buffer: t.buffer }));
+    await store.saveSetup({ model: state.modelSource, texts, settings: run, form, samplePrompt, checkpointEvery });
+  } catch (e) {
+    showNotice(`This run cannot be saved in this browser (${e?.message ?? e}): a reload will lose it.`);
+  }
+  worker.postMessage({ type: "start", settings: run, samplePrompt, checkpointEvery });
 };
 $("pause").onclick = () => worker.postMessage({ type: "pause" });
 $("stop").onclick = () => worker.postMessage({ type: "stop" });
@@ -292,4 +488,4 @@ $("sample").onclick = () => worker.postMessage({ type: "sample", prompt: $("samp
 $("download").onclick = () => worker.postMessage({ type: "export", dtype: $("f16").checked ? "f16" : "f32" });
 
 drawChart();
-startWorker();
+startWorker($("backend-choice").value);

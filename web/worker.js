@@ -8,6 +8,40 @@ let samplePrompt = "";
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
+// A trap in the wasm module (a panic, an out-of-memory) leaves it unusable, and when it happens
+// inside a promise's continuation that promise never settles. Report it, so that the page can
+// start a fresh worker and resume the run from its last checkpoint.
+let crashed = false;
+let crashReport = null;
+function reportCrash(error, gpuLost = false) {
+  crashed = true;
+  if (crashReport?.sent) return;
+  // A lost GPU often makes the next GPU call trap first: wait a moment, so that the page hears
+  // the cause (and moves the run to the CPU) rather than the symptom.
+  if (!crashReport || gpuLost) crashReport = { gpuLost, message: error?.message ?? String(error) };
+  setTimeout(() => {
+    if (crashReport.sent) return;
+    crashReport.sent = true;
+    post({ type: "crashed", gpuLost: crashReport.gpuLost, message: crashReport.message });
+  }, gpuLost ? 0 : 300);
+}
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError || /unreachable|out of memory/i.test(e?.message ?? "");
+self.addEventListener("error", (e) => { e.preventDefault(); reportCrash(e.error ?? e.message); });
+self.addEventListener("unhandledrejection", (e) => { if (isTrap(e.reason)) { e.preventDefault(); reportCrash(e.reason); } });
+
+// The GPU device wgpu asks for: kept (self.webtuneGpuDevice) so that its loss is noticed. A lost
+// device (driver reset, GPU unplugged, destroy()) ends the WebGPU session: the page moves the run
+// to the CPU backend.
+if (self.GPUAdapter?.prototype.requestDevice) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (descriptor) {
+    const device = await requestDevice.call(this, descriptor);
+    self.webtuneGpuDevice = device;
+    device.lost.then((info) => reportCrash(new Error(`the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ""})`), true));
+    return device;
+  };
+}
+
 // Two builds of the module (web/build.sh): pkg has WebGPU and the CPU backend on one thread;
 // pkg-threads is the CPU backend with its matmuls on a pool of Web Workers (needs a cross-origin
 // isolated page, for SharedArrayBuffer). pkg-threads is opt-in (?threads=N, N > 1): measured on
@@ -41,7 +75,10 @@ async function loadModule(preference, threadCount) {
   await mod.default();
   return mod;
 }
-const fail = (context, e) => post({ type: "error", context, message: e?.message ?? String(e) });
+const fail = (context, e) => {
+  if (isTrap(e)) reportCrash(e);
+  else post({ type: "error", context, message: e?.message ?? String(e) });
+};
 const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 const DEFAULT_MODEL = { url: "models/default.gguf", name: "SmolLM2-135M-Instruct.Q4_1.gguf" };
@@ -99,29 +136,45 @@ async function loadModel(msg) {
   post({ type: "model", info });
 }
 
+// Checkpoints go to the page, which keeps them in the browser's storage (store.js).
+let checkpointEvery = 10;
+let runSteps = 0;
+async function saveCheckpoint() {
+  const bytes = await session.checkpoint();
+  const last = session.history().at(-1);
+  post({ type: "checkpoint", bytes, step: last?.step ?? 0, total: last?.total_steps ?? runSteps }, [bytes.buffer]);
+}
+
 async function trainLoop() {
   if (running) return;
   running = true;
+  let last = null;
   try {
     while (!paused) {
-      const progress = await session.step();
-      post({ type: "progress", progress });
+      last = await session.step();
+      post({ type: "progress", progress: last });
       // The base model's sample waits for the first step, so that training starts at once.
-      if (progress.step === 1) await sample(samplePrompt, false);
-      if (progress.step >= progress.total_steps) break;
+      if (last.step === 1) await sample(samplePrompt, false);
+      if (last.step >= last.total_steps) break;
+      if (checkpointEvery > 0 && last.step % checkpointEvery === 0) await saveCheckpoint();
       await nextTask(); // let pause/stop messages in
       if (stopRequested) { session.stop(); break; }
     }
-    if (paused && !stopRequested) {
+    // A pause that arrives during the final step finds the run finished: it is done, not paused.
+    const finished = last && last.step >= last.total_steps;
+    if (paused && !stopRequested && !finished) {
+      await saveCheckpoint();
       post({ type: "paused" });
       return;
     }
-    post({ type: "done", stopped: stopRequested });
+    paused = false;
+    post({ type: "done", stopped: stopRequested, adapter: session.hasAdapter() });
     stopRequested = false;
     await sample(samplePrompt, true);
   } catch (e) {
     fail("training", e);
-    post({ type: "done", failed: true });
+    // A non-finite step keeps the adapter from before it (the Rust core restores it).
+    if (!crashed) post({ type: "done", failed: true, adapter: session.hasAdapter() });
   } finally {
     running = false;
   }
@@ -156,7 +209,7 @@ async function handle(msg) {
       case "init": {
         const { WebSession } = await loadModule(msg.backend || "auto", msg.threads || 1);
         session = await WebSession.create(msg.backend || "auto");
-        post({ type: "ready", backend: session.backend() });
+        post({ type: "ready", backend: session.backend(), limits: WebSession.limits() });
         break;
       }
       case "loadModel":
@@ -183,10 +236,25 @@ async function handle(msg) {
         break;
       case "start": {
         samplePrompt = msg.samplePrompt || "";
+        checkpointEvery = msg.checkpointEvery ?? 10;
         stopRequested = false;
         paused = false;
         const plan = session.start(msg.settings);
-        post({ type: "started", plan });
+        runSteps = msg.settings?.train?.steps ?? 0;
+        post({ type: "started", plan, history: [] });
+        // Step 0 saved too: a crash before the first interval still resumes with these settings.
+        if (checkpointEvery > 0) await saveCheckpoint();
+        trainLoop();
+        break;
+      }
+      case "resume-run": {
+        // A run saved by an earlier worker (a reload, a crash, another backend).
+        samplePrompt = msg.samplePrompt || "";
+        checkpointEvery = msg.checkpointEvery ?? 10;
+        stopRequested = false;
+        paused = false;
+        const plan = session.resume(new Uint8Array(msg.bytes));
+        post({ type: "started", plan, history: session.history(), resumed: true });
         trainLoop();
         break;
       }
@@ -199,7 +267,12 @@ async function handle(msg) {
         break;
       case "stop":
         stopRequested = true;
-        if (!running) { session.stop(); paused = false; post({ type: "done", stopped: true }); await sample(samplePrompt, true); }
+        if (!running) {
+          session.stop();
+          paused = false;
+          post({ type: "done", stopped: true, adapter: session.hasAdapter() });
+          await sample(samplePrompt, true);
+        }
         break;
       case "sample":
         await sample(msg.prompt, false);

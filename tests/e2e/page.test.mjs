@@ -3,49 +3,13 @@
 // errors, only same-origin GETs, a responsive main thread. Saves tests/out/page.png.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { root, startServer, unzip, safetensorsHeader } from "./helpers.mjs";
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
 const out = join(root, "tests/out");
 mkdirSync(out, { recursive: true });
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
-    server.on("error", reject);
-    server.stderr.on("data", (d) => process.stderr.write(d));
-    server.stdout.on("data", (d) => {
-      const m = /serving (http:\/\/[^ ]+\/)/.exec(String(d));
-      if (m) resolve({ server, url: m[1] });
-    });
-    setTimeout(() => reject(new Error("the server did not start")), 15000);
-  });
-}
-
-/** The entries of a ZIP whose entries are stored (as webtune writes them). */
-function unzip(buf) {
-  const files = {};
-  let p = 0;
-  while (buf.readUInt32LE(p) === 0x04034b50) {
-    const size = buf.readUInt32LE(p + 18);
-    const nameLen = buf.readUInt16LE(p + 26);
-    const extra = buf.readUInt16LE(p + 28);
-    const name = buf.toString("utf8", p + 30, p + 30 + nameLen);
-    const start = p + 30 + nameLen + extra;
-    files[name] = buf.subarray(start, start + size);
-    p = start + size;
-  }
-  return files;
-}
-
-function safetensorsHeader(buf) {
-  const n = Number(buf.readBigUInt64LE(0));
-  return JSON.parse(buf.toString("utf8", 8, 8 + n));
-}
 
 test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, async () => {
   const { server, url } = await startServer();

@@ -12,6 +12,9 @@
 //! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs, ... }
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
+//! const saved = await s.checkpoint();                     // Uint8Array: the whole run
+//! s2.resume(saved);                                       // later, same model and texts loaded
+//! WebSession.limits();                                    // { max_steps, max_batch_size, ... }
 //! ```
 //! `settings` is `{ seq_len, val_fraction, train: TrainConfig }` (every field optional). Errors
 //! reject with a JavaScript `Error` whose message a person can read; nothing panics on input.
@@ -225,6 +228,50 @@ impl WebSession {
             let progress = s.step().await.map_err(|e| JsValue::from(err(e)))?;
             to_js(&progress).map_err(JsValue::from)
         })
+    }
+
+    /// The current run as a checkpoint file (`Uint8Array`): store it, and `resume` it after a
+    /// reload, a crash or on another backend.
+    pub fn checkpoint(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let s = inner
+                .try_borrow()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let bytes = s.checkpoint().await.map_err(|e| JsValue::from(err(e)))?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+
+    /// Continues the run saved by `checkpoint` (the same model and text files must be loaded);
+    /// returns its Plan. Then `step` as after `start`.
+    pub fn resume(&self, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+        let plan = self
+            .session()?
+            .resume(crate::checkpoint::FILE_NAME, bytes)
+            .map_err(err)?;
+        to_js(&plan)
+    }
+
+    /// The run's progress so far (after `resume`, the steps before the checkpoint).
+    pub fn history(&self) -> Result<JsValue, JsError> {
+        let s = self.session()?;
+        let history = s.trainer().map(|t| t.history.clone()).unwrap_or_default();
+        to_js(&history)
+    }
+
+    /// Whether there is an adapter to export (a run took at least one good step).
+    #[wasm_bindgen(js_name = hasAdapter)]
+    pub fn has_adapter(&self) -> Result<bool, JsError> {
+        Ok(self
+            .session()?
+            .trainer()
+            .is_some_and(|t| t.steps_done() > 0))
+    }
+
+    /// The settings' limits (`{ max_steps, max_batch_size, max_rank, ... }`): the page shows them.
+    pub fn limits() -> Result<JsValue, JsError> {
+        to_js(&crate::limits::setting_limits())
     }
 
     /// Ends the run early (the adapter keeps what it learned).

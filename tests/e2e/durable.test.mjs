@@ -1,0 +1,146 @@
+// End to end: runs that survive. A reload mid-run resumes from the last checkpoint and ends with
+// the adapter an uninterrupted run makes; a destroyed GPU device moves the run to the CPU; a
+// crash of the wasm module starts a fresh one that continues the run; a pause during the final
+// step still finishes the run; the model and the texts are locked during a run.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { launch, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors } from "./helpers.mjs";
+
+// Long enough (on the tiny model, wasm CPU) to reload in the middle.
+const LONG = { steps: 400, seq_len: 64, batch_size: 8, lr: 0.02, checkpoint_every: 20 };
+
+async function fresh(browser, url) {
+  const context = await browser.newContext({ acceptDownloads: true });
+  const page = await context.newPage();
+  page.on("dialog", (d) => d.accept()); // "leave the page?" while training
+  const errors = watchErrors(page);
+  await page.goto(url);
+  return { context, page, errors };
+}
+
+const step = (page) => page.evaluate(() => window.webtuneState.points.at(-1)?.step ?? 0);
+
+test("a reload mid-run resumes, and the adapter equals an uninterrupted run's", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const cpu = `${url}?backend=cpu`;
+    // The uninterrupted run.
+    const a = await fresh(browser, cpu);
+    await tinyModelAndText(a.page);
+    await settings(a.page, LONG);
+    await a.page.click("#start");
+    await a.page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    const whole = await downloadAdapter(a.page);
+    assert.deepEqual(a.errors, []);
+    await a.context.close();
+
+    // The same run, reloaded in the middle.
+    const b = await fresh(browser, cpu);
+    await tinyModelAndText(b.page);
+    // Limits are shown next to the settings (and enforced in Rust).
+    assert.match(await b.page.textContent("#limits"), /steps ≤ 1,000,000/);
+    await settings(b.page, LONG);
+    await b.page.click("#start");
+    await b.page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 60, null, { timeout: 300_000 });
+    // During the run the model, the texts and the settings are locked.
+    for (const sel of ["#model-files", "#text-files", "#load-default", "input[name=steps]", "#text-table button"]) {
+      assert.equal(await b.page.$eval(sel, (e) => e.disabled), true, `${sel} is enabled during a run`);
+    }
+    const before = await step(b.page);
+    await b.page.reload();
+    await b.page.waitForSelector("#resume-banner:not([hidden])", { timeout: 120_000 });
+    const saved = Number(await b.page.getAttribute("body", "data-pending-run"));
+    assert.ok(saved >= before - LONG.checkpoint_every && saved <= before + LONG.checkpoint_every,
+      `saved at step ${saved}, reloaded at step ${before}: at most one checkpoint interval lost`);
+    assert.match(await b.page.textContent("#resume-text"), /interrupted/);
+    await b.page.click("#resume-run");
+    await b.page.waitForFunction(() => document.body.dataset.resumedAt, null, { timeout: 120_000 });
+    assert.equal(Number(await b.page.getAttribute("body", "data-resumed-at")), saved);
+    await b.page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.match(await b.page.textContent("#train-status"), /Finished after 400 steps/);
+    const points = await b.page.evaluate(() => window.webtuneState.points.map((p) => p.step));
+    assert.deepEqual(points, Array.from({ length: 400 }, (_, i) => i + 1), "the chart has every step, before and after the reload");
+    const resumed = await downloadAdapter(b.page);
+    assert.ok(resumed["adapter_model.safetensors"].equals(whole["adapter_model.safetensors"]),
+      "the resumed run's adapter differs from the uninterrupted run's");
+    assert.ok(resumed["adapter_config.json"].equals(whole["adapter_config.json"]));
+    // A finished run leaves nothing to resume.
+    await b.page.reload();
+    await b.page.waitForSelector("body[data-ready='1']");
+    assert.equal(await b.page.getAttribute("#resume-banner", "hidden"), "");
+    assert.deepEqual(b.errors, []);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("a destroyed GPU device: the run moves to the CPU and finishes", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const { page } = await fresh(browser, `${url}?backend=webgpu`);
+    await tinyModelAndText(page);
+    assert.match(await page.textContent("#backend-status"), /WebGPU/);
+    await settings(page, { steps: 16, seq_len: 16, batch_size: 2, lr: 0.02, checkpoint_every: 2 });
+    await page.click("#start");
+    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 4, null, { timeout: 600_000 });
+    const worker = page.workers().at(-1);
+    await worker.evaluate(() => self.webtuneGpuDevice.destroy());
+    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
+    assert.match(await page.textContent("#notice"), /GPU stopped working.*on the CPU/);
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.match(await page.textContent("#backend-status"), /Running on the CPU/);
+    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 4);
+    assert.match(await page.textContent("#train-status"), /Finished after 16 steps/);
+    assert.equal(await page.$eval("#download", (b) => b.disabled), false);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("a trap in the wasm module: a fresh module continues the run", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const { page } = await fresh(browser, `${url}?backend=cpu`);
+    await tinyModelAndText(page);
+    await settings(page, LONG);
+    await page.click("#start");
+    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
+    // What a panic looks like from JavaScript: a RuntimeError thrown in a promise continuation,
+    // leaving that promise unsettled forever.
+    await page.workers().at(-1).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
+    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
+    assert.match(await page.textContent("#notice"), /crashed.*continues from its last saved step/);
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
+    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("a pause during the final step still finishes the run", { timeout: 600_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const { page, errors } = await fresh(browser, `${url}?backend=cpu`);
+    await tinyModelAndText(page);
+    await settings(page, { steps: 1, seq_len: 16, batch_size: 2 });
+    await page.click("#start");
+    // The only step is done; the worker now writes the base model's sample: pause lands there.
+    await page.waitForFunction(() => document.body.dataset.progress === "100", null, { timeout: 300_000 });
+    await page.evaluate(() => document.getElementById("pause").click());
+    await page.waitForSelector("body[data-done='1']", { timeout: 300_000 });
+    assert.match(await page.textContent("#train-status"), /Finished after 1 steps/);
+    assert.equal(await page.$eval("#download", (b) => b.disabled), false);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});

@@ -1,0 +1,85 @@
+// Shared by the end-to-end tests: the server, the browser, the tiny model's setup, zip reading.
+import { spawn } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
+
+export function startServer() {
+  return new Promise((resolve, reject) => {
+    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
+    server.on("error", reject);
+    server.stderr.on("data", (d) => process.stderr.write(d));
+    server.stdout.on("data", (d) => {
+      const m = /serving (http:\/\/[^ ]+\/)/.exec(String(d));
+      if (m) resolve({ server, url: m[1] });
+    });
+    setTimeout(() => reject(new Error("the server did not start")), 15000);
+  });
+}
+
+export function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--enable-unsafe-webgpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--no-sandbox"],
+  });
+}
+
+/** The entries of a ZIP whose entries are stored (as webtune writes them). */
+export function unzip(buf) {
+  const files = {};
+  let p = 0;
+  while (buf.readUInt32LE(p) === 0x04034b50) {
+    const size = buf.readUInt32LE(p + 18);
+    const nameLen = buf.readUInt16LE(p + 26);
+    const extra = buf.readUInt16LE(p + 28);
+    const name = buf.toString("utf8", p + 30, p + 30 + nameLen);
+    const start = p + 30 + nameLen + extra;
+    files[name] = buf.subarray(start, start + size);
+    p = start + size;
+  }
+  return files;
+}
+
+export function safetensorsHeader(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  return JSON.parse(buf.toString("utf8", 8, 8 + n));
+}
+
+/** Collects page errors and console errors into the returned array. */
+export function watchErrors(page) {
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  page.on("console", (m) => { if (m.type() === "error") errors.push(`console: ${m.text()}`); });
+  return errors;
+}
+
+/** Loads the tiny fixture model through the file input and drops one text file. */
+export async function tinyModelAndText(page) {
+  await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+  await page.setInputFiles("#model-files", join(root, "tests/fixtures/tiny-llama-q.gguf"));
+  await page.waitForSelector("#model-info:not([hidden])", { timeout: 60_000 });
+  await page.evaluate(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(60)], "cats.txt", { type: "text/plain" }));
+    document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+  });
+  await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+}
+
+/** Fills the settings form. */
+export async function settings(page, values) {
+  for (const [name, value] of Object.entries(values)) await page.fill(`input[name=${name}]`, String(value));
+}
+
+/** Clicks Download and returns the adapter's files. */
+export async function downloadAdapter(page) {
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+  const stream = await download.createReadStream();
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  return unzip(Buffer.concat(chunks));
+}
