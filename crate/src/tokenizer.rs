@@ -16,6 +16,35 @@ pub struct Tokenizer {
     pub chat_template: Option<String>,
 }
 
+/// `tokenizers` 0.22 panics (an `expect`) instead of returning an error on two kinds of
+/// tokenizer.json (found by `crate/fuzz`): JSON that ends inside the `decoder`, and a
+/// `Precompiled` normalizer whose charsmap does not parse. Both are refused here first.
+fn check_before_tokenizers(file: &str, bytes: &[u8]) -> Result<()> {
+    let bad = |problem: String| Error::Tokenizer {
+        file: file.to_string(),
+        problem,
+    };
+    let json: Json = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not a valid tokenizer.json: {e}")))?;
+    fn precompiled_ok(v: &Json) -> std::result::Result<(), String> {
+        match v.get("type").and_then(Json::as_str) {
+            Some("Precompiled") => {
+                serde_json::from_value::<tokenizers::normalizers::Precompiled>(v.clone())
+                    .map(|_| ())
+                    .map_err(|e| format!("its Precompiled normalizer is broken: {e}"))
+            }
+            Some("Sequence") => v
+                .get("normalizers")
+                .and_then(Json::as_array)
+                .map_or(Ok(()), |items| items.iter().try_for_each(precompiled_ok)),
+            _ => Ok(()),
+        }
+    }
+    json.get("normalizer")
+        .map_or(Ok(()), precompiled_ok)
+        .map_err(bad)
+}
+
 /// ggml token types (`llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
@@ -24,6 +53,7 @@ impl Tokenizer {
     /// From `tokenizer.json` bytes, with `tokenizer_config.json` (optional) for the special tokens
     /// and the chat template.
     pub fn from_json(file: &str, bytes: &[u8], tokenizer_config: Option<&str>) -> Result<Self> {
+        check_before_tokenizers(file, bytes)?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             file: file.to_string(),
             problem: format!("not a valid tokenizer.json: {e}"),

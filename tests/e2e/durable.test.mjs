@@ -4,6 +4,7 @@
 // step still finishes the run; the model and the texts are locked during a run.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import { launch, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors } from "./helpers.mjs";
 
 // Long enough (on the tiny model, wasm CPU) to reload in the middle.
@@ -141,6 +142,28 @@ test("a pause during the final step still finishes the run", { timeout: 600_000 
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();
+    server.kill();
+  }
+});
+
+test("the server answers a malformed request with 400 and lists no folder", { timeout: 60_000 }, async () => {
+  const { server, url } = await startServer();
+  try {
+    const { hostname, port } = new URL(url);
+    const raw = (text) => new Promise((resolve, reject) => {
+      const socket = net.connect(Number(port), hostname, () => socket.end(text));
+      let data = "";
+      socket.on("data", (d) => { data += d; });
+      socket.on("end", () => resolve(data));
+      socket.on("error", reject);
+    });
+    // A request line without a version gets an HTTP/0.9-style answer: the body says 400.
+    assert.match(await raw("GARBAGE\r\n\r\n"), /Error code: 400/);
+    assert.match(await raw("GET / HTTP/1.1 extra words\r\n\r\n"), /Error code: 400/);
+    assert.match(await raw("GET /pkg/ HTTP/1.0\r\n\r\n"), /^HTTP\/1\.[01] 40[34]/);
+    const listing = await (await fetch(new URL("pkg/", url))).text();
+    assert.doesNotMatch(listing, /webtune\.js|Directory listing/);
+  } finally {
     server.kill();
   }
 });

@@ -1,0 +1,101 @@
+#![allow(dead_code)] // each target uses one of these
+//! What each fuzz target does with its input. Shared by the libFuzzer targets (next to this file)
+//! and by `crate/tests/fuzz_smoke.rs`, which runs them over the seed corpus and mutations of it in
+//! CI. Every input must give `Ok` or an error: a panic, an abort or an out-of-memory is a bug.
+
+use webtune::base_model::BaseModel;
+use webtune::checkpoint::CheckpointFile;
+use webtune::config::LlamaConfig;
+use webtune::data::{Dataset, SplitConfig, tokenize_files};
+use webtune::formats::Checkpoint as _;
+use webtune::formats::peft::Adapter;
+use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::tokenizer::Tokenizer;
+use webtune::train::Trainer;
+
+/// The tiny fixture model: a valid base for adapters, checkpoints and text.
+pub const TINY_GGUF: &[u8] = include_bytes!("../../../tests/fixtures/tiny-llama-q.gguf");
+
+fn tiny() -> BaseModel {
+    BaseModel::from_gguf(
+        "tiny.gguf",
+        TINY_GGUF.to_vec(),
+        &webtune::device::cpu().autodiff(),
+    )
+    .expect("the fixture loads")
+}
+
+/// A GGUF model file: header, metadata, tokenizer, tensors, the model built from them.
+pub fn gguf(data: &[u8]) {
+    let _ = BaseModel::from_gguf("fuzz.gguf", data.to_vec(), &webtune::device::cpu());
+}
+
+/// A safetensors file: header, then every tensor read.
+pub fn safetensors(data: &[u8]) {
+    if let Ok(ckpt) = SafetensorsCheckpoint::single("fuzz.safetensors", data.to_vec()) {
+        for name in ckpt.names() {
+            let _ = ckpt.load(name);
+        }
+    }
+}
+
+/// A PEFT adapter: `adapter_config.json`, a NUL byte, `adapter_model.safetensors`; applied to
+/// the tiny model.
+pub fn peft_adapter(data: &[u8]) {
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let Ok(config) = std::str::from_utf8(&data[..split]) else {
+        return;
+    };
+    let weights = data.get(split + 1..).unwrap_or_default().to_vec();
+    if let Ok(adapter) = Adapter::parse(config, weights) {
+        let mut base = tiny();
+        let _ = adapter.apply(&mut base.model);
+    }
+}
+
+/// A Hugging Face `config.json`.
+pub fn hf_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = LlamaConfig::from_json("config.json", text);
+    }
+}
+
+/// A `tokenizer.json`, then encoding and decoding with it.
+pub fn tokenizer_json(data: &[u8]) {
+    if let Ok(tok) = Tokenizer::from_json("tokenizer.json", data, None)
+        && let Ok(ids) = tok.encode("Hello, world! 123 ½ 日本語 <|im_start|>")
+    {
+        let _ = tok.decode(&ids, true);
+    }
+}
+
+/// A text file to train on: checked, tokenized by the tiny model, split into windows.
+pub fn text(data: &[u8]) {
+    let base = tiny();
+    let (docs, _) = tokenize_files([("fuzz.txt", data)], &base.tokenizer);
+    let split = SplitConfig {
+        seq_len: 16,
+        val_fraction: 0.1,
+        seed: 0,
+    };
+    let _ = Dataset::split(&docs, Some(2), &split);
+}
+
+/// A checkpoint file, resumed on the tiny model with a fixed text.
+pub fn checkpoint(data: &[u8]) {
+    let Ok(file) = CheckpointFile::parse("fuzz.safetensors", data.to_vec()) else {
+        return;
+    };
+    let base = tiny();
+    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
+    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
+    let st = &file.state;
+    let split = SplitConfig {
+        seq_len: st.seq_len,
+        val_fraction: st.val_fraction,
+        seed: st.config.seed,
+    };
+    if let Ok(data) = Dataset::split(&docs, Some(2), &split) {
+        let _ = Trainer::resume(base.model, data, &file, &base.name);
+    }
+}

@@ -1,0 +1,169 @@
+//! The fuzz targets' bodies (crate/fuzz/fuzz_targets/bodies.rs) over valid inputs and a few
+//! thousand mutations of them: a short, deterministic smoke of what libFuzzer runs for hours
+//! (crate/fuzz/README.md). Any panic fails the test.
+// Native only: reads fixtures from disk.
+#![cfg(not(target_arch = "wasm32"))]
+
+#[path = "../fuzz/fuzz_targets/bodies.rs"]
+mod bodies;
+mod common;
+
+use common::fixtures;
+use webtune::generate::Rng;
+
+/// Bit flips, byte overwrites with boundary values, truncations and splices of `seed`.
+fn mutations(seed: &[u8], count: usize, salt: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(salt);
+    let mut out = vec![seed.to_vec(), Vec::new()];
+    for _ in 0..count {
+        let mut b = seed.to_vec();
+        if b.is_empty() {
+            break;
+        }
+        // Most structure is in the first bytes (headers, counts): aim there half the time.
+        let at = |rng: &mut Rng, len: usize| {
+            let span = if rng.next_u64().is_multiple_of(2) {
+                len.min(256)
+            } else {
+                len
+            };
+            (rng.next_u64() as usize) % span
+        };
+        match rng.next_u64() % 4 {
+            0 => {
+                for _ in 0..1 + rng.next_u64() % 4 {
+                    let i = at(&mut rng, b.len());
+                    b[i] ^= 1 << (rng.next_u64() % 8);
+                }
+            }
+            1 => {
+                let i = at(&mut rng, b.len());
+                let v = [0x00, 0xff, 0x7f, 0x80][(rng.next_u64() % 4) as usize];
+                let n = (1 + rng.next_u64() % 8) as usize;
+                for x in b.iter_mut().skip(i).take(n) {
+                    *x = v;
+                }
+            }
+            2 => b.truncate(at(&mut rng, b.len())),
+            _ => {
+                let i = at(&mut rng, b.len());
+                let j = at(&mut rng, b.len());
+                let chunk = b[j..(j + 16).min(b.len())].to_vec();
+                b.splice(i..i, chunk);
+            }
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn run(target: fn(&[u8]), seeds: &[Vec<u8>], count: usize) {
+    for (k, seed) in seeds.iter().enumerate() {
+        for input in mutations(seed, count, k as u64 + 1) {
+            target(&input);
+        }
+    }
+}
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(path)).unwrap()
+}
+
+#[test]
+fn gguf() {
+    run(bodies::gguf, &[bodies::TINY_GGUF.to_vec()], 1500);
+}
+
+#[test]
+fn safetensors() {
+    let seeds = [
+        read("tiny-llama-tied/model.safetensors"),
+        read("peft/qv-adapter/adapter_model.safetensors"),
+    ];
+    run(bodies::safetensors, &seeds, 1000);
+}
+
+#[test]
+fn peft_adapter() {
+    let mut seed = read("peft/qv-adapter/adapter_config.json");
+    seed.push(0);
+    seed.extend(read("peft/qv-adapter/adapter_model.safetensors"));
+    run(bodies::peft_adapter, &[seed], 1000);
+}
+
+#[test]
+fn hf_config() {
+    run(
+        bodies::hf_config,
+        &[read("tiny-llama-untied/config.json")],
+        2000,
+    );
+}
+
+#[test]
+fn tokenizer_json() {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..94u32)
+        .map(|i| (char::from_u32(0x21 + i).unwrap().to_string(), i.into()))
+        .collect();
+    let seed = serde_json::json!({
+        "version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null, "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "vocab": vocab, "merges": ["! \"", "# $"]}
+    })
+    .to_string();
+    // Two inputs that made tokenizers 0.22 panic (fuzzing found them): refused with an error.
+    let cut = &seed.as_bytes()[..seed.find("\"decoder\"").unwrap() + 24];
+    let precompiled = seed.replace(
+        "\"normalizer\":null",
+        "\"normalizer\":{\"type\":\"Precompiled\",\"precompiled_charsmap\":\"AAAA\"}",
+    );
+    assert!(precompiled.contains("Precompiled"));
+    for input in [cut, precompiled.as_bytes()] {
+        assert!(webtune::Tokenizer::from_json("tokenizer.json", input, None).is_err());
+    }
+    run(bodies::tokenizer_json, &[seed.into_bytes()], 1000);
+}
+
+#[test]
+fn text() {
+    let seeds = [
+        "the cat sat on the mat.\nAnd the dog, too: ½ 日本語\n"
+            .repeat(10)
+            .into_bytes(),
+        b"\xef\xbb\xbfwith a BOM\r\nand CRLF\r\n".to_vec(),
+    ];
+    run(bodies::text, &seeds, 500);
+}
+
+#[test]
+fn checkpoint() {
+    // A real checkpoint: two steps of the tiny model on the text bodies::checkpoint resumes with.
+    use webtune::data::{Dataset, SplitConfig, tokenize_files};
+    use webtune::train::{TrainConfig, Trainer};
+    let device = webtune::device::cpu().autodiff();
+    let mut base =
+        webtune::BaseModel::from_gguf("tiny.gguf", bodies::TINY_GGUF.to_vec(), &device).unwrap();
+    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
+    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
+    let split = SplitConfig {
+        seq_len: 16,
+        val_fraction: 0.1,
+        seed: 0,
+    };
+    let data = Dataset::split(&docs, Some(2), &split).unwrap();
+    let cfg = TrainConfig {
+        steps: 4,
+        batch_size: 2,
+        ..TrainConfig::default()
+    };
+    webtune::lora::attach(&mut base.model, &cfg.lora, 0).unwrap();
+    let name = base.name.clone();
+    let mut t = Trainer::new(base.model, data, cfg).unwrap();
+    pollster::block_on(t.step()).unwrap();
+    pollster::block_on(t.step()).unwrap();
+    let seed = pollster::block_on(t.checkpoint(&name, 0.1)).unwrap();
+    // The seed itself resumes (so mutations explore past the parser).
+    bodies::checkpoint(&seed);
+    run(bodies::checkpoint, &[seed], 600);
+}
