@@ -214,6 +214,8 @@ function recover(message, gpuLost = false) {
   showNotice(`${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). `
     + `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`);
   document.body.dataset.recovered = String(Number(document.body.dataset.recovered || 0) + 1);
+  document.body.dataset.done = "";
+  $("backend-status").textContent = "Starting again…";
   updateButtons();
   startWorker(backend);
 }

@@ -172,9 +172,13 @@ async function trainLoop() {
     stopRequested = false;
     await sample(samplePrompt, true);
   } catch (e) {
+    // A lost GPU fails the step with an ordinary error just before (or after) the device reports
+    // its loss: give the loss a moment, so that the page resumes the run instead of ending it.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    if (crashed) return;
     fail("training", e);
     // A non-finite step keeps the adapter from before it (the Rust core restores it).
-    if (!crashed) post({ type: "done", failed: true, adapter: session.hasAdapter() });
+    post({ type: "done", failed: true, adapter: session.hasAdapter() });
   } finally {
     running = false;
   }
