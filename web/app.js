@@ -157,13 +157,13 @@ const handlers = {
   sample({ adapted, text, prompt }) {
     $(adapted ? "sample-after" : "sample-before").textContent = prompt + text;
   },
-  adapter({ zip }) {
+  adapter({ zip, gguf }) {
     const date = new Date().toISOString().slice(0, 10);
     const stem = (state.model?.name || "model").replace(/[^A-Za-z0-9._-]+/g, "-");
-    const url = URL.createObjectURL(new Blob([zip], { type: "application/zip" }));
+    const url = URL.createObjectURL(zip ? new Blob([zip], { type: "application/zip" }) : new Blob([gguf], { type: "application/octet-stream" }));
     const a = el("a");
     a.href = url;
-    a.download = `${stem}-lora-${date}.zip`;
+    a.download = `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`;
     document.body.append(a);
     a.click();
     a.remove();
@@ -343,6 +343,7 @@ function updateButtons() {
   $("pause").disabled = !state.training || state.paused;
   $("stop").disabled = !state.training;
   $("download").disabled = !state.adapter || state.training;
+  $("download-gguf").disabled = !state.adapter || state.training;
   $("sample").disabled = !state.model || (state.training && !state.paused);
 }
 
@@ -487,7 +488,8 @@ $("start").onclick = async () => {
 $("pause").onclick = () => worker.postMessage({ type: "pause" });
 $("stop").onclick = () => worker.postMessage({ type: "stop" });
 $("sample").onclick = () => worker.postMessage({ type: "sample", prompt: $("sample-prompt").value, withAdapter: state.adapter });
-$("download").onclick = () => worker.postMessage({ type: "export", dtype: $("f16").checked ? "f16" : "f32" });
+$("download").onclick = () => worker.postMessage({ type: "export", format: "peft", dtype: $("f16").checked ? "f16" : "f32" });
+$("download-gguf").onclick = () => worker.postMessage({ type: "export", format: "gguf", dtype: $("f16").checked ? "f16" : "f32" });
 
 drawChart();
 startWorker($("backend-choice").value);

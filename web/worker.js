@@ -283,8 +283,13 @@ async function handle(msg) {
         if (msg.withAdapter) await sample(msg.prompt, true);
         break;
       case "export": {
-        const a = await session.exportAdapter(msg.dtype || "f32");
-        post({ type: "adapter", zip: a.zip, configJson: a.config_json }, [a.zip.buffer]);
+        if (msg.format === "gguf") {
+          const gguf = await session.exportGgufLora(msg.dtype || "f32");
+          post({ type: "adapter", gguf }, [gguf.buffer]);
+        } else {
+          const a = await session.exportAdapter(msg.dtype || "f32");
+          post({ type: "adapter", zip: a.zip, configJson: a.config_json }, [a.zip.buffer]);
+        }
         break;
       }
       default:

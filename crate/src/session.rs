@@ -321,6 +321,23 @@ impl Session {
         base.tokenizer.decode(&out, true)
     }
 
+    /// The current run's adapter for llama.cpp (GGUF LoRA, [`crate::formats::gguf_lora`]).
+    pub async fn export_gguf_lora(&self, dtype: AdapterDtype) -> Result<Vec<u8>> {
+        let base = self.base()?;
+        let t = self
+            .trainer
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
+        crate::formats::gguf_lora::export(
+            t.model(),
+            &base.config,
+            &t.config().lora,
+            &base.name,
+            dtype,
+        )
+        .await
+    }
+
     /// The PEFT adapter of the current run.
     pub async fn export_adapter(&self, dtype: AdapterDtype) -> Result<AdapterFiles> {
         let base = self.base()?;

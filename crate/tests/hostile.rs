@@ -459,7 +459,7 @@ fn duplicate_gguf_keys_and_tensors_are_refused() {
         let copy = TensorEntry {
             name: tensors[0].name.clone(),
             shape: tensors[0].shape.clone(),
-            ggml_type: tensors[0].ggml_type,
+            dtype: tensors[0].dtype,
             data: tensors[0].data.clone(),
         };
         tensors.push(copy);
@@ -546,8 +546,18 @@ fn train_out_is_checked_before_training() {
         !ok && err.contains("already holds an adapter") && err.contains("--force"),
         "{err}"
     );
-    let (ok, err) = train(&adapter, &["--force"]);
+    let (ok, err) = train(&adapter, &["--force", "--gguf"]);
     assert!(ok, "{err}");
+    // --gguf adds the llama.cpp adapter (its format: crate/tests/gguf_lora.rs).
+    let gguf = GgufFile::parse(
+        "adapter.gguf",
+        std::fs::read(adapter.join("adapter.gguf")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        gguf.get("general.type"),
+        Some(&Value::String("adapter".into()))
+    );
 
     let (ok, err) = train(&text, &[]);
     assert!(!ok && err.contains("must be a folder"), "{err}");

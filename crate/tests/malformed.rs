@@ -129,7 +129,7 @@ fn unsupported_tensor_type_names_the_tensor_and_type() {
             .find(|t| t.name == "blk.1.ffn_up.weight")
             .unwrap();
         // Q4_K: 256 weights a block. Give it data of a plausible size.
-        t.ggml_type = 12;
+        t.dtype = webtune::formats::ggml::GgmlType::from_id(12);
         let n: usize = t.shape.iter().product();
         t.data = vec![0; n / 256 * 144 + 144];
     });

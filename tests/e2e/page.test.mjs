@@ -104,6 +104,16 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.deepEqual(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].shape, [16, 8]);
     assert.equal(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].dtype, "F32");
 
+    // The llama.cpp adapter: a GGUF file of general.type "adapter" (checked in detail by
+    // crate/tests/gguf_lora.rs).
+    const [gguf] = await Promise.all([page.waitForEvent("download"), page.click("#download-gguf")]);
+    assert.match(gguf.suggestedFilename(), /-lora-\d{4}-\d{2}-\d{2}\.gguf$/);
+    const ggufPath = join(out, gguf.suggestedFilename());
+    await gguf.saveAs(ggufPath);
+    const ggufBytes = readFileSync(ggufPath);
+    assert.equal(ggufBytes.toString("latin1", 0, 4), "GGUF");
+    assert.ok(ggufBytes.includes("adapter.lora.alpha") && ggufBytes.includes("blk.0.attn_q.weight.lora_a"));
+
     await page.screenshot({ path: join(out, "page.png"), fullPage: true });
 
     // No errors; the error box never showed.

@@ -3,6 +3,8 @@
 
 pub mod ggml;
 pub mod gguf;
+pub mod gguf_lora;
+pub mod gguf_writer;
 pub mod peft;
 pub mod safetensors;
 pub mod zip;

@@ -19,7 +19,8 @@ use crate::model::LlamaForCausalLM;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-const KEY_PREFIX: &str = "base_model.model.";
+/// PEFT's prefix of every tensor name (`base_model.model.` + the HF module path).
+pub const KEY_PREFIX: &str = "base_model.model.";
 
 /// `adapter_config.json` of a LoRA adapter, with the fields PEFT writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

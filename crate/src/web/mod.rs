@@ -12,6 +12,7 @@
 //! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs, ... }
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
+//! const gguf = await s.exportGgufLora("f16");             // Uint8Array: llama-cli --lora FILE.gguf
 //! const saved = await s.checkpoint();                     // Uint8Array: the whole run
 //! s2.resume(saved);                                       // later, same model and texts loaded
 //! WebSession.limits();                                    // { max_steps, max_batch_size, ... }
@@ -227,6 +228,27 @@ impl WebSession {
                 .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
             let progress = s.step().await.map_err(|e| JsValue::from(err(e)))?;
             to_js(&progress).map_err(JsValue::from)
+        })
+    }
+
+    /// The adapter for llama.cpp (`llama-cli --lora FILE.gguf`): a GGUF LoRA file as a
+    /// `Uint8Array`; dtype "f32" or "f16".
+    #[wasm_bindgen(js_name = exportGgufLora)]
+    pub fn export_gguf_lora(&self, dtype: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let dtype = match dtype.as_str() {
+                "f16" => AdapterDtype::F16,
+                _ => AdapterDtype::F32,
+            };
+            let s = inner
+                .try_borrow()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let bytes = s
+                .export_gguf_lora(dtype)
+                .await
+                .map_err(|e| JsValue::from(err(e)))?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
         })
     }
 

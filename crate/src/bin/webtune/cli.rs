@@ -149,6 +149,10 @@ struct TrainArgs {
     /// Overwrite an adapter already in --out.
     #[arg(long)]
     force: bool,
+    /// Also write OUT/adapter.gguf, the adapter for llama.cpp (`llama-cli -m BASE.gguf --lora
+    /// OUT/adapter.gguf`).
+    #[arg(long)]
+    gguf: bool,
     /// Store the adapter in f16 (half the size).
     #[arg(long)]
     f16: bool,
@@ -368,6 +372,9 @@ pub fn read_data(
     )
 }
 
+/// The llama.cpp adapter's file name in `--out` (with `--gguf`).
+const GGUF_ADAPTER: &str = "adapter.gguf";
+
 /// Makes sure the adapter can be written before any time is spent training: `out` is a folder
 /// (created if missing) that can be written to and holds no adapter yet (unless `force`).
 fn prepare_out(out: &Path, force: bool) -> webtune::Result<()> {
@@ -377,7 +384,7 @@ fn prepare_out(out: &Path, force: bool) -> webtune::Result<()> {
             "{shown}: --out must be a folder, and this is a file"
         )));
     }
-    let existing: Vec<&str> = [peft::CONFIG_FILE, peft::WEIGHTS_FILE]
+    let existing: Vec<&str> = [peft::CONFIG_FILE, peft::WEIGHTS_FILE, GGUF_ADAPTER]
         .into_iter()
         .filter(|f| out.join(f).exists())
         .collect();
@@ -564,6 +571,16 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     let model = trainer.into_model();
     let files = pollster::block_on(peft::export(&model, &lora_cfg, &base.name, dtype))?;
     write_adapter(&a.out, &files)?;
+    if a.gguf {
+        let bytes = pollster::block_on(webtune::formats::gguf_lora::export(
+            &model,
+            &base.config,
+            &lora_cfg,
+            &base.name,
+            dtype,
+        ))?;
+        write_atomically(&a.out.join(GGUF_ADAPTER), &bytes)?;
+    }
     eprintln!("wrote {}", a.out.display());
     match failure {
         Some(e) => Err(e),

@@ -1,0 +1,127 @@
+//! LoRA adapters for llama.cpp (`llama-cli -m base.gguf --lora adapter.gguf`), written as
+//! llama.cpp's `convert_lora_to_gguf.py` writes them:
+//!
+//! - metadata: `general.architecture` = `llama`, `general.type` = `adapter`, `adapter.type` =
+//!   `lora`, `adapter.lora.alpha` (f32), `general.name`;
+//! - tensors: for each adapted projection, `blk.N.<name>.weight.lora_a` holding PEFT's A
+//!   (`[r, d_in]`) and `.lora_b` holding PEFT's B (`[d_out, r]`), F32 or F16 (GGUF lists the
+//!   dimensions fastest-first: `[d_in, r]`, `[r, d_out]`);
+//! - q/k: llama.cpp stores the base q_proj / k_proj rows permuted (the two rotary halves of each
+//!   head interleaved), so B's rows (the output rows) are permuted the same way; A is unchanged.
+//!
+//! llama.cpp scales a branch by alpha / r. With rsLoRA (alpha / sqrt(r)) the alpha written is
+//! alpha * sqrt(r), so that llama.cpp applies the scale the adapter was trained with.
+
+use super::HostTensor;
+use super::gguf::{Value, llama_gguf_name};
+use super::gguf_writer::{self, TensorEntry};
+use super::peft::{AdapterDtype, lora_tensors};
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::lora::LoraConfig;
+use crate::model::LlamaForCausalLM;
+
+/// The file name the page and the CLI give the adapter.
+pub const FILE_SUFFIX: &str = "-lora.gguf";
+
+/// llama.cpp's rotary row permutation of a q/k weight (`LlamaModel.permute` in
+/// `convert_hf_to_gguf.py`): HF row `h*hd + s*hd/2 + j` goes to row `h*hd + 2*j + s`. The
+/// inverse of [`super::gguf::unpermute_rows`].
+pub fn permute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
+    let (rows, cols) = (*t.shape.first()?, t.shape.get(1).copied().unwrap_or(1));
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
+        return None;
+    }
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut data = vec![0.0; t.data.len()];
+    for h in 0..n_heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let hf_row = h * hd + s * half + j;
+                let gguf_row = h * hd + 2 * j + s;
+                data[gguf_row * cols..(gguf_row + 1) * cols]
+                    .copy_from_slice(&t.data[hf_row * cols..(hf_row + 1) * cols]);
+            }
+        }
+    }
+    Some(HostTensor::new(t.shape.clone(), data))
+}
+
+/// The GGUF LoRA adapter of `model` (trained with `lora` on a base described by `config`).
+pub async fn export(
+    model: &LlamaForCausalLM,
+    config: &LlamaConfig,
+    lora: &LoraConfig,
+    base_name: &str,
+    dtype: AdapterDtype,
+) -> Result<Vec<u8>> {
+    let tensors = lora_tensors(model).await?;
+    if tensors.is_empty() {
+        return Err(Error::Invalid(
+            "the model has no LoRA layers to export".into(),
+        ));
+    }
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (key, t) in tensors {
+        if t.data.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "the adapter's `{key}` holds NaN or infinite values: it is not written"
+            )));
+        }
+        // base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
+        //   -> model.layers.0.self_attn.q_proj.weight -> blk.0.attn_q.weight
+        let (hf, suffix) = match key.strip_suffix(".lora_A.weight") {
+            Some(p) => (p, "lora_a"),
+            None => match key.strip_suffix(".lora_B.weight") {
+                Some(p) => (p, "lora_b"),
+                None => continue,
+            },
+        };
+        let hf = format!("{}.weight", hf.trim_start_matches(super::peft::KEY_PREFIX));
+        let gguf = llama_gguf_name(&hf).ok_or_else(|| {
+            Error::Invalid(format!(
+                "`{hf}` has no llama.cpp name: it cannot be exported to GGUF"
+            ))
+        })?;
+        let heads = if suffix == "lora_b" && gguf.ends_with("attn_q.weight") {
+            Some(config.num_attention_heads)
+        } else if suffix == "lora_b" && gguf.ends_with("attn_k.weight") {
+            Some(config.num_key_value_heads())
+        } else {
+            None
+        };
+        let t = match heads {
+            Some(n) => permute_rows(&t, n).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "`{hf}`: its rows are not a multiple of 2 x {n} heads"
+                ))
+            })?,
+            None => t,
+        };
+        let name = format!("{gguf}.{suffix}");
+        entries.push(match dtype {
+            AdapterDtype::F32 => TensorEntry::f32(name, t.shape, &t.data),
+            AdapterDtype::F16 => TensorEntry::f16(name, t.shape, &t.data),
+        });
+    }
+    let alpha = if lora.use_rslora {
+        lora.alpha * (lora.r as f64).sqrt()
+    } else {
+        lora.alpha
+    };
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        ),
+        ("general.type".to_string(), Value::String("adapter".into())),
+        (
+            "general.name".to_string(),
+            Value::String(format!("{base_name} LoRA")),
+        ),
+        ("adapter.type".to_string(), Value::String("lora".into())),
+        ("adapter.lora.alpha".to_string(), Value::F32(alpha as f32)),
+    ];
+    Ok(gguf_writer::write(&metadata, &entries))
+}
