@@ -157,13 +157,14 @@ const handlers = {
   sample({ adapted, text, prompt }) {
     $(adapted ? "sample-after" : "sample-before").textContent = prompt + text;
   },
-  adapter({ zip, gguf }) {
+  adapter({ zip, gguf, merged, name }) {
     const date = new Date().toISOString().slice(0, 10);
     const stem = (state.model?.name || "model").replace(/[^A-Za-z0-9._-]+/g, "-");
-    const url = URL.createObjectURL(zip ? new Blob([zip], { type: "application/zip" }) : new Blob([gguf], { type: "application/octet-stream" }));
+    const bytes = zip ?? gguf ?? merged;
+    const url = URL.createObjectURL(new Blob([bytes], { type: zip ? "application/zip" : "application/octet-stream" }));
     const a = el("a");
     a.href = url;
-    a.download = `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`;
+    a.download = merged ? name : `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`;
     document.body.append(a);
     a.click();
     a.remove();
@@ -344,6 +345,7 @@ function updateButtons() {
   $("stop").disabled = !state.training;
   $("download").disabled = !state.adapter || state.training;
   $("download-gguf").disabled = !state.adapter || state.training;
+  $("download-merged").disabled = !state.adapter || state.training;
   $("sample").disabled = !state.model || (state.training && !state.paused);
 }
 
@@ -489,6 +491,7 @@ $("pause").onclick = () => worker.postMessage({ type: "pause" });
 $("stop").onclick = () => worker.postMessage({ type: "stop" });
 $("sample").onclick = () => worker.postMessage({ type: "sample", prompt: $("sample-prompt").value, withAdapter: state.adapter });
 $("download").onclick = () => worker.postMessage({ type: "export", format: "peft", dtype: $("f16").checked ? "f16" : "f32" });
+$("download-merged").onclick = () => worker.postMessage({ type: "export", format: "merged" });
 $("download-gguf").onclick = () => worker.postMessage({ type: "export", format: "gguf", dtype: $("f16").checked ? "f16" : "f32" });
 
 drawChart();

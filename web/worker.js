@@ -283,7 +283,10 @@ async function handle(msg) {
         if (msg.withAdapter) await sample(msg.prompt, true);
         break;
       case "export": {
-        if (msg.format === "gguf") {
+        if (msg.format === "merged") {
+          const { name, bytes } = await session.exportMerged();
+          post({ type: "adapter", merged: bytes, name }, [bytes.buffer]);
+        } else if (msg.format === "gguf") {
           const gguf = await session.exportGgufLora(msg.dtype || "f32");
           post({ type: "adapter", gguf }, [gguf.buffer]);
         } else {

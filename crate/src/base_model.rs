@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::formats::gguf::{GgufCheckpoint, GgufFile};
+use crate::formats::gguf::{GgufCheckpoint, GgufFile, Value};
 use crate::formats::safetensors::SafetensorsCheckpoint;
 use crate::model::LlamaForCausalLM;
 use crate::tokenizer::Tokenizer;
@@ -34,6 +34,9 @@ pub struct BaseModel {
     pub config: LlamaConfig,
     pub model: LlamaForCausalLM,
     pub tokenizer: Tokenizer,
+    /// The GGUF file's metadata, when the model came from one: a merged GGUF export reuses it
+    /// (tokenizer, hyperparameters, chat template).
+    pub gguf_metadata: Option<Vec<(String, Value)>>,
 }
 
 impl BaseModel {
@@ -48,6 +51,12 @@ impl BaseModel {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| file_name.trim_end_matches(".gguf").to_string());
+        let gguf_metadata = Some(
+            gguf.metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
         let ckpt = GgufCheckpoint::new(
             gguf,
             config.num_attention_heads,
@@ -59,6 +68,7 @@ impl BaseModel {
             config,
             model,
             tokenizer,
+            gguf_metadata,
         })
     }
 
@@ -110,6 +120,7 @@ impl BaseModel {
             config,
             model,
             tokenizer,
+            gguf_metadata: None,
         })
     }
 

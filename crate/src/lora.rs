@@ -248,7 +248,8 @@ pub fn merge(model: &mut crate::model::LlamaForCausalLM) {
     for (_, _, proj) in model.projections_mut() {
         if let Some(lora) = proj.lora.take() {
             let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
-            let merged = proj.base.weight.val() + delta;
+            // Detached: on an autodiff device the sum is not a leaf, and a frozen weight must be.
+            let merged = (proj.base.weight.val() + delta).detach();
             proj.base.weight = Param::from_tensor(merged).set_require_grad(false);
         }
     }

@@ -338,6 +338,41 @@ impl Session {
         .await
     }
 
+    /// The base with the current run's adapter folded in, as one file: `(file name, bytes)`. A
+    /// GGUF F16 file for a base loaded from GGUF, else a zip of the Hugging Face folder
+    /// ([`crate::formats::merged`]).
+    pub async fn export_merged(&self) -> Result<(String, Vec<u8>)> {
+        let base = self.base()?;
+        let t = self
+            .trainer
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
+        let stem: String = base
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if base.gguf_metadata.is_some() {
+            let bytes = crate::formats::merged::gguf_f16(base, t.model()).await?;
+            return Ok((format!("{stem}-merged-f16.gguf"), bytes));
+        }
+        let files = crate::formats::merged::hf_files(base, t.model()).await?;
+        let entries: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        Ok((
+            format!("{stem}-merged.zip"),
+            crate::formats::zip::write_stored(&entries),
+        ))
+    }
+
     /// The PEFT adapter of the current run.
     pub async fn export_adapter(&self, dtype: AdapterDtype) -> Result<AdapterFiles> {
         let base = self.base()?;

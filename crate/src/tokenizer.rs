@@ -220,6 +220,31 @@ impl Tokenizer {
             })
     }
 
+    /// The tokenizer as a `tokenizer.json` (for writing a model out).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Tokenizer {
+            file: self.file.clone(),
+            problem: format!("could not write tokenizer.json: {e}"),
+        })
+    }
+
+    /// The `tokenizer_config.json` transformers reads next to `tokenizer.json`: special tokens
+    /// and the chat template.
+    pub fn config_json(&self) -> String {
+        let token = |id: Option<u32>| id.and_then(|id| self.id_to_token(id));
+        let mut config = json!({ "tokenizer_class": "PreTrainedTokenizerFast" });
+        if let Some(bos) = token(self.bos_token_id) {
+            config["bos_token"] = json!(bos);
+        }
+        if let Some(eos) = token(self.eos_token_ids.first().copied()) {
+            config["eos_token"] = json!(eos);
+        }
+        if let Some(t) = &self.chat_template {
+            config["chat_template"] = json!(t);
+        }
+        config.to_string()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

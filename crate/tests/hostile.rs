@@ -628,6 +628,34 @@ fn train_resume_continues_exactly() {
             "{file} of the resumed run differs"
         );
     }
+    // merge: base + adapter as one Hugging Face folder and one GGUF, which load and generate
+    // (their logits: crate/tests/merged.rs).
+    let merged = dir.join("merged");
+    let gguf = dir.join("merged.gguf");
+    let (ok, err) = cli(&[
+        "merge",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        whole.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for m in [&merged, &gguf] {
+        let (ok, err) = cli(&[
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "4",
+        ]);
+        assert!(ok, "{err}");
+    }
     // --adapter continues an adapter with its own LoRA settings: a typed rank is refused.
     let (ok, err) = train(
         &dir.join("more"),

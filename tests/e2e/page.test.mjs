@@ -114,6 +114,15 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(ggufBytes.toString("latin1", 0, 4), "GGUF");
     assert.ok(ggufBytes.includes("adapter.lora.alpha") && ggufBytes.includes("blk.0.attn_q.weight.lora_a"));
 
+    // The merged model: for this GGUF base, one GGUF F16 file (its logits: crate/tests/merged.rs).
+    const [merged] = await Promise.all([page.waitForEvent("download"), page.click("#download-merged")]);
+    assert.match(merged.suggestedFilename(), /-merged-f16\.gguf$/);
+    const mergedPath = join(out, merged.suggestedFilename());
+    await merged.saveAs(mergedPath);
+    const mergedBytes = readFileSync(mergedPath);
+    assert.equal(mergedBytes.toString("latin1", 0, 4), "GGUF");
+    assert.ok(mergedBytes.includes("tokenizer.ggml.tokens") && mergedBytes.includes("blk.1.ffn_down.weight"));
+
     await page.screenshot({ path: join(out, "page.png"), fullPage: true });
 
     // No errors; the error box never showed.

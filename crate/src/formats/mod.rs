@@ -5,6 +5,7 @@ pub mod ggml;
 pub mod gguf;
 pub mod gguf_lora;
 pub mod gguf_writer;
+pub mod merged;
 pub mod peft;
 pub mod safetensors;
 pub mod zip;

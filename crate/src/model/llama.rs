@@ -204,6 +204,47 @@ impl LlamaForCausalLM {
         projections!(self, iter, &)
     }
 
+    /// Every weight under its HF name and in HF's layout (linear weights `[out, in]`), as
+    /// [`Self::load`] reads them, with the shape to write: for writing the model back out (a
+    /// merged export). Norm weights come as `[1, hidden]` tensors of shape `[hidden]`.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        let row = |t: Tensor<1>| {
+            let [n] = t.dims();
+            (vec![n], t.reshape([1, n]))
+        };
+        let linear = |t: Tensor<2>| {
+            let t = t.transpose(); // burn's [in, out] -> HF's [out, in]
+            (t.dims().to_vec(), t)
+        };
+        let mut out = Vec::new();
+        let embed = self.model.embed_tokens.weight.val();
+        out.push((
+            "model.embed_tokens.weight".to_string(),
+            embed.dims().to_vec(),
+            embed,
+        ));
+        for (l, layer) in self.model.layers.iter().enumerate() {
+            for (name, norm) in [
+                ("input_layernorm", &layer.input_layernorm),
+                ("post_attention_layernorm", &layer.post_attention_layernorm),
+            ] {
+                let (shape, t) = row(norm.gamma.val());
+                out.push((format!("model.layers.{l}.{name}.weight"), shape, t));
+            }
+        }
+        for (path, _, proj) in self.projections() {
+            let (shape, t) = linear(proj.base.weight.val());
+            out.push((format!("{path}.weight"), shape, t));
+        }
+        let (shape, t) = row(self.model.norm.gamma.val());
+        out.push(("model.norm.weight".to_string(), shape, t));
+        if let Some(head) = &self.lm_head {
+            let (shape, t) = linear(head.base.weight.val());
+            out.push(("lm_head.weight".to_string(), shape, t));
+        }
+        out
+    }
+
     /// The names LoRA may target in this family (`all-linear` means all of them).
     pub const LINEAR_MODULES: [&'static str; 7] = [
         "q_proj",

@@ -13,6 +13,7 @@
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
 //! const gguf = await s.exportGgufLora("f16");             // Uint8Array: llama-cli --lora FILE.gguf
+//! const { name, bytes } = await s.exportMerged();          // base + adapter in one file
 //! const saved = await s.checkpoint();                     // Uint8Array: the whole run
 //! s2.resume(saved);                                       // later, same model and texts loaded
 //! WebSession.limits();                                    // { max_steps, max_batch_size, ... }
@@ -249,6 +250,23 @@ impl WebSession {
                 .await
                 .map_err(|e| JsValue::from(err(e)))?;
             Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+
+    /// The base model with the adapter folded in, as one file: `{ name, bytes }` (a GGUF F16
+    /// file for GGUF bases, else a zip of the Hugging Face folder).
+    #[wasm_bindgen(js_name = exportMerged)]
+    pub fn export_merged(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let s = inner
+                .try_borrow()
+                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let (name, bytes) = s.export_merged().await.map_err(|e| JsValue::from(err(e)))?;
+            let out = js_sys::Object::new();
+            js_sys::Reflect::set(&out, &"name".into(), &name.into())?;
+            js_sys::Reflect::set(&out, &"bytes".into(), &Uint8Array::from(bytes.as_slice()))?;
+            Ok(out.into())
         })
     }
 

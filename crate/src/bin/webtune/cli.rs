@@ -8,6 +8,7 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, SplitConfig, tokenize_files};
+use webtune::formats::merged;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::lora::LoraConfig;
@@ -58,6 +59,24 @@ enum Command {
         batch: usize,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
         device: DeviceChoice,
+    },
+    /// Fold an adapter into its base: a Hugging Face folder (model.safetensors, config.json,
+    /// tokenizer files) in --out, and with --gguf also a GGUF F16 file (GGUF bases only).
+    Merge {
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Folder for the merged Hugging Face model.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write this GGUF file (F16) for llama.cpp.
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Overwrite a model already in --out.
+        #[arg(long)]
+        force: bool,
     },
     /// Time the benchmark workloads (training steps, evaluation, generation); prints JSON.
     Bench(crate::bench::BenchArgs),
@@ -243,6 +262,37 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
         }
         Command::Train(args) => train(args, typed),
         Command::Bench(args) => crate::bench::bench(args),
+        Command::Merge {
+            model,
+            adapter,
+            out,
+            gguf,
+            force,
+        } => {
+            let shown = out.display().to_string();
+            if out.join("model.safetensors").exists() && !force {
+                return Err(webtune::Error::Invalid(format!(
+                    "{shown} already holds a model; pass --force to overwrite it"
+                )));
+            }
+            let base = load_model(&model, Some(&adapter), DeviceChoice::Cpu)?;
+            // Checked before writing anything: a merged GGUF needs a GGUF base.
+            let gguf_bytes = match &gguf {
+                Some(_) => Some(pollster::block_on(merged::gguf_f16(&base, &base.model))?),
+                None => None,
+            };
+            let files = pollster::block_on(merged::hf_files(&base, &base.model))?;
+            std::fs::create_dir_all(&out).map_err(|e| webtune::Error::io(&shown, e))?;
+            for (name, bytes) in &files {
+                write_atomically(&out.join(name), bytes)?;
+            }
+            eprintln!("wrote {shown}");
+            if let (Some(path), Some(bytes)) = (&gguf, gguf_bytes) {
+                write_atomically(path, &bytes)?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Eval {
             model,
             adapter,
