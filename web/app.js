@@ -19,8 +19,9 @@ window.webtuneState = state;
 
 // ---- messages from the worker ---------------------------------------------------------------
 const handlers = {
-  async ready({ backend, limits }) {
+  async ready({ backend, limits, defaults }) {
     showLimits(limits);
+    if (!state.defaults) applyDefaults(defaults);
     const threads = backend.threads > 1 ? `, ${backend.threads} threads` : ", one thread";
     $("backend-status").textContent = backend.kind === "webgpu"
       ? `Running on WebGPU: ${backend.adapter}.`
@@ -59,8 +60,10 @@ const handlers = {
     showStatus("model", "");
     const dl = $("model-info");
     dl.hidden = false;
+    drawTargets(info.targets);
     dl.replaceChildren(...[
       ["Model", info.name],
+      ["Family", info.family],
       ["Parameters", info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)} M` : info.parameters.toLocaleString()],
       ["Layers", info.layers],
       ["Vocabulary", info.vocab_size.toLocaleString()],
@@ -229,6 +232,31 @@ function duration(s) {
   return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 function lastVal() { for (let i = state.points.length - 1; i >= 0; i--) if (state.points[i].val_loss != null) return state.points[i].val_loss; return null; }
+// The form starts from the Rust core's defaults (the same the command line's flags have).
+function applyDefaults(d) {
+  if (!d) return;
+  state.defaults = d;
+  const form = $("settings").elements;
+  const t = d.train;
+  const values = { rank: t.lora.r, alpha: t.lora.alpha, lr: t.lr, steps: t.steps, seq_len: d.seq_len,
+    batch_size: t.batch_size, checkpoint_every: d.checkpoint_every };
+  for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
+  for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
+}
+
+// One checkbox per projection the model's family has; the defaults checked.
+function drawTargets(targets) {
+  // A run being resumed keeps its own choice on display.
+  const resumed = state.resuming?.setup.form.target;
+  const wanted = resumed ?? state.defaults?.train.lora.targets ?? ["q_proj", "v_proj"];
+  $("targets").replaceChildren(...targets.map((name) => {
+    const label = el("label");
+    const box = Object.assign(el("input"), { type: "checkbox", name: "target", value: name, checked: wanted.includes(name) });
+    label.append(box, ` ${name}`);
+    return label;
+  }));
+}
+
 function showNotice(text) {
   const box = $("notice");
   box.hidden = false;

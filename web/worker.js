@@ -138,6 +138,8 @@ async function loadModel(msg) {
 
 // Checkpoints go to the page, which keeps them in the browser's storage (store.js).
 let checkpointEvery = 10;
+// The Rust core's defaults (WebSession.defaults()): the sample's length.
+let defaults = null;
 let runSteps = 0;
 async function saveCheckpoint() {
   const bytes = await session.checkpoint();
@@ -189,7 +191,7 @@ let stopRequested = false;
 async function sample(prompt, adapted) {
   if (!prompt) return;
   try {
-    const text = await session.generate(prompt, { adapted, max_new_tokens: 40 });
+    const text = await session.generate(prompt, { adapted, max_new_tokens: defaults?.sample_tokens ?? 40 });
     post({ type: "sample", adapted, prompt, text });
   } catch (e) {
     fail("sampling", e);
@@ -213,7 +215,8 @@ async function handle(msg) {
       case "init": {
         const { WebSession } = await loadModule(msg.backend || "auto", msg.threads || 1);
         session = await WebSession.create(msg.backend || "auto");
-        post({ type: "ready", backend: session.backend(), limits: WebSession.limits() });
+        defaults = WebSession.defaults();
+        post({ type: "ready", backend: session.backend(), limits: WebSession.limits(), defaults });
         break;
       }
       case "loadModel":

@@ -4,7 +4,7 @@
 //! Files that are empty, binary or not UTF-8 are reported by name and skipped; the rest go on.
 
 use crate::error::{Error, Result};
-use crate::generate::Rng;
+use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
 /// A text file's tokens.

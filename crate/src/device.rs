@@ -4,7 +4,7 @@
 use burn::tensor::Device;
 
 /// burn's `flex` CPU backend: measured faster than `ndarray` on this project's CPU workloads
-/// (see `benches/` and README).
+/// (README, "Speed"; `webtune bench`).
 pub fn cpu() -> Device {
     Device::flex()
 }

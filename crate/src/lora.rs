@@ -193,7 +193,7 @@ pub fn init_branch(
     d_in: usize,
     d_out: usize,
     cfg: &LoraConfig,
-    rng: &mut crate::generate::Rng,
+    rng: &mut crate::rng::Rng,
     device: &Device,
 ) -> LoraBranch {
     let r = cfg.r;
@@ -215,7 +215,7 @@ pub fn init_branch(
 }
 
 /// Box-Muller.
-fn normal(rng: &mut crate::generate::Rng) -> f64 {
+fn normal(rng: &mut crate::rng::Rng) -> f64 {
     let u1 = rng.next_f64().max(f64::MIN_POSITIVE);
     let u2 = rng.next_f64();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
@@ -229,7 +229,7 @@ pub fn attach(
     seed: u64,
 ) -> crate::Result<Vec<String>> {
     let targets = cfg.resolve_targets(&crate::model::LlamaForCausalLM::LINEAR_MODULES)?;
-    let mut rng = crate::generate::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut adapted = Vec::new();
     for (path, name, proj) in model.projections_mut() {
         if targets.contains(&name) {

@@ -24,6 +24,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub tied_embeddings: bool,
     pub chat_template: bool,
+    /// The model family (`llama`).
+    pub family: &'static str,
     /// The projections LoRA can target.
     pub targets: Vec<&'static str>,
 }
@@ -102,6 +104,7 @@ impl Session {
             context_length: c.max_position_embeddings,
             tied_embeddings: c.tie_word_embeddings,
             chat_template: base.tokenizer.chat_template.is_some(),
+            family: "llama",
             targets: LlamaForCausalLM::LINEAR_MODULES.to_vec(),
         };
         self.base = Some(base);

@@ -9,7 +9,7 @@ mod bodies;
 mod common;
 
 use common::fixtures;
-use webtune::generate::Rng;
+use webtune::rng::Rng;
 
 /// Bit flips, byte overwrites with boundary values, truncations and splices of `seed`.
 fn mutations(seed: &[u8], count: usize, salt: u64) -> Vec<Vec<u8>> {

@@ -97,7 +97,7 @@ fn every_truncation_is_an_error_not_a_panic() {
 #[test]
 fn corrupt_bytes_never_panic() {
     let bytes = tiny_gguf();
-    let mut rng = webtune::generate::Rng::new(5);
+    let mut rng = webtune::rng::Rng::new(5);
     for _ in 0..150 {
         let mut b = bytes.clone();
         // Flip bytes in the header region, where they change structure rather than values.

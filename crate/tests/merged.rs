@@ -21,7 +21,7 @@ fn adapt(base: &mut BaseModel, b_std: f64) {
         ..LoraConfig::default()
     };
     lora::attach(&mut base.model, &cfg, 1).unwrap();
-    let mut rng = webtune::generate::Rng::new(7);
+    let mut rng = webtune::rng::Rng::new(7);
     for (_, _, proj) in base.model.projections_mut() {
         let branch = proj.lora.as_mut().unwrap();
         let [r, d_out] = branch.b.val().dims();

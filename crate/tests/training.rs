@@ -244,7 +244,7 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
     assert!(err.to_string().contains("`another`"), "{err}");
 
     // A damaged checkpoint is an error, never a panic.
-    let mut rng = webtune::generate::Rng::new(3);
+    let mut rng = webtune::rng::Rng::new(3);
     for _ in 0..200 {
         let mut b = bytes.clone();
         for _ in 0..4 {

@@ -47,6 +47,12 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     await page.setInputFiles("#model-files", join(root, "tests/fixtures/tiny-llama-q.gguf"));
     await page.waitForSelector("#model-info:not([hidden])", { timeout: 60_000 });
     assert.match(await page.textContent("#model-info"), /Layers\s*2/);
+    // The model card names the family; the target checkboxes are the family's projections, with
+    // the core's default targets checked (WebSession.defaults()).
+    assert.match(await page.textContent("#model-info"), /Family\s*llama/);
+    assert.equal(await page.$$eval("input[name=target]", (b) => b.length), 7);
+    assert.deepEqual(await page.$$eval("input[name=target]:checked", (b) => b.map((x) => x.value)), ["q_proj", "v_proj"]);
+    assert.equal(await page.inputValue("input[name=seq_len]"), "128");
 
     // Two text files, dropped on the drop zone.
     await page.evaluate(() => {

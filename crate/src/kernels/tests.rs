@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::*;
-use crate::generate::Rng;
+use crate::rng::Rng;
 
 fn device() -> Device {
     crate::device::cpu().autodiff()

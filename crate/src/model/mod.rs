@@ -1,5 +1,5 @@
-//! Model families. Each file reads like its Hugging Face module tree; HF tensor names are spelled
-//! once, in that file's loader.
+//! Model families. Each file reads like its Hugging Face module tree; HF tensor names live in that
+//! file (its loader reads them, `hf_tensors` writes them back).
 
 pub mod kv_cache;
 pub mod llama;

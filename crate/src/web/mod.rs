@@ -62,8 +62,8 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            seq_len: 128,
-            val_fraction: 0.1,
+            seq_len: crate::defaults::SEQ_LEN,
+            val_fraction: crate::defaults::VAL_FRACTION,
             train: TrainConfig::default(),
         }
     }
@@ -307,6 +307,12 @@ impl WebSession {
             .session()?
             .trainer()
             .is_some_and(|t| t.steps_done() > 0))
+    }
+
+    /// The defaults the page's form starts from (`{ seq_len, val_fraction, sample_tokens,
+    /// checkpoint_every, train: TrainConfig }`), the same the CLI's flags default to.
+    pub fn defaults() -> Result<JsValue, JsError> {
+        to_js(&crate::defaults::defaults())
     }
 
     /// The settings' limits (`{ max_steps, max_batch_size, max_rank, ... }`): the page shows them.

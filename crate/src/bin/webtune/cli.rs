@@ -13,7 +13,7 @@ use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::lora::LoraConfig;
 use webtune::train::{Progress, TrainConfig, Trainer};
-use webtune::{BaseModel, device};
+use webtune::{BaseModel, defaults, device};
 
 #[derive(Parser)]
 #[command(
@@ -123,31 +123,31 @@ struct TrainArgs {
     /// Continue training this PEFT adapter instead of starting fresh.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = LoraConfig::default().r)]
     rank: usize,
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = LoraConfig::default().alpha)]
     alpha: f64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = LoraConfig::default().dropout)]
     dropout: f64,
     /// Comma-separated module names, or all-linear.
-    #[arg(long, default_value = "q_proj,v_proj", value_delimiter = ',')]
+    #[arg(long, default_values_t = LoraConfig::default().targets, value_delimiter = ',')]
     targets: Vec<String>,
     #[arg(long)]
     rslora: bool,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
     lr: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = TrainConfig::default().steps)]
     steps: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::SEQ_LEN)]
     seq_len: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
     grad_accum: usize,
     /// Share of the text held out for validation.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults::VAL_FRACTION)]
     val_fraction: f64,
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
     eval_every: usize,
     /// Validation windows per evaluation, spread evenly over the held-out text (0 = all).
     #[arg(long, default_value_t = TrainConfig::default().eval_windows)]
@@ -156,7 +156,7 @@ struct TrainArgs {
     seed: u64,
     /// Save a checkpoint (adapter, optimizer state, data order, history) to
     /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from it.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY)]
     checkpoint_every: usize,
     /// Continue the interrupted run whose checkpoint is in this folder, exactly where it was
     /// (same model and text files; the settings come from the checkpoint).
