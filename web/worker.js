@@ -141,10 +141,11 @@ let checkpointEvery = 10;
 // The Rust core's defaults (WebSession.defaults()): the sample's length.
 let defaults = null;
 let runSteps = 0;
+// The run's latest progress (what a checkpoint is labelled with).
+let lastProgress = null;
 async function saveCheckpoint() {
   const bytes = await session.checkpoint();
-  const last = session.history().at(-1);
-  post({ type: "checkpoint", bytes, step: last?.step ?? 0, total: last?.total_steps ?? runSteps }, [bytes.buffer]);
+  post({ type: "checkpoint", bytes, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? runSteps }, [bytes.buffer]);
 }
 
 async function trainLoop() {
@@ -153,7 +154,7 @@ async function trainLoop() {
   let last = null;
   try {
     while (!paused) {
-      last = await session.step();
+      last = lastProgress = await session.step();
       post({ type: "progress", progress: last });
       // The base model's sample waits for the first step, so that training starts at once.
       if (last.step === 1) await sample(samplePrompt, false);
@@ -248,6 +249,7 @@ async function handle(msg) {
         paused = false;
         const plan = session.start(msg.settings);
         runSteps = msg.settings?.train?.steps ?? 0;
+        lastProgress = null;
         post({ type: "started", plan, history: [] });
         // Step 0 saved too: a crash before the first interval still resumes with these settings.
         if (checkpointEvery > 0) await saveCheckpoint();
@@ -261,7 +263,9 @@ async function handle(msg) {
         stopRequested = false;
         paused = false;
         const plan = session.resume(new Uint8Array(msg.bytes));
-        post({ type: "started", plan, history: session.history(), resumed: true });
+        const history = session.history();
+        lastProgress = history.at(-1) ?? null;
+        post({ type: "started", plan, history, resumed: true });
         trainLoop();
         break;
       }

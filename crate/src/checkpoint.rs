@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::{Dtype, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BatchOrder, Dataset};
@@ -77,25 +76,8 @@ pub fn fingerprint(data: &Dataset) -> String {
 pub fn to_bytes(state: &RunState, tensors: &RunTensors) -> Result<Vec<u8>> {
     let json = serde_json::to_string(state)
         .map_err(|e| Error::Invalid(format!("could not write the checkpoint: {e}")))?;
-    let encoded: Vec<(&str, &[usize], Vec<u8>)> = tensors
-        .tensors
-        .iter()
-        .map(|(k, t)| {
-            let bytes = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.as_str(), t.shape.as_slice(), bytes)
-        })
-        .collect();
-    let views = encoded
-        .iter()
-        .map(|(k, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-                .map(|v| (k.to_string(), v))
-                .map_err(|e| Error::Invalid(format!("could not write the checkpoint's {k}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([(META_KEY.to_string(), json)]);
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::Invalid(format!("could not write the checkpoint: {e}")))
+    crate::formats::safetensors::write(FILE_NAME, &tensors.tensors, false, metadata)
 }
 
 /// A parsed checkpoint file.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::gguf_writer::{self, TensorEntry};
+use common::gguf_writer::{TensorEntry, rewrite, tiny_gguf};
 use common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Tensor, TensorData};
@@ -19,19 +19,8 @@ use webtune::session::Session;
 use webtune::train::{TrainConfig, Trainer};
 use webtune::{BaseModel, Error, NamedFile};
 
-fn tiny_gguf() -> Vec<u8> {
-    std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap()
-}
-
 fn load_gguf(bytes: Vec<u8>) -> Result<BaseModel, Error> {
     BaseModel::from_gguf("hostile.gguf", bytes, &webtune::device::cpu())
-}
-
-fn rewrite(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -> Vec<u8> {
-    let file = GgufFile::parse("tiny-llama-q.gguf", tiny_gguf()).unwrap();
-    let (mut meta, mut tensors) = gguf_writer::parts(&file);
-    edit(&mut meta, &mut tensors);
-    gguf_writer::write(&meta, &tensors)
 }
 
 fn set(meta: &mut [(String, Value)], key: &str, value: Value) {

@@ -5,24 +5,13 @@
 
 mod common;
 
-use common::gguf_writer::{self, TensorEntry};
+use common::gguf_writer::{rewrite, tiny_gguf};
 use common::*;
 use webtune::formats::gguf::{GgufFile, Value};
 use webtune::{BaseModel, Error, NamedFile};
 
-fn tiny_gguf() -> Vec<u8> {
-    std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap()
-}
-
 fn load_gguf(bytes: Vec<u8>) -> Result<BaseModel, Error> {
     BaseModel::from_gguf("broken.gguf", bytes, &webtune::device::cpu())
-}
-
-fn rewrite(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -> Vec<u8> {
-    let file = GgufFile::parse("tiny-llama-q.gguf", tiny_gguf()).unwrap();
-    let (mut meta, mut tensors) = gguf_writer::parts(&file);
-    edit(&mut meta, &mut tensors);
-    gguf_writer::write(&meta, &tensors)
 }
 
 fn message(result: Result<BaseModel, Error>) -> (Error, String) {

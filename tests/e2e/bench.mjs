@@ -7,12 +7,9 @@
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // `first_step_secs` is page open -> first finished training step, model download included.
-import { spawn } from "node:child_process";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
-
-const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
+import { root, startServer } from "./helpers.mjs";
 
 function parseArgs(argv) {
   const a = { backend: "cpu", model: null, text: [], steps: 8, warmup: 2, batch: 4, seqLen: 128, timeout: 3600 };
@@ -32,19 +29,6 @@ function parseArgs(argv) {
   }
   if (!a.text.length) throw new Error("give at least one --text file");
   return a;
-}
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
-    server.on("error", reject);
-    server.stderr.on("data", (d) => process.stderr.write(d));
-    server.stdout.on("data", (d) => {
-      const m = /serving (http:\/\/[^ ]+\/)/.exec(String(d));
-      if (m) resolve({ server, url: m[1] });
-    });
-    setTimeout(() => reject(new Error("the server did not start")), 15000);
-  });
 }
 
 const median = (xs) => {

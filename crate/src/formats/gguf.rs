@@ -459,6 +459,22 @@ pub fn llama_gguf_name(hf: &str) -> Option<String> {
 /// llama.cpp stores HF row (head h, half s, index j) at row (h, j, s): it interleaves the two
 /// rotary halves of each head. So HF row `h*hd + s*hd/2 + j` is GGUF row `h*hd + 2*j + s`.
 pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
+    move_rows(t, n_heads, |hf, gguf| (gguf, hf))
+}
+
+/// llama.cpp's rotary row permutation of a q/k weight (HF layout -> GGUF layout): the inverse of
+/// [`unpermute_rows`], for writing GGUF files.
+pub fn permute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
+    move_rows(t, n_heads, |hf, gguf| (hf, gguf))
+}
+
+/// Copies every row between its HF index and its GGUF index; `from_to(hf, gguf)` says which is
+/// the source and which the destination.
+fn move_rows(
+    t: &HostTensor,
+    n_heads: usize,
+    from_to: impl Fn(usize, usize) -> (usize, usize),
+) -> Option<HostTensor> {
     let (rows, cols) = (*t.shape.first()?, t.shape.get(1).copied().unwrap_or(1));
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         return None;
@@ -469,10 +485,9 @@ pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
     for h in 0..n_heads {
         for s in 0..2 {
             for j in 0..half {
-                let hf_row = h * hd + s * half + j;
-                let gguf_row = h * hd + 2 * j + s;
-                data[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&t.data[gguf_row * cols..(gguf_row + 1) * cols]);
+                let (src, dst) = from_to(h * hd + s * half + j, h * hd + 2 * j + s);
+                data[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -548,6 +563,8 @@ mod tests {
         }
         let t = HostTensor::new(vec![rows, cols], permuted);
         assert_eq!(unpermute_rows(&t, n_head).unwrap().data, hf);
+        let back = permute_rows(&HostTensor::new(vec![rows, cols], hf.clone()), n_head).unwrap();
+        assert_eq!(back.data, t.data);
     }
 
     #[test]

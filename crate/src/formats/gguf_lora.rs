@@ -12,8 +12,7 @@
 //! llama.cpp scales a branch by alpha / r. With rsLoRA (alpha / sqrt(r)) the alpha written is
 //! alpha * sqrt(r), so that llama.cpp applies the scale the adapter was trained with.
 
-use super::HostTensor;
-use super::gguf::{Value, llama_gguf_name};
+use super::gguf::{Value, llama_gguf_name, permute_rows};
 use super::gguf_writer::{self, TensorEntry};
 use super::peft::{AdapterDtype, lora_tensors};
 use crate::config::LlamaConfig;
@@ -23,30 +22,6 @@ use crate::model::LlamaForCausalLM;
 
 /// The file name the page and the CLI give the adapter.
 pub const FILE_SUFFIX: &str = "-lora.gguf";
-
-/// llama.cpp's rotary row permutation of a q/k weight (`LlamaModel.permute` in
-/// `convert_hf_to_gguf.py`): HF row `h*hd + s*hd/2 + j` goes to row `h*hd + 2*j + s`. The
-/// inverse of [`super::gguf::unpermute_rows`].
-pub fn permute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
-    let (rows, cols) = (*t.shape.first()?, t.shape.get(1).copied().unwrap_or(1));
-    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
-        return None;
-    }
-    let hd = rows / n_heads;
-    let half = hd / 2;
-    let mut data = vec![0.0; t.data.len()];
-    for h in 0..n_heads {
-        for s in 0..2 {
-            for j in 0..half {
-                let hf_row = h * hd + s * half + j;
-                let gguf_row = h * hd + 2 * j + s;
-                data[gguf_row * cols..(gguf_row + 1) * cols]
-                    .copy_from_slice(&t.data[hf_row * cols..(hf_row + 1) * cols]);
-            }
-        }
-    }
-    Some(HostTensor::new(t.shape.clone(), data))
-}
 
 /// The GGUF LoRA adapter of `model` (trained with `lora` on a base described by `config`).
 pub async fn export(

@@ -10,11 +10,9 @@
 use std::collections::HashMap;
 
 use burn::tensor::Tensor;
-use safetensors::{Dtype, tensor::TensorView};
 
 use super::HostTensor;
-use super::gguf::{Value, llama_gguf_name};
-use super::gguf_lora::permute_rows;
+use super::gguf::{Value, llama_gguf_name, permute_rows};
 use super::gguf_writer::{self, TensorEntry};
 use crate::base_model::BaseModel;
 use crate::error::{Error, Result};
@@ -56,24 +54,8 @@ pub async fn hf_files(
     model: &LlamaForCausalLM,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let tensors = merged_tensors(model).await?;
-    let encoded: Vec<(&str, &[usize], Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let bytes = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.as_str(), t.shape.as_slice(), bytes)
-        })
-        .collect();
-    let views = encoded
-        .iter()
-        .map(|(k, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-                .map(|v| (k.to_string(), v))
-                .map_err(|e| Error::Invalid(format!("could not write {k}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::Invalid(format!("could not write model.safetensors: {e}")))?;
+    let weights = super::safetensors::write("model.safetensors", &tensors, false, metadata)?;
 
     let mut config = serde_json::to_value(&base.config)
         .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::HostTensor;
@@ -233,35 +232,8 @@ pub async fn export(
 
 /// Serializes tensors with PEFT's header metadata (`{"format": "pt"}`).
 pub fn safetensors_bytes(tensors: &[(String, HostTensor)], dtype: AdapterDtype) -> Result<Vec<u8>> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let bytes = match dtype {
-                AdapterDtype::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                AdapterDtype::F16 => t
-                    .data
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-            };
-            (k.clone(), t.shape.clone(), bytes)
-        })
-        .collect();
-    let st_dtype = match dtype {
-        AdapterDtype::F32 => Dtype::F32,
-        AdapterDtype::F16 => Dtype::F16,
-    };
-    let views = encoded
-        .iter()
-        .map(|(k, shape, bytes)| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::Invalid(format!("could not write {k}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| Error::Invalid(format!("could not write {WEIGHTS_FILE}: {e}")))
+    super::safetensors::write(WEIGHTS_FILE, tensors, dtype == AdapterDtype::F16, metadata)
 }
 
 /// A parsed adapter, checked to be a LoRA adapter webtune can apply.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use half::{bf16, f16};
-use safetensors::{Dtype, SafeTensors, tensor::Metadata};
+use safetensors::{Dtype, SafeTensors, tensor::Metadata, tensor::TensorView};
 
 use super::{Checkpoint, HostTensor};
 use crate::error::{Error, Result};
@@ -160,4 +160,39 @@ impl Checkpoint for SafetensorsCheckpoint {
         };
         Ok(HostTensor::new(info.shape.clone(), data))
     }
+}
+
+/// Serializes f32 tensors as a safetensors file named `file` (for messages), stored as F32 or,
+/// with `f16`, as F16, with `metadata` in the header.
+pub fn write(
+    file: &str,
+    tensors: &[(String, HostTensor)],
+    f16: bool,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let encoded: Vec<(&str, &[usize], Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let bytes = if f16 {
+                t.data
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                    .collect()
+            } else {
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
+            (k.as_str(), t.shape.as_slice(), bytes)
+        })
+        .collect();
+    let dtype = if f16 { Dtype::F16 } else { Dtype::F32 };
+    let views = encoded
+        .iter()
+        .map(|(k, shape, bytes)| {
+            TensorView::new(dtype, shape.to_vec(), bytes)
+                .map(|v| (k.to_string(), v))
+                .map_err(|e| Error::Invalid(format!("could not write {file}: {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Invalid(format!("could not write {file}: {e}")))
 }

@@ -28,3 +28,16 @@ pub fn parts(file: &GgufFile) -> (Vec<(String, Value)>, Vec<TensorEntry>) {
         .collect();
     (metadata, tensors)
 }
+
+/// The tiny quantized fixture model's GGUF bytes.
+pub fn tiny_gguf() -> Vec<u8> {
+    std::fs::read(super::fixtures().join("tiny-llama-q.gguf")).unwrap()
+}
+
+/// The tiny GGUF fixture with `edit` applied to its metadata and tensors.
+pub fn rewrite(edit: impl FnOnce(&mut Vec<(String, Value)>, &mut Vec<TensorEntry>)) -> Vec<u8> {
+    let file = GgufFile::parse("tiny-llama-q.gguf", tiny_gguf()).unwrap();
+    let (mut meta, mut tensors) = parts(&file);
+    edit(&mut meta, &mut tensors);
+    write(&meta, &tensors)
+}
