@@ -60,7 +60,7 @@ const handlers = {
     showStatus("model", "");
     const dl = $("model-info");
     dl.hidden = false;
-    drawTargets(info.targets);
+    drawTargets(info.targets, info.default_targets);
     dl.replaceChildren(...[
       ["Model", info.name],
       ["Family", info.family],
@@ -245,10 +245,10 @@ function applyDefaults(d) {
 }
 
 // One checkbox per projection the model's family has; the defaults checked.
-function drawTargets(targets) {
+function drawTargets(targets, defaults) {
   // A run being resumed keeps its own choice on display.
   const resumed = state.resuming?.setup.form.target;
-  const wanted = resumed ?? state.defaults?.train.lora.targets ?? ["q_proj", "v_proj"];
+  const wanted = resumed ?? defaults;
   $("targets").replaceChildren(...targets.map((name) => {
     const label = el("label");
     const box = Object.assign(el("input"), { type: "checkbox", name: "target", value: name, checked: wanted.includes(name) });

@@ -5,11 +5,10 @@
 
 use burn::tensor::Device;
 
-use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufCheckpoint, GgufFile, Value};
 use crate::formats::safetensors::SafetensorsCheckpoint;
-use crate::model::LlamaForCausalLM;
+use crate::model::{CausalLM, ModelConfig};
 use crate::tokenizer::Tokenizer;
 
 /// A file given by name and contents.
@@ -31,8 +30,8 @@ impl NamedFile {
 pub struct BaseModel {
     /// What to call the model (the GGUF's `general.name`, or the file/folder name).
     pub name: String,
-    pub config: LlamaConfig,
-    pub model: LlamaForCausalLM,
+    pub config: ModelConfig,
+    pub model: CausalLM,
     pub tokenizer: Tokenizer,
     /// The GGUF file's metadata, when the model came from one: a merged GGUF export reuses it
     /// (tokenizer, hyperparameters, chat template).
@@ -43,7 +42,7 @@ impl BaseModel {
     /// From the bytes of a GGUF file.
     pub fn from_gguf(file_name: &str, bytes: Vec<u8>, device: &Device) -> Result<Self> {
         let gguf = GgufFile::parse(file_name, bytes)?;
-        let config = LlamaConfig::from_gguf(&gguf)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         check_vocab(file_name, &config, &tokenizer)?;
         let name = gguf
@@ -57,12 +56,8 @@ impl BaseModel {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         );
-        let ckpt = GgufCheckpoint::new(
-            gguf,
-            config.num_attention_heads,
-            config.num_key_value_heads(),
-        );
-        let model = LlamaForCausalLM::load(&config, &ckpt, device)?;
+        let ckpt = GgufCheckpoint::new(gguf, config.gguf_map());
+        let model = config.load(&ckpt, device)?;
         Ok(Self {
             name,
             config,
@@ -94,7 +89,7 @@ impl BaseModel {
         };
 
         let config_file = take("config.json").ok_or_else(|| missing("config.json"))?;
-        let config = LlamaConfig::from_json(&config_file.name.clone(), &text(config_file)?)?;
+        let config = ModelConfig::from_json(&config_file.name.clone(), &text(config_file)?)?;
         let tok_file = take("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
         let tok_config = take("tokenizer_config.json").map(text).transpose()?;
         let tokenizer =
@@ -114,7 +109,7 @@ impl BaseModel {
         } else {
             return Err(missing("model.safetensors"));
         };
-        let model = LlamaForCausalLM::load(&config, &ckpt, device)?;
+        let model = config.load(&ckpt, device)?;
         Ok(Self {
             name: name.to_string(),
             config,
@@ -179,9 +174,7 @@ impl BaseModel {
     /// Token ids that end generation: the config's and the tokenizer's EOS.
     pub fn stop_tokens(&self) -> Vec<u32> {
         let mut ids = self.tokenizer.eos_token_ids.clone();
-        if let Some(eos) = &self.config.eos_token_id {
-            ids.extend(eos.to_vec());
-        }
+        ids.extend(self.config.eos_token_ids());
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -194,8 +187,8 @@ fn base_name(path: &str) -> &str {
 
 /// Token ids beyond the embedding would index out of bounds (a panic on the CPU, garbage on a
 /// GPU): refuse a tokenizer with any id, or a special token, the model's vocabulary lacks.
-fn check_vocab(file: &str, config: &LlamaConfig, tokenizer: &Tokenizer) -> Result<()> {
-    let vocab = config.vocab_size;
+fn check_vocab(file: &str, config: &ModelConfig, tokenizer: &Tokenizer) -> Result<()> {
+    let vocab = config.vocab_size();
     if tokenizer.vocab_size() > vocab {
         return Err(Error::config(
             file,

@@ -19,7 +19,7 @@ use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
 use crate::formats::safetensors::SafetensorsCheckpoint;
 use crate::formats::{Checkpoint as _, HostTensor};
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 use crate::train::{Progress, TrainConfig};
 
 /// The file name a checkpoint is written under (in a folder, or in the page's storage).
@@ -171,7 +171,7 @@ impl CheckpointFile {
 
 /// The LoRA matrices and optimizer moments of `model` and `moments`, read back from the device.
 pub async fn read_tensors(
-    model: &LlamaForCausalLM,
+    model: &CausalLM,
     moments: &std::collections::BTreeMap<String, crate::optim::Moments>,
 ) -> Result<RunTensors> {
     let mut tensors = Vec::new();

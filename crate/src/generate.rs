@@ -7,7 +7,7 @@ use crate::rng::Rng;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 
 /// How to pick the next token.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -128,7 +128,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
 /// Generates up to `cfg.max_new_tokens` tokens after `prompt`, stopping after any token in
 /// `stop`. `on_token` sees each new token as it comes and may return false to stop early.
 pub async fn generate(
-    model: &LlamaForCausalLM,
+    model: &CausalLM,
     prompt: &[u32],
     cfg: &SamplingConfig,
     stop: &[u32],
@@ -138,7 +138,7 @@ pub async fn generate(
         return Err(Error::Invalid("the prompt is empty".to_string()));
     }
     cfg.validate()?;
-    let device = model.model.embed_tokens.weight.val().device();
+    let device = model.device();
     let mut cache = model.new_cache();
     let mut rng = Rng::new(cfg.seed);
     let mut input: Vec<u32> = prompt.to_vec();
@@ -169,7 +169,7 @@ pub async fn generate(
 
 /// [`generate`] for native callers.
 pub fn generate_blocking(
-    model: &LlamaForCausalLM,
+    model: &CausalLM,
     prompt: &[u32],
     cfg: &SamplingConfig,
     stop: &[u32],

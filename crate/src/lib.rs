@@ -3,7 +3,8 @@
 //!
 //! The pieces, in the order data flows through them:
 //! - [`formats`]: model files (GGUF, safetensors) -> f32 tensors under Hugging Face names;
-//! - [`config`], [`model`]: the Llama family, built from those tensors, frozen;
+//! - [`model`]: the model families (Llama; each with its config and GGUF names) behind one
+//!   boundary, [`model::CausalLM`], built from those tensors, frozen;
 //! - [`tokenizer`], [`chat`]: text <-> ids, chat prompts;
 //! - [`lora`]: the trainable low-rank branches;
 //! - [`generate`]: sampling with the KV cache;
@@ -12,7 +13,6 @@
 pub mod base_model;
 pub mod chat;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod defaults;
 pub mod device;
@@ -30,10 +30,9 @@ pub mod tokenizer;
 pub mod train;
 
 pub use base_model::{BaseModel, NamedFile};
-pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use generate::SamplingConfig;
-pub use model::LlamaForCausalLM;
+pub use model::{CausalLM, LlamaConfig, LlamaForCausalLM, ModelConfig};
 pub use tokenizer::Tokenizer;
 
 /// burn, re-exported so that users name the same version.

@@ -18,18 +18,44 @@ pub struct LoraBranch {
     /// B^T: `[r, d_out]`; zero at initialisation so training starts at the base model.
     pub b: Param<Tensor<2>>,
     pub dropout: Dropout,
-    /// alpha / r (or alpha / sqrt(r) with rsLoRA).
-    pub scale: f64,
+    /// LoRA's alpha: the branch is scaled by alpha / r (alpha / sqrt(r) with rsLoRA). Kept with
+    /// the branch, so that an export or a continued run reads the settings from the model itself.
+    pub alpha: f64,
+    pub use_rslora: bool,
 }
 
 impl LoraBranch {
-    /// A branch from given A^T [d_in, r] and B^T [r, d_out], both trainable.
-    pub fn from_tensors(a: Tensor<2>, b: Tensor<2>, scale: f64, dropout: f64) -> Self {
+    /// A branch from given A^T [d_in, r] and B^T [r, d_out], both trainable, with the rank,
+    /// alpha, rsLoRA and dropout of `cfg` (the rank is A's).
+    pub fn from_tensors(a: Tensor<2>, b: Tensor<2>, cfg: &LoraConfig) -> Self {
         Self {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
-            dropout: DropoutConfig::new(dropout).init(),
-            scale,
+            dropout: DropoutConfig::new(cfg.dropout).init(),
+            alpha: cfg.alpha,
+            use_rslora: cfg.use_rslora,
+        }
+    }
+
+    /// alpha / r, or alpha / sqrt(r) with rsLoRA.
+    pub fn scale(&self) -> f64 {
+        let r = self.rank() as f64;
+        if self.use_rslora {
+            self.alpha / r.sqrt()
+        } else {
+            self.alpha / r
+        }
+    }
+
+    /// The settings of this branch (targets empty, init unknown: Kaiming).
+    pub fn settings(&self) -> LoraConfig {
+        LoraConfig {
+            r: self.rank(),
+            alpha: self.alpha,
+            dropout: self.dropout.prob,
+            targets: Vec::new(),
+            use_rslora: self.use_rslora,
+            init: LoraInit::Kaiming,
         }
     }
 
@@ -40,7 +66,7 @@ impl LoraBranch {
         let x = self.dropout.forward(x);
         let a = self.a.val().unsqueeze::<D>();
         let b = self.b.val().unsqueeze::<D>();
-        x.matmul(a).matmul(b).mul_scalar(self.scale)
+        x.matmul(a).matmul(b).mul_scalar(self.scale())
     }
 
     pub fn rank(&self) -> usize {
@@ -104,7 +130,7 @@ pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
-    /// Module names (`q_proj`, ...) or `["all-linear"]`.
+    /// Module names (`q_proj`, ...) or `["all-linear"]`; empty: the model family's defaults.
     pub targets: Vec<String>,
     /// Scale by alpha / sqrt(r) instead of alpha / r.
     pub use_rslora: bool,
@@ -117,7 +143,8 @@ impl Default for LoraConfig {
             r: 8,
             alpha: 16.0,
             dropout: 0.05,
-            targets: vec!["q_proj".into(), "v_proj".into()],
+            // The family's defaults (the LoRA paper's: q_proj, v_proj on Llama; c_attn on GPT-2).
+            targets: Vec::new(),
             use_rslora: false,
             init: LoraInit::Kaiming,
         }
@@ -157,9 +184,16 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// The module names to adapt, out of `available`, in `available`'s order.
-    pub fn resolve_targets(&self, available: &[&'static str]) -> crate::Result<Vec<&'static str>> {
+    /// The module names of `model` to adapt, in the model's order.
+    pub fn resolve_targets(
+        &self,
+        model: &crate::model::CausalLM,
+    ) -> crate::Result<Vec<&'static str>> {
         self.validate()?;
+        let available = model.lora_targets();
+        if self.targets.is_empty() {
+            return Ok(model.default_targets().to_vec());
+        }
         if self.targets.iter().any(|t| t == "all-linear") {
             return Ok(available.to_vec());
         }
@@ -170,9 +204,6 @@ impl LoraConfig {
                     available.join(", ")
                 )));
             }
-        }
-        if self.targets.is_empty() {
-            return Err(crate::Error::Invalid("no LoRA targets given".into()));
         }
         Ok(available
             .iter()
@@ -211,7 +242,7 @@ pub fn init_branch(
     };
     let a = Tensor::<2>::from_data(burn::tensor::TensorData::new(a, [d_in, r]), device);
     let b = Tensor::<2>::zeros([r, d_out], device);
-    LoraBranch::from_tensors(a, b, cfg.scale(), cfg.dropout)
+    LoraBranch::from_tensors(a, b, cfg)
 }
 
 /// Box-Muller.
@@ -224,11 +255,11 @@ fn normal(rng: &mut crate::rng::Rng) -> f64 {
 /// Adds a fresh LoRA branch to every targeted projection of `model` (replacing any it had);
 /// returns the HF module paths adapted.
 pub fn attach(
-    model: &mut crate::model::LlamaForCausalLM,
+    model: &mut crate::model::CausalLM,
     cfg: &LoraConfig,
     seed: u64,
 ) -> crate::Result<Vec<String>> {
-    let targets = cfg.resolve_targets(&crate::model::LlamaForCausalLM::LINEAR_MODULES)?;
+    let targets = cfg.resolve_targets(model)?;
     let mut rng = crate::rng::Rng::new(seed);
     let mut adapted = Vec::new();
     for (path, name, proj) in model.projections_mut() {
@@ -244,13 +275,53 @@ pub fn attach(
 
 /// Folds every branch into its base weight (W0 + s * A^T B^T in burn's layout) and removes it:
 /// the merged model runs at base speed and is what a merged export writes.
-pub fn merge(model: &mut crate::model::LlamaForCausalLM) {
+pub fn merge(model: &mut crate::model::CausalLM) {
     for (_, _, proj) in model.projections_mut() {
         if let Some(lora) = proj.lora.take() {
-            let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
+            let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale());
             // Detached: on an autodiff device the sum is not a leaf, and a frozen weight must be.
             let merged = (proj.base.weight.val() + delta).detach();
             proj.base.weight = Param::from_tensor(merged).set_require_grad(false);
         }
     }
+}
+
+/// The LoRA settings of `model`'s branches, with its adapted module names as targets: what an
+/// export writes. `None` without branches; an error when branches differ in rank, alpha, rsLoRA
+/// or dropout (one adapter config cannot describe them).
+pub fn settings_of(model: &crate::model::CausalLM) -> crate::Result<Option<LoraConfig>> {
+    let mut found: Option<LoraConfig> = None;
+    for (path, name, proj) in model.projections() {
+        let Some(branch) = &proj.lora else { continue };
+        let s = branch.settings();
+        match &mut found {
+            None => {
+                found = Some(LoraConfig {
+                    targets: vec![name.to_string()],
+                    ..s
+                })
+            }
+            Some(f) => {
+                if (f.r, f.alpha, f.use_rslora, f.dropout)
+                    != (s.r, s.alpha, s.use_rslora, s.dropout)
+                {
+                    return Err(crate::Error::Invalid(format!(
+                        "{path} has LoRA rank {}, alpha {}, rsLoRA {}, dropout {}, unlike the \
+                         model's other branches: one adapter config cannot describe them",
+                        s.r, s.alpha, s.use_rslora, s.dropout
+                    )));
+                }
+                if !f.targets.iter().any(|t| t == name) {
+                    f.targets.push(name.to_string());
+                }
+            }
+        }
+    }
+    // In the family's target order.
+    if let Some(f) = &mut found {
+        let order = model.lora_targets();
+        f.targets
+            .sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
+    }
+    Ok(found)
 }

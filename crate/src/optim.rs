@@ -11,7 +11,7 @@ use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 
 /// The first and second moment of one matrix, on the training device (without autodiff).
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl AdamW {
     /// m  <- b1 * m + (1 - b1) * g          v <- b2 * v + (1 - b2) * g^2
     /// p  <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     /// ```
-    pub fn step(&mut self, lr: f64, model: &mut LlamaForCausalLM, grads: &mut GradientsParams) {
+    pub fn step(&mut self, lr: f64, model: &mut CausalLM, grads: &mut GradientsParams) {
         self.steps += 1;
         let t = self.steps as f64;
         let step_size = lr / (1.0 - self.beta1.powf(t));

@@ -10,7 +10,6 @@ use crate::data::{Dataset, Document, Skipped, SplitConfig, tokenize_files};
 use crate::error::{Error, Result};
 use crate::formats::peft::{self, AdapterDtype, AdapterFiles};
 use crate::generate::{SamplingConfig, generate};
-use crate::model::LlamaForCausalLM;
 use crate::train::{Progress, TrainConfig, Trainer};
 
 /// What the page shows about a loaded model.
@@ -28,6 +27,8 @@ pub struct ModelInfo {
     pub family: &'static str,
     /// The projections LoRA can target.
     pub targets: Vec<&'static str>,
+    /// The ones a run targets unless told otherwise.
+    pub default_targets: Vec<&'static str>,
 }
 
 /// A text file as added: its token count, or why it was skipped.
@@ -98,14 +99,15 @@ impl Session {
         let info = ModelInfo {
             name: base.name.clone(),
             parameters: c.num_parameters(),
-            layers: c.num_hidden_layers,
-            hidden_size: c.hidden_size,
-            vocab_size: c.vocab_size,
-            context_length: c.max_position_embeddings,
-            tied_embeddings: c.tie_word_embeddings,
+            layers: c.num_layers(),
+            hidden_size: c.hidden_size(),
+            vocab_size: c.vocab_size(),
+            context_length: c.context_length(),
+            tied_embeddings: c.tied_embeddings(),
             chat_template: base.tokenizer.chat_template.is_some(),
-            family: "llama",
-            targets: LlamaForCausalLM::LINEAR_MODULES.to_vec(),
+            family: c.model_type(),
+            targets: base.model.lora_targets().to_vec(),
+            default_targets: base.model.default_targets().to_vec(),
         };
         self.base = Some(base);
         info
@@ -176,9 +178,7 @@ impl Session {
     pub fn plan(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
         let base = self.base()?;
         let data = self.dataset(cfg, seq_len, val_fraction)?;
-        let targets = cfg
-            .lora
-            .resolve_targets(&LlamaForCausalLM::LINEAR_MODULES)?;
+        let targets = cfg.lora.resolve_targets(&base.model)?;
         let dims: Vec<[usize; 2]> = base
             .model
             .projections()
@@ -331,14 +331,7 @@ impl Session {
             .trainer
             .as_ref()
             .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
-        crate::formats::gguf_lora::export(
-            t.model(),
-            &base.config,
-            &t.config().lora,
-            &base.name,
-            dtype,
-        )
-        .await
+        crate::formats::gguf_lora::export(t.model(), &base.config, &base.name, dtype).await
     }
 
     /// The base with the current run's adapter folded in, as one file: `(file name, bytes)`. A
@@ -383,6 +376,6 @@ impl Session {
             .trainer
             .as_ref()
             .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
-        peft::export(t.model(), &t.config().lora, &base.name, dtype).await
+        peft::export(t.model(), &base.name, dtype).await
     }
 }

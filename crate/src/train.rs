@@ -16,7 +16,7 @@ use crate::data::{BatchOrder, Dataset};
 use crate::error::{Error, Result};
 use crate::lora::LoraBranch;
 use crate::lora::LoraConfig;
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 use crate::optim::AdamW;
 
 /// Everything that shapes a run.
@@ -267,7 +267,7 @@ pub fn eval_sample(windows: &[Vec<u32>], max_windows: usize) -> Vec<&[u32]> {
 /// Mean validation loss over (an even sample of at most `max_windows` of) `windows`, without
 /// gradients.
 pub async fn evaluate(
-    model: &LlamaForCausalLM,
+    model: &CausalLM,
     windows: &[Vec<u32>],
     batch_size: usize,
     max_windows: usize,
@@ -278,7 +278,7 @@ pub async fn evaluate(
         return Ok(None);
     }
     let model = model.valid();
-    let device = model.model.embed_tokens.weight.val().device();
+    let device = model.device();
     let mut total: Option<Tensor<1>> = None;
     for chunk in sample.chunks(batch_size.max(1)) {
         let (inputs, targets) = batch_tensors(chunk, &device);
@@ -341,7 +341,7 @@ const RECENT_STEPS: usize = 5;
 /// One run of LoRA training over a dataset.
 pub struct Trainer {
     /// `None` only transiently while the optimizer consumes it.
-    model: Option<LlamaForCausalLM>,
+    model: Option<CausalLM>,
     optim: AdamW,
     cfg: TrainConfig,
     data: Dataset,
@@ -359,7 +359,7 @@ pub struct Trainer {
     recent_steps: Vec<f64>,
     stopped: bool,
     /// The model before the last step, to go back to when that step is not finite.
-    previous: Option<LlamaForCausalLM>,
+    previous: Option<CausalLM>,
     /// Why the run stopped, when a step was not finite.
     failure: Option<String>,
     pub history: Vec<Progress>,
@@ -367,8 +367,8 @@ pub struct Trainer {
 
 impl Trainer {
     /// `model` must live on an autodiff device and have LoRA attached (see [`crate::lora::attach`]).
-    pub fn new(model: LlamaForCausalLM, data: Dataset, cfg: TrainConfig) -> Result<Self> {
-        let device = model.model.embed_tokens.weight.val().device();
+    pub fn new(model: CausalLM, data: Dataset, cfg: TrainConfig) -> Result<Self> {
+        let device = model.device();
         if !device.is_autodiff() {
             return Err(Error::Invalid(
                 "training needs an autodiff device (device.autodiff())".into(),
@@ -414,11 +414,11 @@ impl Trainer {
         })
     }
 
-    pub fn model(&self) -> &LlamaForCausalLM {
+    pub fn model(&self) -> &CausalLM {
         self.model.as_ref().expect("model is present between steps")
     }
 
-    pub fn into_model(self) -> LlamaForCausalLM {
+    pub fn into_model(self) -> CausalLM {
         self.model.expect("model is present between steps")
     }
 
@@ -464,7 +464,7 @@ impl Trainer {
     /// Continues the run saved in `file`: `model` is the base model (on an autodiff device; any
     /// LoRA it has is replaced), `data` the same windows the run had, `base_model` its name.
     pub fn resume(
-        mut model: LlamaForCausalLM,
+        mut model: CausalLM,
         data: Dataset,
         file: &CheckpointFile,
         base_model: &str,
@@ -472,10 +472,8 @@ impl Trainer {
         file.check_matches(base_model, &data)?;
         let st = &file.state;
         let cfg = st.config.clone();
-        let targets = cfg
-            .lora
-            .resolve_targets(&LlamaForCausalLM::LINEAR_MODULES)?;
-        let device = model.model.embed_tokens.weight.val().device();
+        let targets = cfg.lora.resolve_targets(&model)?;
+        let device = model.device();
         let r = cfg.lora.r;
         for (path, name, proj) in model.projections_mut() {
             if !targets.contains(&name) {
@@ -486,12 +484,7 @@ impl Trainer {
             let [name_a, name_b] = crate::optim::matrix_names(&path);
             let a = Tensor::from_inner(file.tensor(&name_a, [d_in, r], &device)?);
             let b = Tensor::from_inner(file.tensor(&name_b, [r, d_out], &device)?);
-            proj.lora = Some(LoraBranch::from_tensors(
-                a,
-                b,
-                cfg.lora.scale(),
-                cfg.lora.dropout,
-            ));
+            proj.lora = Some(LoraBranch::from_tensors(a, b, &cfg.lora));
         }
         let mut moments = std::collections::BTreeMap::new();
         for (path, _, proj) in model.projections() {
@@ -571,7 +564,7 @@ impl Trainer {
         // generator is shared by the process: reproducibility holds for one run at a time.
         self.device.seed(step_seed(self.cfg.seed, self.step));
         let model = self.model.take().expect("model is present between steps");
-        let mut accumulator = GradientsAccumulator::<LlamaForCausalLM>::new();
+        let mut accumulator = GradientsAccumulator::<CausalLM>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
         for _ in 0..self.cfg.grad_accum {
             let idx = self.order.next_batch();

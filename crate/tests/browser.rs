@@ -5,12 +5,12 @@
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 use webtune::burn::tensor::{Device, Tensor};
-use webtune::config::LlamaConfig;
 use webtune::data::Dataset;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::lora::{self, LoraConfig};
-use webtune::model::LlamaForCausalLM;
+use webtune::model::CausalLM;
+use webtune::model::ModelConfig;
 use webtune::train::{TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -24,9 +24,9 @@ const GOLDEN: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/golde
 /// tests' fixture): the wasm CPU kernels, and WebGPU with burn's fusion and autotuning, compute
 /// the same function as PyTorch.
 async fn logits_match_transformers(device: &Device) {
-    let config = LlamaConfig::from_json("config.json", CONFIG).unwrap();
+    let config = ModelConfig::from_json("config.json", CONFIG).unwrap();
     let ckpt = SafetensorsCheckpoint::single("model.safetensors", WEIGHTS.to_vec()).unwrap();
-    let model = LlamaForCausalLM::load(&config, &ckpt, device).unwrap();
+    let model = config.load(&ckpt, device).unwrap();
     let golden = safetensors::SafeTensors::deserialize(GOLDEN).unwrap();
     let ids = golden.tensor("input_ids").unwrap();
     let ids_shape = [ids.shape()[0], ids.shape()[1]];
@@ -71,10 +71,11 @@ async fn host(t: Tensor<2>) -> Vec<f32> {
         .unwrap()
 }
 
-async fn base_weights(m: &LlamaForCausalLM) -> Vec<Vec<f32>> {
-    let mut out = vec![host(m.model.embed_tokens.weight.val()).await];
-    for (_, _, p) in m.projections() {
-        out.push(host(p.base.weight.val()).await);
+async fn base_weights(m: &CausalLM) -> Vec<Vec<f32>> {
+    // Every weight under its HF name: embeddings, norms, projections' bases.
+    let mut out = Vec::new();
+    for (_, _, t) in m.hf_tensors() {
+        out.push(host(t).await);
     }
     out
 }
@@ -93,9 +94,9 @@ fn data() -> Dataset {
 
 async fn train_tiny(device: Device, steps: usize) {
     let device = device.autodiff();
-    let config = LlamaConfig::from_json("config.json", CONFIG).unwrap();
+    let config = ModelConfig::from_json("config.json", CONFIG).unwrap();
     let ckpt = SafetensorsCheckpoint::single("model.safetensors", WEIGHTS.to_vec()).unwrap();
-    let mut model = LlamaForCausalLM::load(&config, &ckpt, &device).unwrap();
+    let mut model = config.load(&ckpt, &device).unwrap();
     let lora_cfg = LoraConfig {
         r: 4,
         alpha: 8.0,
@@ -127,14 +128,9 @@ async fn train_tiny(device: Device, steps: usize) {
         "a frozen weight changed"
     );
 
-    let files = peft::export(
-        trainer.model(),
-        &lora_cfg,
-        "tiny-llama-tied",
-        AdapterDtype::F32,
-    )
-    .await
-    .unwrap();
+    let files = peft::export(trainer.model(), "tiny-llama-tied", AdapterDtype::F32)
+        .await
+        .unwrap();
     let adapter = Adapter::parse(&files.config_json, files.safetensors.clone()).unwrap();
     assert_eq!(adapter.config.r, 4);
     let st = safetensors::SafeTensors::deserialize(&files.safetensors).unwrap();

@@ -9,18 +9,19 @@ mod common;
 use common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Distribution, Tensor};
-use webtune::config::LlamaConfig;
 use webtune::formats::gguf::{GgufFile, Value};
 use webtune::formats::gguf_lora;
 use webtune::formats::peft::{self, AdapterDtype};
 use webtune::lora::{self, LoraConfig};
+use webtune::model::{LlamaConfig, ModelConfig};
 
 /// The tiny untied model (4 query heads, 2 key/value heads, head_dim 12) with LoRA on every
 /// projection and random B (B = 0 would hide any row permutation).
-fn adapted(cfg: &LoraConfig) -> (webtune::LlamaForCausalLM, LlamaConfig) {
+fn adapted(cfg: &LoraConfig) -> (webtune::CausalLM, ModelConfig, LlamaConfig) {
     let device = webtune::device::cpu();
     let text = std::fs::read_to_string(fixtures().join("tiny-llama-untied/config.json")).unwrap();
-    let config = LlamaConfig::from_json("config.json", &text).unwrap();
+    let config = ModelConfig::from_json("config.json", &text).unwrap();
+    let llama = LlamaConfig::from_json("config.json", &text).unwrap();
     let mut model = load_fixture_model("tiny-llama-untied", &device);
     lora::attach(&mut model, cfg, 0).unwrap();
     for (_, _, proj) in model.projections_mut() {
@@ -34,7 +35,7 @@ fn adapted(cfg: &LoraConfig) -> (webtune::LlamaForCausalLM, LlamaConfig) {
             &device,
         ));
     }
-    (model, config)
+    (model, config, llama)
 }
 
 /// llama.cpp's q/k row permutation, written out from `LlamaModel.permute` in
@@ -76,11 +77,10 @@ fn gguf_lora_follows_llama_cpps_converter() {
         targets: vec!["all-linear".into()],
         ..LoraConfig::default()
     };
-    let (model, config) = adapted(&cfg);
+    let (model, config, llama) = adapted(&cfg);
     let bytes = pollster::block_on(gguf_lora::export(
         &model,
         &config,
-        &cfg,
         "tiny",
         AdapterDtype::F32,
     ))
@@ -105,7 +105,7 @@ fn gguf_lora_follows_llama_cpps_converter() {
     // One `.lora_a` and one `.lora_b` per adapted projection, under llama.cpp's names.
     let peft = pollster::block_on(peft::lora_tensors(&model)).unwrap();
     assert_eq!(g.tensors.len(), peft.len());
-    for layer in 0..config.num_hidden_layers {
+    for layer in 0..llama.num_hidden_layers {
         for (hf, cpp) in LLAMA_CPP_NAMES {
             let key = format!("base_model.model.model.layers.{layer}.{hf}");
             let get = |suffix: &str| {
@@ -127,8 +127,8 @@ fn gguf_lora_follows_llama_cpps_converter() {
             assert_eq!(ga.shape[0], gb.shape[1], "{name}: ranks of a and b");
             // q/k: B's rows in llama.cpp's order, as the base q/k rows are stored; else as is.
             let heads = match cpp {
-                "attn_q" => Some(config.num_attention_heads),
-                "attn_k" => Some(config.num_key_value_heads()),
+                "attn_q" => Some(llama.num_attention_heads),
+                "attn_k" => Some(llama.num_key_value_heads()),
                 _ => None,
             };
             let want = match heads {
@@ -143,7 +143,6 @@ fn gguf_lora_follows_llama_cpps_converter() {
     let bytes = pollster::block_on(gguf_lora::export(
         &model,
         &config,
-        &cfg,
         "tiny",
         AdapterDtype::F16,
     ))
@@ -163,11 +162,10 @@ fn gguf_lora_alpha_keeps_the_rslora_scale() {
         use_rslora: true,
         ..LoraConfig::default()
     };
-    let (model, config) = adapted(&cfg);
+    let (model, config, llama) = adapted(&cfg);
     let bytes = pollster::block_on(gguf_lora::export(
         &model,
         &config,
-        &cfg,
         "tiny",
         AdapterDtype::F32,
     ))
@@ -176,5 +174,5 @@ fn gguf_lora_alpha_keeps_the_rslora_scale() {
     let alpha = g.get("adapter.lora.alpha").and_then(Value::as_f64).unwrap();
     assert!((alpha / 4.0 - 8.0 / 2.0).abs() < 1e-6, "alpha {alpha}");
     // Only the targeted projections (q_proj, v_proj by default) are in the file.
-    assert_eq!(g.tensors.len(), 2 * 2 * config.num_hidden_layers);
+    assert_eq!(g.tensors.len(), 2 * 2 * llama.num_hidden_layers);
 }

@@ -9,12 +9,15 @@ mod common;
 use common::gguf_writer::{TensorEntry, rewrite, tiny_gguf};
 use common::*;
 use webtune::burn::module::Param;
-use webtune::burn::tensor::{Tensor, TensorData};
+use webtune::burn::tensor::Tensor;
 use webtune::checkpoint;
 use webtune::data::{Dataset, Document, SplitConfig, tokenize_files};
 use webtune::formats::gguf::{GgufFile, Value};
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
+use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::formats::{Checkpoint, HostTensor};
 use webtune::lora::{self, LoraConfig};
+use webtune::model::ModelConfig;
 use webtune::session::Session;
 use webtune::train::{TrainConfig, Trainer};
 use webtune::{BaseModel, Error, NamedFile};
@@ -177,18 +180,31 @@ fn gguf_array_counts_are_checked_before_reserving() {
 }
 
 /// The tiny untied model with token `poison`'s embedding row set to infinity.
-fn poisoned_model(
-    poison: usize,
-    device: &webtune::burn::tensor::Device,
-) -> webtune::LlamaForCausalLM {
-    let mut model = load_fixture_model("tiny-llama-untied", device);
-    let emb = model.model.embed_tokens.weight.val();
-    let [vocab, hidden] = emb.dims();
-    let mut data = to_vec(emb);
-    data[poison * hidden..(poison + 1) * hidden].fill(f32::INFINITY);
-    let emb = Tensor::<2>::from_data(TensorData::new(data, [vocab, hidden]), device);
-    model.model.embed_tokens.weight = Param::from_tensor(emb).set_require_grad(false);
-    model
+fn poisoned_model(poison: usize, device: &webtune::burn::tensor::Device) -> webtune::CausalLM {
+    /// The fixture's checkpoint with one embedding row replaced as it is read.
+    struct Poisoned(SafetensorsCheckpoint, usize);
+    impl Checkpoint for Poisoned {
+        fn file_name(&self) -> &str {
+            self.0.file_name()
+        }
+        fn shape(&self, name: &str) -> Option<Vec<usize>> {
+            self.0.shape(name)
+        }
+        fn load(&self, name: &str) -> webtune::Result<HostTensor> {
+            let mut t = self.0.load(name)?;
+            if name == "model.embed_tokens.weight" {
+                let hidden = t.shape[1];
+                t.data[self.1 * hidden..(self.1 + 1) * hidden].fill(f32::INFINITY);
+            }
+            Ok(t)
+        }
+    }
+    let dir = fixtures().join("tiny-llama-untied");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = ModelConfig::from_json("config.json", &config).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
+    config.load(&Poisoned(ckpt, poison), device).unwrap()
 }
 
 fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -266,13 +282,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
     ));
     // The adapter is the one from before the failed step, bit for bit, and it exports.
     assert_eq!(lora_tensors(&t), snapshot);
-    let files = pollster::block_on(peft::export(
-        t.model(),
-        &t.config().lora,
-        "tiny",
-        AdapterDtype::F32,
-    ))
-    .unwrap();
+    let files = pollster::block_on(peft::export(t.model(), "tiny", AdapterDtype::F32)).unwrap();
     assert!(!files.safetensors.is_empty());
 }
 
@@ -286,7 +296,7 @@ fn a_non_finite_adapter_is_never_written() {
     let branch = proj.lora.as_mut().unwrap();
     let dims = branch.b.val().dims();
     branch.b = Param::from_tensor(Tensor::full(dims, f32::NAN, &device));
-    let err = pollster::block_on(peft::export(&model, &cfg, "tiny", AdapterDtype::F32))
+    let err = pollster::block_on(peft::export(&model, "tiny", AdapterDtype::F32))
         .err()
         .unwrap();
     assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
@@ -397,7 +407,7 @@ fn adapter_with(edit: impl Fn(&mut serde_json::Value)) -> Result<Adapter, Error>
     let mut model = load_fixture_model("tiny-llama-untied", &webtune::device::cpu());
     let cfg = LoraConfig::default();
     lora::attach(&mut model, &cfg, 0).unwrap();
-    let files = pollster::block_on(peft::export(&model, &cfg, "tiny", AdapterDtype::F32)).unwrap();
+    let files = pollster::block_on(peft::export(&model, "tiny", AdapterDtype::F32)).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
     edit(&mut config);
     Adapter::parse(&config.to_string(), files.safetensors)

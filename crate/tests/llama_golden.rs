@@ -7,12 +7,11 @@ mod common;
 
 use common::*;
 use webtune::burn::tensor::Device;
-use webtune::config::LlamaConfig;
 use webtune::formats::Checkpoint;
 use webtune::formats::gguf::{GgufCheckpoint, GgufFile};
 use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::generate::{SamplingConfig, generate_blocking};
-use webtune::model::LlamaForCausalLM;
+use webtune::model::{CausalLM, ModelConfig};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -20,10 +19,10 @@ fn device() -> Device {
     webtune::device::cpu()
 }
 
-fn load_dir(name: &str) -> (LlamaForCausalLM, Golden) {
+fn load_dir(name: &str) -> (CausalLM, Golden) {
     let dir = fixtures().join(name);
     let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = LlamaConfig::from_json("config.json", &config_text).unwrap();
+    let config = ModelConfig::from_json("config.json", &config_text).unwrap();
     let index = dir.join("model.safetensors.index.json");
     let ckpt: Box<dyn Checkpoint> = if index.exists() {
         let text = std::fs::read_to_string(&index).unwrap();
@@ -37,11 +36,11 @@ fn load_dir(name: &str) -> (LlamaForCausalLM, Golden) {
         let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
         Box::new(SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap())
     };
-    let model = LlamaForCausalLM::load(&config, ckpt.as_ref(), &device()).unwrap();
+    let model = config.load(ckpt.as_ref(), &device()).unwrap();
     (model, Golden::open(&dir.join("golden.safetensors")))
 }
 
-fn check_logits(model: &LlamaForCausalLM, golden: &Golden, what: &str) {
+fn check_logits(model: &CausalLM, golden: &Golden, what: &str) {
     let (shape, ids) = golden.i64("input_ids");
     let (logit_shape, expected) = golden.f32("logits");
     let logits = model.forward(ids_tensor(&shape, &ids, &device()), None);
@@ -54,15 +53,26 @@ fn check_logits(model: &LlamaForCausalLM, golden: &Golden, what: &str) {
 #[test]
 fn tied_embeddings_match_transformers() {
     let (model, golden) = load_dir("tiny-llama-tied");
-    assert!(model.lm_head.is_none());
+    let has_head = |m: &CausalLM| m.hf_tensors().iter().any(|(n, _, _)| n == "lm_head.weight");
+    assert!(!has_head(&model));
     check_logits(&model, &golden, "tied");
 }
 
 #[test]
 fn untied_head_and_explicit_head_dim_match_transformers() {
     let (model, golden) = load_dir("tiny-llama-untied");
-    assert!(model.lm_head.is_some());
-    assert_eq!(model.model.layers[0].self_attn.head_dim, 12);
+    assert!(
+        model
+            .hf_tensors()
+            .iter()
+            .any(|(n, _, _)| n == "lm_head.weight")
+    );
+    // head_dim 12: q_proj is 32 -> 4 x 12, not 4 x 8.
+    let (path, _, q) = &model.projections()[0];
+    assert_eq!(
+        (path.as_str(), q.dims()),
+        ("model.layers.0.self_attn.q_proj", [32, 48])
+    );
     check_logits(&model, &golden, "untied");
 }
 
@@ -83,14 +93,10 @@ fn quantized_gguf_matches_transformers_loading_the_same_file() {
     // Q8_0, Q4_0, Q4_1, F16 and F32 tensors, q/k permuted as llama.cpp stores them.
     let bytes = std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap();
     let gguf = GgufFile::parse("tiny-llama-q.gguf", bytes).unwrap();
-    let config = LlamaConfig::from_gguf(&gguf).unwrap();
-    assert!(config.tie_word_embeddings);
-    let ckpt = GgufCheckpoint::new(
-        gguf,
-        config.num_attention_heads,
-        config.num_key_value_heads(),
-    );
-    let model = LlamaForCausalLM::load(&config, &ckpt, &device()).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
+    assert!(config.tied_embeddings());
+    let ckpt = GgufCheckpoint::new(gguf, config.gguf_map());
+    let model = config.load(&ckpt, &device()).unwrap();
     let golden = Golden::open(&fixtures().join("tiny-llama-q.golden.safetensors"));
     check_logits(&model, &golden, "quantized gguf");
 }

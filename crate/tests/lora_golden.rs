@@ -12,10 +12,10 @@ use webtune::burn::optim::GradientsParams;
 use webtune::burn::tensor::{Device, Tensor};
 use webtune::data::Dataset;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
-use webtune::model::LlamaForCausalLM;
+use webtune::model::CausalLM;
 use webtune::train::{Control, TrainConfig, Trainer, cross_entropy};
 
-fn load_base(name: &str, device: &Device) -> LlamaForCausalLM {
+fn load_base(name: &str, device: &Device) -> CausalLM {
     load_fixture_model(name, device)
 }
 
@@ -26,7 +26,7 @@ fn adapter(case: &str) -> Adapter {
     Adapter::parse(&config, weights).unwrap()
 }
 
-fn with_adapter(case: &str, base: &str, device: &Device) -> LlamaForCausalLM {
+fn with_adapter(case: &str, base: &str, device: &Device) -> CausalLM {
     let mut model = load_base(base, device);
     adapter(case).apply(&mut model).unwrap();
     model
@@ -37,7 +37,7 @@ fn golden(case: &str) -> Golden {
 }
 
 /// PEFT key -> (A or B param of the model, transposed to PEFT layout).
-fn lora_values(model: &LlamaForCausalLM) -> BTreeMap<String, Tensor<2>> {
+fn lora_values(model: &CausalLM) -> BTreeMap<String, Tensor<2>> {
     let mut out = BTreeMap::new();
     for (path, _, proj) in model.projections() {
         if let Some(l) = &proj.lora {
@@ -135,20 +135,13 @@ fn all_linear_rslora_gradients_match_torch_autograd() {
 }
 
 /// Every frozen tensor's values, to check that training leaves them bit-identical.
-fn base_snapshot(model: &LlamaForCausalLM) -> Vec<Vec<f32>> {
-    let mut out = vec![to_vec(model.model.embed_tokens.weight.val())];
-    out.push(to_vec(model.model.norm.gamma.val()));
-    for (_, _, p) in model.projections() {
-        out.push(to_vec(p.base.weight.val()));
-    }
-    for layer in &model.model.layers {
-        out.push(to_vec(layer.input_layernorm.gamma.val()));
-        out.push(to_vec(layer.post_attention_layernorm.gamma.val()));
-    }
-    if let Some(head) = &model.lm_head {
-        out.push(to_vec(head.base.weight.val()));
-    }
-    out
+fn base_snapshot(model: &CausalLM) -> Vec<Vec<f32>> {
+    // Every weight under its HF name: embeddings, norms, projections' bases, the head.
+    model
+        .hf_tensors()
+        .into_iter()
+        .map(|(_, _, t)| to_vec(t))
+        .collect()
 }
 
 fn one_adamw_step_matches_torch(case: &str, base: &str) {
@@ -208,14 +201,8 @@ fn all_linear_one_adamw_step_matches_torch() {
 fn exported_adapter_has_exactly_what_peft_writes() {
     let device = webtune::device::cpu();
     let model = with_adapter("qv", "tiny-llama-untied", &device);
-    let cfg = adapter("qv").lora_config();
-    let files = pollster::block_on(peft::export(
-        &model,
-        &cfg,
-        "tiny-llama-untied",
-        AdapterDtype::F32,
-    ))
-    .unwrap();
+    let files =
+        pollster::block_on(peft::export(&model, "tiny-llama-untied", AdapterDtype::F32)).unwrap();
 
     // Weights: same keys, shapes, dtypes, header metadata and values as PEFT's file.
     let peft_dir = fixtures().join("peft/qv-adapter");

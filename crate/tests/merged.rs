@@ -34,8 +34,8 @@ fn adapt(base: &mut BaseModel, b_std: f64) {
     }
 }
 
-fn logits(model: &webtune::LlamaForCausalLM, ids: &[i64]) -> Vec<f32> {
-    let device = model.model.embed_tokens.weight.val().device();
+fn logits(model: &webtune::CausalLM, ids: &[i64]) -> Vec<f32> {
+    let device = model.device();
     to_vec(model.forward(ids_tensor(&[1, ids.len()], ids, &device), None))
 }
 

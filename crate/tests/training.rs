@@ -10,7 +10,7 @@ use webtune::burn::tensor::Device;
 use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, Document, SplitConfig};
 use webtune::lora::{self, LoraConfig};
-use webtune::model::LlamaForCausalLM;
+use webtune::model::CausalLM;
 use webtune::train::{Control, Progress, RunEnd, TrainConfig, Trainer};
 
 /// burn's device random generator (dropout masks) is shared by the whole process: runs that must
@@ -21,7 +21,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn tiny(device: &Device) -> LlamaForCausalLM {
+fn tiny(device: &Device) -> CausalLM {
     load_fixture_model("tiny-llama-tied", device)
 }
 

@@ -5,11 +5,11 @@
 
 use webtune::base_model::BaseModel;
 use webtune::checkpoint::CheckpointFile;
-use webtune::config::LlamaConfig;
 use webtune::data::{Dataset, SplitConfig, tokenize_files};
 use webtune::formats::Checkpoint as _;
 use webtune::formats::peft::Adapter;
 use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::model::ModelConfig;
 use webtune::tokenizer::Tokenizer;
 use webtune::train::Trainer;
 
@@ -63,7 +63,7 @@ pub fn peft_adapter(data: &[u8]) {
 /// A Hugging Face `config.json`.
 pub fn hf_config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = LlamaConfig::from_json("config.json", text);
+        let _ = ModelConfig::from_json("config.json", text);
     }
 }
 

@@ -1,8 +1,8 @@
 //! GGUF (v2, v3): header, metadata, tensor infos and data, as llama.cpp writes them.
 //!
 //! The reader owns the file's bytes (a browser hands them over as one buffer) and dequantizes a
-//! tensor only when it is asked for. [`GgufCheckpoint`] presents a llama-architecture file under HF
-//! tensor names, with llama.cpp's q/k row permutation undone.
+//! tensor only when it is asked for. [`GgufCheckpoint`] presents a file under HF tensor names and
+//! layouts, through the [`GgufTensorMap`] of the model's family (`model::*::gguf`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -407,91 +407,33 @@ fn tensor_byte_len(info: &TensorInfo) -> Option<usize> {
     info.dtype.byte_len(n)
 }
 
-/// A llama-architecture GGUF file seen through HF tensor names.
+/// How a model family names and lays out its tensors in GGUF (llama.cpp's tensor map for that
+/// architecture). Each family implements it next to its model code.
+pub trait GgufTensorMap {
+    /// The GGUF name of the tensor HF calls `hf` (`model.norm.weight` -> `output_norm.weight`).
+    fn gguf_name(&self, hf: &str) -> Option<String>;
+    /// The HF shape of `hf`, stored in the GGUF file with (row-major) shape `gguf_shape`.
+    fn hf_shape(&self, hf: &str, gguf_shape: &[usize]) -> Vec<usize>;
+    /// A tensor as the GGUF file holds it (row-major, GGUF's dimensions reversed) -> HF's layout;
+    /// `Err` says why the tensor cannot be that weight.
+    fn gguf_to_hf(&self, hf: &str, t: HostTensor) -> std::result::Result<HostTensor, String>;
+    /// HF's layout -> as a GGUF file holds it: the inverse of [`Self::gguf_to_hf`].
+    fn hf_to_gguf(&self, hf: &str, t: HostTensor) -> std::result::Result<HostTensor, String>;
+    /// A LoRA B (`[d_out, r]`, PEFT's layout) of the weight `hf`, with its rows in the order of
+    /// the GGUF weight's output rows, as llama.cpp applies an adapter.
+    fn lora_b_to_gguf(&self, hf: &str, b: HostTensor) -> std::result::Result<HostTensor, String>;
+}
+
+/// A GGUF file seen through HF tensor names and layouts, by its family's [`GgufTensorMap`].
 pub struct GgufCheckpoint {
     pub gguf: GgufFile,
-    n_heads: usize,
-    n_kv_heads: usize,
+    map: Box<dyn GgufTensorMap>,
 }
 
 impl GgufCheckpoint {
-    pub fn new(gguf: GgufFile, n_heads: usize, n_kv_heads: usize) -> Self {
-        Self {
-            gguf,
-            n_heads,
-            n_kv_heads,
-        }
+    pub fn new(gguf: GgufFile, map: Box<dyn GgufTensorMap>) -> Self {
+        Self { gguf, map }
     }
-}
-
-/// HF name -> GGUF name for the llama family (llama.cpp's `tensor_mapping`).
-pub fn llama_gguf_name(hf: &str) -> Option<String> {
-    let simple = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(s) = simple {
-        return Some(s.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let gguf = match module {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}"))
-}
-
-/// Undoes llama.cpp's rotary row permutation of q/k weights (`LlamaModel.permute` in
-/// `convert_hf_to_gguf.py`), giving back HF's layout.
-///
-/// llama.cpp stores HF row (head h, half s, index j) at row (h, j, s): it interleaves the two
-/// rotary halves of each head. So HF row `h*hd + s*hd/2 + j` is GGUF row `h*hd + 2*j + s`.
-pub fn unpermute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
-    move_rows(t, n_heads, |hf, gguf| (gguf, hf))
-}
-
-/// llama.cpp's rotary row permutation of a q/k weight (HF layout -> GGUF layout): the inverse of
-/// [`unpermute_rows`], for writing GGUF files.
-pub fn permute_rows(t: &HostTensor, n_heads: usize) -> Option<HostTensor> {
-    move_rows(t, n_heads, |hf, gguf| (hf, gguf))
-}
-
-/// Copies every row between its HF index and its GGUF index; `from_to(hf, gguf)` says which is
-/// the source and which the destination.
-fn move_rows(
-    t: &HostTensor,
-    n_heads: usize,
-    from_to: impl Fn(usize, usize) -> (usize, usize),
-) -> Option<HostTensor> {
-    let (rows, cols) = (*t.shape.first()?, t.shape.get(1).copied().unwrap_or(1));
-    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
-        return None;
-    }
-    let hd = rows / n_heads;
-    let half = hd / 2;
-    let mut data = vec![0.0; t.data.len()];
-    for h in 0..n_heads {
-        for s in 0..2 {
-            for j in 0..half {
-                let (src, dst) = from_to(h * hd + s * half + j, h * hd + 2 * j + s);
-                data[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&t.data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    Some(HostTensor::new(t.shape.clone(), data))
 }
 
 impl Checkpoint for GgufCheckpoint {
@@ -500,79 +442,32 @@ impl Checkpoint for GgufCheckpoint {
     }
 
     fn source_name(&self, hf_name: &str) -> String {
-        match llama_gguf_name(hf_name) {
+        match self.map.gguf_name(hf_name) {
             Some(g) => format!("{g}` (`{hf_name}"),
             None => hf_name.to_string(),
         }
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let gguf_name = llama_gguf_name(name)?;
-        self.gguf.tensor_info(&gguf_name).map(|t| t.shape.clone())
+        let gguf_name = self.map.gguf_name(name)?;
+        let info = self.gguf.tensor_info(&gguf_name)?;
+        Some(self.map.hf_shape(name, &info.shape))
     }
 
     fn load(&self, name: &str) -> Result<HostTensor> {
-        let gguf_name = llama_gguf_name(name).ok_or_else(|| Error::MissingTensor {
-            file: self.gguf.file_name.clone(),
-            tensor: name.to_string(),
-        })?;
+        let gguf_name = self
+            .map
+            .gguf_name(name)
+            .ok_or_else(|| Error::MissingTensor {
+                file: self.gguf.file_name.clone(),
+                tensor: name.to_string(),
+            })?;
         let t = self.gguf.dequantize(&gguf_name)?;
-        let heads = if gguf_name.ends_with("attn_q.weight") {
-            Some(self.n_heads)
-        } else if gguf_name.ends_with("attn_k.weight") {
-            Some(self.n_kv_heads)
-        } else {
-            None
-        };
-        match heads {
-            None => Ok(t),
-            Some(n) => unpermute_rows(&t, n).ok_or_else(|| {
-                Error::format(
-                    &self.gguf.file_name,
-                    format!(
-                        "tensor `{gguf_name}` has {} rows, not a multiple of 2 x {n} heads",
-                        t.shape[0]
-                    ),
-                )
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
-        // llama.cpp: w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-        let (n_head, rows, cols) = (2, 8, 3);
-        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
-        let half = rows / n_head / 2;
-        let mut permuted = vec![0.0; hf.len()];
-        for h in 0..n_head {
-            for s in 0..2 {
-                for j in 0..half {
-                    // source index (h, s, j) goes to (h, j, s)
-                    let src = (h * 2 + s) * half + j;
-                    let dst = (h * half + j) * 2 + s;
-                    permuted[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        let t = HostTensor::new(vec![rows, cols], permuted);
-        assert_eq!(unpermute_rows(&t, n_head).unwrap().data, hf);
-        let back = permute_rows(&HostTensor::new(vec![rows, cols], hf.clone()), n_head).unwrap();
-        assert_eq!(back.data, t.data);
-    }
-
-    #[test]
-    fn hf_names_map_to_gguf_names() {
-        assert_eq!(
-            llama_gguf_name("model.layers.12.self_attn.o_proj.weight").as_deref(),
-            Some("blk.12.attn_output.weight")
-        );
-        assert_eq!(llama_gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        self.map.gguf_to_hf(name, t).map_err(|problem| {
+            Error::format(
+                &self.gguf.file_name,
+                format!("tensor `{gguf_name}` {problem}"),
+            )
+        })
     }
 }

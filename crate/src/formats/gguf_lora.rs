@@ -1,42 +1,39 @@
 //! LoRA adapters for llama.cpp (`llama-cli -m base.gguf --lora adapter.gguf`), written as
 //! llama.cpp's `convert_lora_to_gguf.py` writes them:
 //!
-//! - metadata: `general.architecture` = `llama`, `general.type` = `adapter`, `adapter.type` =
+//! - metadata: `general.architecture` (the base's: `llama`), `general.type` = `adapter`, `adapter.type` =
 //!   `lora`, `adapter.lora.alpha` (f32), `general.name`;
 //! - tensors: for each adapted projection, `blk.N.<name>.weight.lora_a` holding PEFT's A
 //!   (`[r, d_in]`) and `.lora_b` holding PEFT's B (`[d_out, r]`), F32 or F16 (GGUF lists the
 //!   dimensions fastest-first: `[d_in, r]`, `[r, d_out]`);
-//! - q/k: llama.cpp stores the base q_proj / k_proj rows permuted (the two rotary halves of each
-//!   head interleaved), so B's rows (the output rows) are permuted the same way; A is unchanged.
+//! - B's rows are the base weight's output rows, in the order the GGUF base holds them (the
+//!   family's [`GgufTensorMap::lora_b_to_gguf`]: for Llama, q_proj / k_proj rows permuted as
+//!   llama.cpp permutes the base's, the two rotary halves of each head interleaved); A is
+//!   unchanged.
 //!
 //! llama.cpp scales a branch by alpha / r. With rsLoRA (alpha / sqrt(r)) the alpha written is
 //! alpha * sqrt(r), so that llama.cpp applies the scale the adapter was trained with.
 
-use super::gguf::{Value, llama_gguf_name, permute_rows};
+use super::gguf::{GgufTensorMap, Value};
 use super::gguf_writer::{self, TensorEntry};
 use super::peft::{AdapterDtype, lora_tensors};
-use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::lora::LoraConfig;
-use crate::model::LlamaForCausalLM;
+use crate::model::{CausalLM, ModelConfig};
 
 /// The file name the page and the CLI give the adapter.
 pub const FILE_SUFFIX: &str = "-lora.gguf";
 
-/// The GGUF LoRA adapter of `model` (trained with `lora` on a base described by `config`).
+/// The GGUF LoRA adapter of `model` (a base described by `config`, with LoRA branches).
 pub async fn export(
-    model: &LlamaForCausalLM,
-    config: &LlamaConfig,
-    lora: &LoraConfig,
+    model: &CausalLM,
+    config: &ModelConfig,
     base_name: &str,
     dtype: AdapterDtype,
 ) -> Result<Vec<u8>> {
+    let lora = crate::lora::settings_of(model)?
+        .ok_or_else(|| Error::Invalid("the model has no LoRA layers to export".into()))?;
+    let map: Box<dyn GgufTensorMap> = config.gguf_map();
     let tensors = lora_tensors(model).await?;
-    if tensors.is_empty() {
-        return Err(Error::Invalid(
-            "the model has no LoRA layers to export".into(),
-        ));
-    }
     let mut entries = Vec::with_capacity(tensors.len());
     for (key, t) in tensors {
         if t.data.iter().any(|x| !x.is_finite()) {
@@ -54,25 +51,16 @@ pub async fn export(
             },
         };
         let hf = format!("{}.weight", hf.trim_start_matches(super::peft::KEY_PREFIX));
-        let gguf = llama_gguf_name(&hf).ok_or_else(|| {
+        let gguf = map.gguf_name(&hf).ok_or_else(|| {
             Error::Invalid(format!(
                 "`{hf}` has no llama.cpp name: it cannot be exported to GGUF"
             ))
         })?;
-        let heads = if suffix == "lora_b" && gguf.ends_with("attn_q.weight") {
-            Some(config.num_attention_heads)
-        } else if suffix == "lora_b" && gguf.ends_with("attn_k.weight") {
-            Some(config.num_key_value_heads())
+        let t = if suffix == "lora_b" {
+            map.lora_b_to_gguf(&hf, t)
+                .map_err(|problem| Error::Invalid(format!("`{hf}`'s LoRA B {problem}")))?
         } else {
-            None
-        };
-        let t = match heads {
-            Some(n) => permute_rows(&t, n).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "`{hf}`: its rows are not a multiple of 2 x {n} heads"
-                ))
-            })?,
-            None => t,
+            t
         };
         let name = format!("{gguf}.{suffix}");
         entries.push(match dtype {
@@ -88,7 +76,7 @@ pub async fn export(
     let metadata = vec![
         (
             "general.architecture".to_string(),
-            Value::String("llama".into()),
+            Value::String(config.model_type().into()),
         ),
         ("general.type".to_string(), Value::String("adapter".into())),
         (

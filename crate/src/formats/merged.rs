@@ -12,18 +12,18 @@ use std::collections::HashMap;
 use burn::tensor::Tensor;
 
 use super::HostTensor;
-use super::gguf::{Value, llama_gguf_name, permute_rows};
+use super::gguf::Value;
 use super::gguf_writer::{self, TensorEntry};
 use crate::base_model::BaseModel;
 use crate::error::{Error, Result};
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 
 /// ggml's `LLAMA_FTYPE_MOSTLY_F16`.
 const FILE_TYPE_F16: u32 = 1;
 
 /// `model` (base + LoRA branches) with its branches folded in, weights read back to the host
 /// under their HF names and layouts.
-async fn merged_tensors(model: &LlamaForCausalLM) -> Result<Vec<(String, HostTensor)>> {
+async fn merged_tensors(model: &CausalLM) -> Result<Vec<(String, HostTensor)>> {
     // Without autodiff: merging is arithmetic on weights, not part of any graph.
     let mut merged = burn::module::Module::valid(model);
     crate::lora::merge(&mut merged);
@@ -49,17 +49,12 @@ async fn read(t: Tensor<2>) -> Result<Vec<f32>> {
 }
 
 /// The merged model as a Hugging Face folder: `(file name, bytes)` pairs.
-pub async fn hf_files(
-    base: &BaseModel,
-    model: &LlamaForCausalLM,
-) -> Result<Vec<(String, Vec<u8>)>> {
+pub async fn hf_files(base: &BaseModel, model: &CausalLM) -> Result<Vec<(String, Vec<u8>)>> {
     let tensors = merged_tensors(model).await?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let weights = super::safetensors::write("model.safetensors", &tensors, false, metadata)?;
 
-    let mut config = serde_json::to_value(&base.config)
-        .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
-    config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    let mut config = base.config.to_json()?;
     config["torch_dtype"] = serde_json::json!("float32");
     let config = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
@@ -79,7 +74,7 @@ pub async fn hf_files(
 
 /// The merged model as one GGUF file (F16 matrices): for a base loaded from GGUF, whose metadata
 /// it keeps.
-pub async fn gguf_f16(base: &BaseModel, model: &LlamaForCausalLM) -> Result<Vec<u8>> {
+pub async fn gguf_f16(base: &BaseModel, model: &CausalLM) -> Result<Vec<u8>> {
     let source = base.gguf_metadata.as_ref().ok_or_else(|| {
         Error::Invalid(format!(
             "{}: a merged GGUF is written for models loaded from a GGUF file; this one came from \
@@ -99,22 +94,15 @@ pub async fn gguf_f16(base: &BaseModel, model: &LlamaForCausalLM) -> Result<Vec<
     ));
     metadata.push(("general.file_type".into(), Value::U32(FILE_TYPE_F16)));
 
+    let map = base.config.gguf_map();
     let mut entries = Vec::new();
     for (hf, t) in merged_tensors(model).await? {
-        let name = llama_gguf_name(&hf)
+        let name = map
+            .gguf_name(&hf)
             .ok_or_else(|| Error::Invalid(format!("`{hf}` has no llama.cpp name")))?;
-        let heads = if name.ends_with("attn_q.weight") {
-            Some(base.config.num_attention_heads)
-        } else if name.ends_with("attn_k.weight") {
-            Some(base.config.num_key_value_heads())
-        } else {
-            None
-        };
-        let t = match heads {
-            Some(n) => permute_rows(&t, n)
-                .ok_or_else(|| Error::Invalid(format!("`{hf}`: rows not a multiple of 2 x {n}")))?,
-            None => t,
-        };
+        let t = map
+            .hf_to_gguf(&hf, t)
+            .map_err(|problem| Error::Invalid(format!("`{hf}` {problem}")))?;
         // 1-D tensors (the norms) stay F32, as llama.cpp's converter keeps them.
         entries.push(if t.shape.len() == 1 {
             TensorEntry::f32(name, t.shape, &t.data)

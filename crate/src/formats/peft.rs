@@ -14,7 +14,7 @@ use super::safetensors::SafetensorsCheckpoint;
 use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::lora::{LoraBranch, LoraConfig, LoraInit};
-use crate::model::LlamaForCausalLM;
+use crate::model::CausalLM;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -106,8 +106,9 @@ pub enum AdapterDtype {
     F16,
 }
 
-/// The `adapter_config.json` webtune writes for `cfg` (the same fields PEFT writes).
-pub fn config_for(cfg: &LoraConfig, targets: &[&str], base_model: &str) -> PeftConfig {
+/// The `adapter_config.json` webtune writes for `cfg` (the same fields PEFT writes; `cfg.targets`
+/// as given, `fan_in_fan_out` as the family stores its weights).
+pub fn config_for(cfg: &LoraConfig, fan_in_fan_out: bool, base_model: &str) -> PeftConfig {
     let mut other = BTreeMap::new();
     // The other fields PEFT 0.21.2 writes, with its defaults, so that the file has exactly PEFT's
     // fields. `peft_version` names the PEFT release whose format this follows.
@@ -147,8 +148,8 @@ pub fn config_for(cfg: &LoraConfig, targets: &[&str], base_model: &str) -> PeftC
         lora_alpha: cfg.alpha,
         use_rslora: cfg.use_rslora,
         lora_dropout: cfg.dropout,
-        target_modules: Some(serde_json::json!(targets)),
-        fan_in_fan_out: false,
+        target_modules: Some(serde_json::json!(cfg.targets)),
+        fan_in_fan_out,
         bias: "none".into(),
         base_model_name_or_path: Some(base_model.to_string()),
         inference_mode: true,
@@ -166,7 +167,7 @@ pub fn config_for(cfg: &LoraConfig, targets: &[&str], base_model: &str) -> PeftC
 }
 
 /// The adapter's tensors in PEFT layout, read back from the device.
-pub async fn lora_tensors(model: &LlamaForCausalLM) -> Result<Vec<(String, HostTensor)>> {
+pub async fn lora_tensors(model: &CausalLM) -> Result<Vec<(String, HostTensor)>> {
     let mut out = Vec::new();
     for (path, _, proj) in model.projections() {
         let Some(lora) = &proj.lora else { continue };
@@ -190,19 +191,15 @@ async fn read(t: Tensor<2>) -> Result<HostTensor> {
     Ok(HostTensor::new(shape, data))
 }
 
-/// Writes the adapter of `model` (trained with `cfg`) for `base_model`.
+/// Writes the adapter of `model` for `base_model`, with the settings its branches hold.
 pub async fn export(
-    model: &LlamaForCausalLM,
-    cfg: &LoraConfig,
+    model: &CausalLM,
     base_model: &str,
     dtype: AdapterDtype,
 ) -> Result<AdapterFiles> {
+    let cfg = crate::lora::settings_of(model)?
+        .ok_or_else(|| Error::Invalid("the model has no LoRA layers to export".into()))?;
     let tensors = lora_tensors(model).await?;
-    if tensors.is_empty() {
-        return Err(Error::Invalid(
-            "the model has no LoRA layers to export".into(),
-        ));
-    }
     // An adapter with NaN or infinity in it would load everywhere and break every output.
     if let Some((name, _)) = tensors
         .iter()
@@ -212,16 +209,7 @@ pub async fn export(
             "the adapter's `{name}` holds NaN or infinite values: it is not written"
         )));
     }
-    let targets: Vec<&str> = LlamaForCausalLM::LINEAR_MODULES
-        .iter()
-        .copied()
-        .filter(|m| {
-            tensors
-                .iter()
-                .any(|(k, _)| k.ends_with(&format!(".{m}.lora_A.weight")))
-        })
-        .collect();
-    let config = config_for(cfg, &targets, base_model);
+    let config = config_for(&cfg, model.fan_in_fan_out(), base_model);
     let config_json = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::Invalid(format!("could not write adapter_config.json: {e}")))?;
     Ok(AdapterFiles {
@@ -260,9 +248,6 @@ impl Adapter {
         }
         if !config.rank_pattern.is_empty() || !config.alpha_pattern.is_empty() {
             return unsupported("a per-module rank_pattern / alpha_pattern");
-        }
-        if config.fan_in_fan_out {
-            return unsupported("fan_in_fan_out on a Llama model");
         }
         if config.bias != "none" {
             return unsupported(&format!("bias `{}`", config.bias));
@@ -307,8 +292,17 @@ impl Adapter {
 
     /// Puts the adapter's A and B into `model` (trainable, so training can continue). Refuses an
     /// adapter made for another base: unknown modules, other shapes, another rank.
-    pub fn apply(&self, model: &mut LlamaForCausalLM) -> Result<()> {
+    pub fn apply(&self, model: &mut CausalLM) -> Result<()> {
         let cfg = self.lora_config();
+        // PEFT itself turns fan_in_fan_out on for Conv1D layers, but would transpose a Linear's
+        // update by it: wrong numbers, so refuse it.
+        if self.config.fan_in_fan_out && !model.fan_in_fan_out() {
+            return Err(Error::config(
+                CONFIG_FILE,
+                "fan_in_fan_out is set, but this model's layers are not Conv1D: the adapter \
+                 was made for another kind of model",
+            ));
+        }
         let mut used = 0;
         let mismatch = |problem: String| {
             Err(Error::config(
@@ -366,7 +360,7 @@ impl Adapter {
                 let device = proj.device();
                 let a = host_to_burn(a.transposed(), &device); // [d_in, r]
                 let b = host_to_burn(b.transposed(), &device); // [r, d_out]
-                LoraBranch::from_tensors(a, b, cfg.scale(), cfg.dropout)
+                LoraBranch::from_tensors(a, b, &cfg)
             });
         }
         Ok(())

@@ -104,7 +104,7 @@ fn silu_mul_matches_composed() {
 fn rope_matches_composed() {
     let (b, t, h, hd) = (2, 5, 3, 8);
     let x = random([b * t, h * hd], 5, 1.0);
-    let (cos, sin) = crate::model::rope::tables(1e4, hd, 3, t, &device());
+    let (cos, sin) = crate::model::llama::rope::tables(1e4, hd, 3, t, &device());
     check(
         "rope",
         &[x],

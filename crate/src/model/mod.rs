@@ -1,9 +1,125 @@
-//! Model families. Each file reads like its Hugging Face module tree; HF tensor names live in that
-//! file (its loader reads them, `hf_tensors` writes them back).
+//! Model families, behind one boundary.
+//!
+//! Each family lives in its own folder that reads like its Hugging Face module tree: the model and
+//! its loader (`mod.rs`, where HF tensor names are spelled: read by `load`, written back by
+//! `hf_tensors`), its `config.json` ([`config`]), its GGUF tensor map (`gguf.rs`). The rest of
+//! webtune sees a model only through [`CausalLM`] and its config only through [`ModelConfig`]:
+//! adding a family is a folder plus one variant in each of the two enums.
 
+pub mod config;
 pub mod kv_cache;
 pub mod llama;
-pub mod rope;
 
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+
+pub use config::{FamilyConfig, ModelConfig, TokenIds};
 pub use kv_cache::KvCache;
-pub use llama::LlamaForCausalLM;
+pub use llama::{LlamaConfig, LlamaForCausalLM};
+
+use crate::lora::LoraLinear;
+
+/// A linear projection of a model: its HF module path (`model.layers.0.self_attn.q_proj`), its
+/// short name for LoRA targeting (`q_proj`), and the layer.
+pub type Projection<'a> = (String, &'static str, &'a LoraLinear);
+/// [`Projection`], mutable.
+pub type ProjectionMut<'a> = (String, &'static str, &'a mut LoraLinear);
+
+/// What every model family gives the rest of webtune.
+pub trait CausalLanguageModel {
+    /// Next-token logits at every position; with a cache, the positions follow the cached ones.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
+    fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
+    /// Every projection LoRA may adapt, in HF module order (the LM head is not one).
+    fn projections(&self) -> Vec<Projection<'_>>;
+    /// [`Self::projections`], mutable.
+    fn projections_mut(&mut self) -> Vec<ProjectionMut<'_>>;
+    /// The short names LoRA may target (`all-linear` means all of them).
+    fn lora_targets(&self) -> &'static [&'static str];
+    /// The targets a run gets when none are chosen (the LoRA paper's: the attention's).
+    fn default_targets(&self) -> &'static [&'static str];
+    /// Every weight under its HF name and in HF's layout, with the shape to write (1-D tensors
+    /// come as `[1, n]` with shape `[n]`): for writing the model back out (a merged export).
+    fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)>;
+    fn num_layers(&self) -> usize;
+    /// Where the weights live.
+    fn device(&self) -> Device;
+    /// Whether the family's projections store their weight `[d_in, d_out]` in HF (GPT-2's
+    /// `Conv1D`): PEFT's `fan_in_fan_out`.
+    fn fan_in_fan_out(&self) -> bool {
+        false
+    }
+}
+
+/// A causal language model of any supported family.
+#[derive(Module, Debug)]
+pub enum CausalLM {
+    Llama(LlamaForCausalLM),
+}
+
+impl CausalLM {
+    fn family(&self) -> &dyn CausalLanguageModel {
+        match self {
+            Self::Llama(m) => m,
+        }
+    }
+
+    fn family_mut(&mut self) -> &mut dyn CausalLanguageModel {
+        match self {
+            Self::Llama(m) => m,
+        }
+    }
+
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
+    pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.family().forward(input_ids, cache)
+    }
+
+    pub fn projections(&self) -> Vec<Projection<'_>> {
+        self.family().projections()
+    }
+
+    pub fn projections_mut(&mut self) -> Vec<ProjectionMut<'_>> {
+        self.family_mut().projections_mut()
+    }
+
+    pub fn lora_targets(&self) -> &'static [&'static str] {
+        self.family().lora_targets()
+    }
+
+    pub fn default_targets(&self) -> &'static [&'static str] {
+        self.family().default_targets()
+    }
+
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        self.family().hf_tensors()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.family().num_layers()
+    }
+
+    pub fn device(&self) -> Device {
+        self.family().device()
+    }
+
+    pub fn fan_in_fan_out(&self) -> bool {
+        self.family().fan_in_fan_out()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
+
+    /// Parameters in the LoRA branches (the trainable ones).
+    pub fn num_lora_parameters(&self) -> usize {
+        self.projections()
+            .iter()
+            .filter_map(|(_, _, p)| p.lora.as_ref())
+            .map(|l| l.a.num_params() + l.b.num_params())
+            .sum()
+    }
+}

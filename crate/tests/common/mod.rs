@@ -72,15 +72,15 @@ impl Golden {
 }
 
 /// A tiny Llama fixture folder with a single `model.safetensors` (e.g. `tiny-llama-tied`).
-pub fn load_fixture_model(name: &str, device: &Device) -> webtune::model::LlamaForCausalLM {
+pub fn load_fixture_model(name: &str, device: &Device) -> webtune::model::CausalLM {
     let dir = fixtures().join(name);
     let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let config = webtune::config::LlamaConfig::from_json("config.json", &config_text).unwrap();
+    let config = webtune::model::ModelConfig::from_json("config.json", &config_text).unwrap();
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let ckpt =
         webtune::formats::safetensors::SafetensorsCheckpoint::single("model.safetensors", bytes)
             .unwrap();
-    webtune::model::LlamaForCausalLM::load(&config, &ckpt, device).unwrap()
+    config.load(&ckpt, device).unwrap()
 }
 
 pub fn ids_tensor(shape: &[usize], ids: &[i64], device: &Device) -> Tensor<2, Int> {

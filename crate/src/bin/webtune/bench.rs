@@ -174,7 +174,7 @@ use webtune::burn;
 /// Times the parts of a training step, `reps` times each, and prints the medians. On the CPU
 /// backend every op runs when it is called, so wall-clock time between calls is the ops' time.
 fn breakdown(
-    model: &webtune::LlamaForCausalLM,
+    model: &webtune::CausalLM,
     data: &webtune::data::Dataset,
     batch: usize,
     reps: usize,
@@ -182,7 +182,7 @@ fn breakdown(
     use burn::module::Module;
     use webtune::train::{batch_tensors, cross_entropy};
     let refs: Vec<&[u32]> = data.train.iter().take(batch).map(Vec::as_slice).collect();
-    let device = model.model.embed_tokens.weight.val().device();
+    let device = model.device();
     let (inputs, targets) = batch_tensors(&refs, &device);
     let inner = model.valid();
     let (inputs_inner, targets_inner) = batch_tensors(&refs, &device.clone().inner());
@@ -193,15 +193,11 @@ fn breakdown(
     };
     for _ in 0..reps {
         let t = Instant::now();
-        let h = inner.hidden_states(inputs_inner.clone(), None);
-        record("inference: hidden states", t.elapsed().as_secs_f64());
-        let t = Instant::now();
         let logits = inner.forward(inputs_inner.clone(), None);
         record("inference: logits", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let _ = cross_entropy(logits, targets_inner.clone()).into_data();
         record("inference: loss from logits", t.elapsed().as_secs_f64());
-        drop(h);
 
         let t = Instant::now();
         let logits = model.forward(inputs.clone(), None);
@@ -222,8 +218,10 @@ fn breakdown(
 
     // The matmuls of one layer at this batch, 2-D and batched: the speed the CPU's gemm reaches.
     let inner_device = device.clone().inner();
-    let [hidden, _] = model.model.layers[0].mlp.gate_proj.dims();
-    let [_, inter] = model.model.layers[0].mlp.gate_proj.dims();
+    // The model width (the first projection's input) and its widest projection (the MLP's).
+    let dims: Vec<[usize; 2]> = model.projections().iter().map(|p| p.2.dims()).collect();
+    let hidden = dims.first().map_or(0, |d| d[0]);
+    let inter = dims.iter().map(|d| d[1]).max().unwrap_or(0);
     let tokens = batch * data.seq_len;
     for (m, k, n) in [
         (tokens, hidden, hidden),

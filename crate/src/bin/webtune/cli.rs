@@ -129,8 +129,9 @@ struct TrainArgs {
     alpha: f64,
     #[arg(long, default_value_t = LoraConfig::default().dropout)]
     dropout: f64,
-    /// Comma-separated module names, or all-linear.
-    #[arg(long, default_values_t = LoraConfig::default().targets, value_delimiter = ',')]
+    /// Comma-separated module names, or all-linear [default: the family's: q_proj,v_proj on
+    /// Llama, c_attn on GPT-2].
+    #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
     #[arg(long)]
     rslora: bool,
@@ -245,18 +246,17 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
             let base = BaseModel::from_path(&model, &device::cpu())?;
             let c = &base.config;
             println!("name: {}", base.name);
+            println!("family: {}", c.model_type());
             println!("parameters: {}", c.num_parameters());
             println!(
-                "layers {} hidden {} intermediate {} heads {} kv heads {} head_dim {} vocab {}",
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.intermediate_size,
-                c.num_attention_heads,
-                c.num_key_value_heads(),
-                c.head_dim(),
-                c.vocab_size
+                "layers {} hidden {} vocab {} context {}",
+                c.num_layers(),
+                c.hidden_size(),
+                c.vocab_size(),
+                c.context_length()
             );
-            println!("tied embeddings: {}", c.tie_word_embeddings);
+            println!("tied embeddings: {}", c.tied_embeddings());
+            println!("LoRA targets: {}", base.model.lora_targets().join(", "));
             println!("chat template: {}", base.tokenizer.chat_template.is_some());
             Ok(())
         }
@@ -617,15 +617,13 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     } else {
         AdapterDtype::F32
     };
-    let lora_cfg = trainer.config().lora.clone();
     let model = trainer.into_model();
-    let files = pollster::block_on(peft::export(&model, &lora_cfg, &base.name, dtype))?;
+    let files = pollster::block_on(peft::export(&model, &base.name, dtype))?;
     write_adapter(&a.out, &files)?;
     if a.gguf {
         let bytes = pollster::block_on(webtune::formats::gguf_lora::export(
             &model,
             &base.config,
-            &lora_cfg,
             &base.name,
             dtype,
         ))?;

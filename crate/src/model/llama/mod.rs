@@ -6,8 +6,13 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, RmsNorm};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{KvCache, rope};
-use crate::config::LlamaConfig;
+pub mod config;
+pub mod gguf;
+pub mod rope;
+
+pub use config::LlamaConfig;
+
+use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::{Error, Result};
 use crate::formats::{Checkpoint, HostTensor};
 use crate::kernels;
@@ -175,104 +180,6 @@ impl LlamaForCausalLM {
         norm(&self.model.norm, x)
     }
 
-    /// Next-token logits at every position.
-    ///
-    /// # Shapes
-    /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
-    pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let [b, t] = input_ids.dims();
-        let h = self.hidden_rows(input_ids, cache);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => {
-                let w = self.model.embed_tokens.weight.val(); // [vocab, hidden]
-                h.matmul(w.transpose())
-            }
-        };
-        let [_, vocab] = logits.dims();
-        logits.reshape([b, t, vocab])
-    }
-
-    /// Every linear projection under its HF module path (`model.layers.0.self_attn.q_proj`),
-    /// with its short name (`q_proj`) for LoRA targeting. The LM head is not included.
-    pub fn projections_mut(&mut self) -> Vec<(String, &'static str, &mut LoraLinear)> {
-        projections!(self, iter_mut, &mut)
-    }
-
-    /// Read-only [`Self::projections_mut`].
-    pub fn projections(&self) -> Vec<(String, &'static str, &LoraLinear)> {
-        projections!(self, iter, &)
-    }
-
-    /// Every weight under its HF name and in HF's layout (linear weights `[out, in]`), as
-    /// [`Self::load`] reads them, with the shape to write: for writing the model back out (a
-    /// merged export). Norm weights come as `[1, hidden]` tensors of shape `[hidden]`.
-    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
-        let row = |t: Tensor<1>| {
-            let [n] = t.dims();
-            (vec![n], t.reshape([1, n]))
-        };
-        let linear = |t: Tensor<2>| {
-            let t = t.transpose(); // burn's [in, out] -> HF's [out, in]
-            (t.dims().to_vec(), t)
-        };
-        let mut out = Vec::new();
-        let embed = self.model.embed_tokens.weight.val();
-        out.push((
-            "model.embed_tokens.weight".to_string(),
-            embed.dims().to_vec(),
-            embed,
-        ));
-        for (l, layer) in self.model.layers.iter().enumerate() {
-            for (name, norm) in [
-                ("input_layernorm", &layer.input_layernorm),
-                ("post_attention_layernorm", &layer.post_attention_layernorm),
-            ] {
-                let (shape, t) = row(norm.gamma.val());
-                out.push((format!("model.layers.{l}.{name}.weight"), shape, t));
-            }
-        }
-        for (path, _, proj) in self.projections() {
-            let (shape, t) = linear(proj.base.weight.val());
-            out.push((format!("{path}.weight"), shape, t));
-        }
-        let (shape, t) = row(self.model.norm.gamma.val());
-        out.push(("model.norm.weight".to_string(), shape, t));
-        if let Some(head) = &self.lm_head {
-            let (shape, t) = linear(head.base.weight.val());
-            out.push(("lm_head.weight".to_string(), shape, t));
-        }
-        out
-    }
-
-    /// The names LoRA may target in this family (`all-linear` means all of them).
-    pub const LINEAR_MODULES: [&'static str; 7] = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-
-    /// Parameters in the LoRA branches (the trainable ones).
-    pub fn num_lora_parameters(&self) -> usize {
-        self.projections()
-            .iter()
-            .filter_map(|(_, _, p)| p.lora.as_ref())
-            .map(|l| l.a.num_params() + l.b.num_params())
-            .sum()
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.model.layers.len()
-    }
-
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.num_layers())
-    }
-
     /// Builds the model from a checkpoint that holds HF tensor names. Every weight is frozen.
     pub fn load(config: &LlamaConfig, ckpt: &dyn Checkpoint, device: &Device) -> Result<Self> {
         let (h, i, v) = (
@@ -353,6 +260,102 @@ impl LlamaForCausalLM {
             },
             lm_head,
         })
+    }
+}
+
+/// The projections LoRA may target, in HF module order.
+pub const TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+impl CausalLanguageModel for LlamaForCausalLM {
+    /// Next-token logits at every position.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
+    fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [b, t] = input_ids.dims();
+        let h = self.hidden_rows(input_ids, cache);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => {
+                let w = self.model.embed_tokens.weight.val(); // [vocab, hidden]
+                h.matmul(w.transpose())
+            }
+        };
+        let [_, vocab] = logits.dims();
+        logits.reshape([b, t, vocab])
+    }
+
+    fn projections(&self) -> Vec<Projection<'_>> {
+        projections!(self, iter, &)
+    }
+
+    fn projections_mut(&mut self) -> Vec<ProjectionMut<'_>> {
+        projections!(self, iter_mut, &mut)
+    }
+
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &TARGETS
+    }
+
+    fn default_targets(&self) -> &'static [&'static str] {
+        &["q_proj", "v_proj"]
+    }
+
+    /// Every weight under its HF name and in HF's layout (linear weights `[out, in]`), as
+    /// [`Self::load`] reads them, with the shape to write: for writing the model back out (a
+    /// merged export). Norm weights come as `[1, hidden]` tensors of shape `[hidden]`.
+    fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        let row = |t: Tensor<1>| {
+            let [n] = t.dims();
+            (vec![n], t.reshape([1, n]))
+        };
+        let linear = |t: Tensor<2>| {
+            let t = t.transpose(); // burn's [in, out] -> HF's [out, in]
+            (t.dims().to_vec(), t)
+        };
+        let mut out = Vec::new();
+        let embed = self.model.embed_tokens.weight.val();
+        out.push((
+            "model.embed_tokens.weight".to_string(),
+            embed.dims().to_vec(),
+            embed,
+        ));
+        for (l, layer) in self.model.layers.iter().enumerate() {
+            for (name, norm) in [
+                ("input_layernorm", &layer.input_layernorm),
+                ("post_attention_layernorm", &layer.post_attention_layernorm),
+            ] {
+                let (shape, t) = row(norm.gamma.val());
+                out.push((format!("model.layers.{l}.{name}.weight"), shape, t));
+            }
+        }
+        for (path, _, proj) in self.projections() {
+            let (shape, t) = linear(proj.base.weight.val());
+            out.push((format!("{path}.weight"), shape, t));
+        }
+        let (shape, t) = row(self.model.norm.gamma.val());
+        out.push(("model.norm.weight".to_string(), shape, t));
+        if let Some(head) = &self.lm_head {
+            let (shape, t) = linear(head.base.weight.val());
+            out.push(("lm_head.weight".to_string(), shape, t));
+        }
+        out
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn device(&self) -> Device {
+        self.model.embed_tokens.weight.val().device()
     }
 }
 

@@ -1,27 +1,14 @@
 //! The Llama-family configuration: HF `config.json` field names, or the same values read from
 //! GGUF metadata.
 
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::formats::gguf::GgufFile;
-
-/// `eos_token_id` is an integer or a list of integers in HF configs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl TokenIds {
-    pub fn to_vec(&self) -> Vec<u32> {
-        match self {
-            TokenIds::One(id) => vec![*id],
-            TokenIds::Many(ids) => ids.clone(),
-        }
-    }
-}
+use crate::formats::Checkpoint;
+use crate::formats::gguf::{GgufFile, GgufTensorMap};
+use crate::model::config::{FamilyConfig, SUPPORTED, TokenIds};
+use crate::model::{CausalLM, LlamaForCausalLM};
 
 /// transformers 5 moved `rope_theta` into `rope_parameters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -103,7 +90,7 @@ impl LlamaConfig {
         if arch != "llama" {
             return Err(Error::config(
                 file,
-                format!("architecture `{arch}` is not supported (supported: llama)"),
+                format!("architecture `{arch}` is not supported (supported: {SUPPORTED})"),
             ));
         }
         // Counts are u64 in the file and usize (32 bits on wasm32) here: never truncate.
@@ -191,11 +178,6 @@ impl LlamaConfig {
             .unwrap_or(DEFAULT_ROPE_THETA)
     }
 
-    /// Parameters of the model, embeddings included (the tied head counted once).
-    pub fn num_parameters(&self) -> usize {
-        usize::try_from(self.num_parameters_u64()).unwrap_or(usize::MAX)
-    }
-
     /// [`Self::num_parameters`] in 64 bits, saturating: safe on any config, checked or not.
     fn num_parameters_u64(&self) -> u64 {
         let n = |x: usize| x as u64;
@@ -229,7 +211,7 @@ impl LlamaConfig {
             && t != "llama"
         {
             return bad(format!(
-                "model_type `{t}` is not supported (supported: llama)"
+                "model_type `{t}` is not supported (supported: {SUPPORTED})"
             ));
         }
         for (name, value) in [
@@ -333,5 +315,65 @@ impl LlamaConfig {
             return bad("rms_norm_eps must be positive".to_string());
         }
         Ok(())
+    }
+}
+
+impl FamilyConfig for LlamaConfig {
+    fn model_type(&self) -> &'static str {
+        "llama"
+    }
+
+    fn architecture(&self) -> &'static str {
+        "LlamaForCausalLM"
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.num_hidden_layers
+    }
+
+    fn context_length(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn tied_embeddings(&self) -> bool {
+        self.tie_word_embeddings
+    }
+
+    fn num_parameters(&self) -> usize {
+        usize::try_from(self.num_parameters_u64()).unwrap_or(usize::MAX)
+    }
+
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn load(&self, ckpt: &dyn Checkpoint, device: &Device) -> Result<CausalLM> {
+        LlamaForCausalLM::load(self, ckpt, device).map(CausalLM::Llama)
+    }
+
+    fn gguf_map(&self) -> Box<dyn GgufTensorMap> {
+        Box::new(super::gguf::LlamaGgufMap {
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads(),
+        })
+    }
+
+    fn to_json(&self) -> Result<serde_json::Value> {
+        let mut json = serde_json::to_value(self)
+            .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
+        json["model_type"] = serde_json::json!("llama");
+        json["architectures"] = serde_json::json!([self.architecture()]);
+        Ok(json)
     }
 }
