@@ -84,16 +84,24 @@ impl BaseModel {
         let missing = |what: &str| {
             Error::Invalid(format!(
                 "{name}: {what} is missing (a Hugging Face model needs config.json, tokenizer.json \
-                 and model.safetensors or model.safetensors.index.json with its shards)"
+                 (or GPT-2's vocab.json and merges.txt) and model.safetensors or \
+                 model.safetensors.index.json with its shards)"
             ))
         };
 
         let config_file = take("config.json").ok_or_else(|| missing("config.json"))?;
         let config = ModelConfig::from_json(&config_file.name.clone(), &text(config_file)?)?;
-        let tok_file = take("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
         let tok_config = take("tokenizer_config.json").map(text).transpose()?;
-        let tokenizer =
-            Tokenizer::from_json(&tok_file.name, &tok_file.bytes, tok_config.as_deref())?;
+        let tokenizer = match take("tokenizer.json") {
+            Some(f) => Tokenizer::from_json(&f.name, &f.bytes, tok_config.as_deref())?,
+            // GPT-2's own tokenizer files.
+            None => match (take("vocab.json"), take("merges.txt")) {
+                (Some(vocab), Some(merges)) => {
+                    Tokenizer::from_gpt2_files(&text(vocab)?, &text(merges)?)?
+                }
+                _ => return Err(missing("tokenizer.json (or vocab.json and merges.txt)")),
+            },
+        };
         check_vocab("config.json", &config, &tokenizer)?;
 
         let ckpt = if let Some(index) = take("model.safetensors.index.json") {
@@ -132,7 +140,9 @@ impl BaseModel {
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io(&shown, e))?;
                 let file_name = entry.file_name().to_string_lossy().to_string();
-                let wanted = file_name.ends_with(".json") || file_name.ends_with(".safetensors");
+                let wanted = file_name.ends_with(".json")
+                    || file_name.ends_with(".safetensors")
+                    || file_name == "merges.txt";
                 if wanted && entry.path().is_file() {
                     files.push(NamedFile::new(file_name, read(&entry.path())?));
                 }

@@ -138,12 +138,17 @@ pub async fn generate(
         return Err(Error::Invalid("the prompt is empty".to_string()));
     }
     cfg.validate()?;
+    model.check_length(prompt.len())?;
     let device = model.device();
     let mut cache = model.new_cache();
     let mut rng = Rng::new(cfg.seed);
     let mut input: Vec<u32> = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < cfg.max_new_tokens {
+        // A model with learned positions stops at the last one it has.
+        if model.check_length(cache.len() + input.len()).is_err() {
+            break;
+        }
         let ids: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
         let n = ids.len();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);

@@ -85,10 +85,15 @@ pub struct LoraLinear {
 impl LoraLinear {
     /// A projection without LoRA, from a weight in burn layout `[d_in, d_out]`.
     pub fn frozen(weight: Tensor<2>) -> Self {
+        Self::frozen_with_bias(weight, None)
+    }
+
+    /// [`Self::frozen`] with a (frozen) bias `[d_out]`.
+    pub fn frozen_with_bias(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Self {
             base: Linear {
                 weight: Param::from_tensor(weight).set_require_grad(false),
-                bias: None,
+                bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             },
             lora: None,
         }

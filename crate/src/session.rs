@@ -177,6 +177,7 @@ impl Session {
     /// What `cfg` would do with the current texts.
     pub fn plan(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
         let base = self.base()?;
+        base.model.check_length(seq_len)?;
         let data = self.dataset(cfg, seq_len, val_fraction)?;
         let targets = cfg.lora.resolve_targets(&base.model)?;
         let dims: Vec<[usize; 2]> = base

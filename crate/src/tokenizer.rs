@@ -277,13 +277,22 @@ impl Tokenizer {
             .filter_map(|l| l.split_once(' ').map(|(a, b)| json!([a, b])))
             .collect();
         let eot = vocab.get("<|endoftext|>").and_then(|v| v.as_u64());
-        let added: Vec<Json> = eot
-            .map(|id| {
-                json!({"id": id, "content": "<|endoftext|>", "single_word": false,
+        // GPT-2's `<|endoftext|>`, and any other `<|...|>` control token a vocabulary of the same
+        // kind has, are special: matched whole, never split by BPE.
+        let mut added: Vec<Json> = vocab
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(token, _)| {
+                token.len() > 4 && token.starts_with("<|") && token.ends_with("|>")
+            })
+            .filter_map(|(token, id)| id.as_u64().map(|id| (id, token)))
+            .map(|(id, token)| {
+                json!({"id": id, "content": token, "single_word": false,
                        "lstrip": false, "rstrip": false, "normalized": true, "special": true})
             })
-            .into_iter()
             .collect();
+        added.sort_by_key(|t| t["id"].as_u64());
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let spec = json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,

@@ -375,6 +375,7 @@ impl Trainer {
             ));
         }
         cfg.validate(data.seq_len)?;
+        model.check_length(data.seq_len)?;
         let lora_ids: Vec<ParamId> = model
             .projections()
             .into_iter()

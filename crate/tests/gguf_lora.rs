@@ -176,3 +176,47 @@ fn gguf_lora_alpha_keeps_the_rslora_scale() {
     // Only the targeted projections (q_proj, v_proj by default) are in the file.
     assert_eq!(g.tensors.len(), 2 * 2 * llama.num_hidden_layers);
 }
+
+#[test]
+fn gpt2_adapter_uses_llama_cpp_gpt2_names_and_plain_rows() {
+    // llama.cpp's gpt2 tensors: attn_qkv (c_attn), attn_output (attn.c_proj), ffn_up (c_fc),
+    // ffn_down (mlp.c_proj); no rotary permutation, so A and B are PEFT's as they are.
+    let device = webtune::device::cpu();
+    let bytes = std::fs::read(fixtures().join("tiny-gpt2-q.gguf")).unwrap();
+    let mut base = webtune::BaseModel::from_gguf("tiny-gpt2-q.gguf", bytes, &device).unwrap();
+    let cfg = LoraConfig {
+        r: 2,
+        targets: vec!["all-linear".into()],
+        ..LoraConfig::default()
+    };
+    lora::attach(&mut base.model, &cfg, 0).unwrap();
+    let bytes = pollster::block_on(gguf_lora::export(
+        &base.model,
+        &base.config,
+        "tiny-gpt2",
+        AdapterDtype::F32,
+    ))
+    .unwrap();
+    let g = GgufFile::parse("adapter.gguf", bytes).unwrap();
+    assert_eq!(
+        g.get("general.architecture"),
+        Some(&Value::String("gpt2".into()))
+    );
+    let peft = pollster::block_on(peft::lora_tensors(&base.model)).unwrap();
+    assert_eq!(g.tensors.len(), peft.len());
+    for (hf, cpp) in [
+        ("attn.c_attn", "attn_qkv"),
+        ("attn.c_proj", "attn_output"),
+        ("mlp.c_fc", "ffn_up"),
+        ("mlp.c_proj", "ffn_down"),
+    ] {
+        for (peft_ab, cpp_ab) in [("lora_A", "lora_a"), ("lora_B", "lora_b")] {
+            let key = format!("base_model.model.transformer.h.1.{hf}.{peft_ab}.weight");
+            let want = &peft.iter().find(|(k, _)| *k == key).unwrap().1;
+            let got = g
+                .dequantize(&format!("blk.1.{cpp}.weight.{cpp_ab}"))
+                .unwrap();
+            assert_eq!((&got.shape, &got.data), (&want.shape, &want.data), "{key}");
+        }
+    }
+}

@@ -1,5 +1,7 @@
-//! LoRA against PEFT on the tiny random Llama fixtures (`tests/fixtures/peft/`, written by PEFT's
-//! `save_pretrained`): logits, loss, gradients of every A and B, one AdamW step, frozen base.
+//! LoRA against PEFT on the tiny random Llama and GPT-2 fixtures (`tests/fixtures/peft/`, written
+//! by PEFT's `save_pretrained`): logits, loss, gradients of every A and B, one AdamW step, frozen
+//! base, and the adapter files webtune writes. GPT-2's projections are `Conv1D`s, which PEFT
+//! adapts with `fan_in_fan_out`.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -198,42 +200,80 @@ fn all_linear_one_adamw_step_matches_torch() {
 }
 
 #[test]
-fn exported_adapter_has_exactly_what_peft_writes() {
-    let device = webtune::device::cpu();
-    let model = with_adapter("qv", "tiny-llama-untied", &device);
-    let files =
-        pollster::block_on(peft::export(&model, "tiny-llama-untied", AdapterDtype::F32)).unwrap();
+fn gpt2_attention_adapter_logits_match_peft() {
+    logits_match_peft("gpt2_attn", "tiny-gpt2");
+}
 
-    // Weights: same keys, shapes, dtypes, header metadata and values as PEFT's file.
-    let peft_dir = fixtures().join("peft/qv-adapter");
-    let peft_bytes = std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap();
+#[test]
+fn gpt2_all_projections_rslora_logits_match_peft() {
+    logits_match_peft("gpt2_all", "tiny-gpt2");
+}
+
+#[test]
+fn gpt2_loss_and_gradients_match_torch_autograd() {
+    gradients_match_torch("gpt2_attn", "tiny-gpt2");
+    gradients_match_torch("gpt2_all", "tiny-gpt2");
+}
+
+#[test]
+fn gpt2_one_adamw_step_matches_torch_and_base_stays_frozen() {
+    one_adamw_step_matches_torch("gpt2_all", "tiny-gpt2");
+}
+
+#[test]
+fn exported_adapter_has_exactly_what_peft_writes() {
+    exported_adapter_matches_peft("qv", "tiny-llama-untied");
+}
+
+#[test]
+fn exported_gpt2_adapter_has_exactly_what_peft_writes() {
+    // fan_in_fan_out: true, c_attn / c_proj / c_fc, PEFT's key names and shapes.
+    exported_adapter_matches_peft("gpt2_attn", "tiny-gpt2");
+    exported_adapter_matches_peft("gpt2_all", "tiny-gpt2");
+}
+
+#[test]
+fn a_fresh_gpt2_adapter_has_peft_keys_shapes_and_config() {
+    // LoRA attached by webtune (not read from PEFT's file), with the settings of PEFT's case.
+    let device = webtune::device::cpu();
+    let mut model = load_base("tiny-gpt2", &device);
+    let cfg = webtune::lora::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec!["c_attn".into(), "c_proj".into(), "c_fc".into()],
+        use_rslora: true,
+        ..Default::default()
+    };
+    webtune::lora::attach(&mut model, &cfg, 1).unwrap();
+    let files = pollster::block_on(peft::export(&model, "tiny-gpt2", AdapterDtype::F32)).unwrap();
+    let dir = fixtures().join("peft/gpt2_all-adapter");
+    let peft_bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
     let theirs = safetensors::SafeTensors::deserialize(&peft_bytes).unwrap();
     let ours = safetensors::SafeTensors::deserialize(&files.safetensors).unwrap();
-    let mut their_keys = theirs.names();
-    let mut our_keys = ours.names();
-    their_keys.sort_unstable();
-    our_keys.sort_unstable();
-    assert_eq!(our_keys, their_keys);
-    for k in their_keys {
-        let (a, b) = (ours.tensor(k).unwrap(), theirs.tensor(k).unwrap());
-        assert_eq!(a.shape(), b.shape(), "{k}");
-        assert_eq!(a.dtype(), b.dtype(), "{k}");
-        assert_eq!(a.data(), b.data(), "{k}: values differ");
-    }
-    let (_, our_meta) = safetensors::SafeTensors::read_metadata(&files.safetensors).unwrap();
-    let (_, their_meta) = safetensors::SafeTensors::read_metadata(&peft_bytes).unwrap();
-    assert_eq!(our_meta.metadata(), their_meta.metadata());
-
-    // Config: the same fields, and the same values for what defines the adapter.
+    let shapes = |st: &safetensors::SafeTensors| {
+        let mut v: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.shape().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shapes(&ours), shapes(&theirs));
     let ours: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
-    let theirs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(peft_dir.join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    same_config(&ours, &theirs);
+}
+
+/// `adapter_config.json`: the same fields, and the same values for what defines the adapter.
+fn same_config(ours: &serde_json::Value, theirs: &serde_json::Value) {
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(
-        keys(&ours),
-        keys(&theirs),
+        keys(ours),
+        keys(theirs),
         "adapter_config.json fields differ"
     );
     for field in [
@@ -254,6 +294,39 @@ fn exported_adapter_has_exactly_what_peft_writes() {
     t1.sort();
     t2.sort();
     assert_eq!(t1, t2);
+}
+
+fn exported_adapter_matches_peft(case: &str, base: &str) {
+    let device = webtune::device::cpu();
+    let model = with_adapter(case, base, &device);
+    let files = pollster::block_on(peft::export(&model, base, AdapterDtype::F32)).unwrap();
+
+    // Weights: same keys, shapes, dtypes, header metadata and values as PEFT's file.
+    let peft_dir = fixtures().join(format!("peft/{case}-adapter"));
+    let peft_bytes = std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap();
+    let theirs = safetensors::SafeTensors::deserialize(&peft_bytes).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&files.safetensors).unwrap();
+    let mut their_keys = theirs.names();
+    let mut our_keys = ours.names();
+    their_keys.sort_unstable();
+    our_keys.sort_unstable();
+    assert_eq!(our_keys, their_keys);
+    for k in their_keys {
+        let (a, b) = (ours.tensor(k).unwrap(), theirs.tensor(k).unwrap());
+        assert_eq!(a.shape(), b.shape(), "{k}");
+        assert_eq!(a.dtype(), b.dtype(), "{k}");
+        assert_eq!(a.data(), b.data(), "{k}: values differ");
+    }
+    let (_, our_meta) = safetensors::SafeTensors::read_metadata(&files.safetensors).unwrap();
+    let (_, their_meta) = safetensors::SafeTensors::read_metadata(&peft_bytes).unwrap();
+    assert_eq!(our_meta.metadata(), their_meta.metadata());
+
+    let ours: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(peft_dir.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    same_config(&ours, &theirs);
 }
 
 #[test]

@@ -60,9 +60,19 @@ fn hf_reload(base: &BaseModel) -> BaseModel {
 
 #[test]
 fn merged_tiny_model_gives_the_adapted_logits() {
+    merged_gives_the_adapted_logits("tiny-llama-q.gguf");
+}
+
+#[test]
+fn merged_tiny_gpt2_gives_the_adapted_logits() {
+    // Conv1D weights and biases; the GGUF's Conv1D weights transposed back on writing.
+    merged_gives_the_adapted_logits("tiny-gpt2-q.gguf");
+}
+
+fn merged_gives_the_adapted_logits(fixture: &str) {
     let device = webtune::device::cpu();
-    let bytes = std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap();
-    let mut base = BaseModel::from_gguf("tiny-llama-q.gguf", bytes, &device).unwrap();
+    let bytes = std::fs::read(fixtures().join(fixture)).unwrap();
+    let mut base = BaseModel::from_gguf(fixture, bytes, &device).unwrap();
     let ids: Vec<i64> = (0..12).map(|i| (i * 7 + 3) % 96).collect();
     let plain = logits(&base.model, &ids);
     adapt(&mut base, 0.2);

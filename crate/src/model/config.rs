@@ -4,7 +4,7 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalLM, LlamaConfig};
+use super::{CausalLM, Gpt2Config, LlamaConfig};
 use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::formats::gguf::{GgufFile, GgufTensorMap};
@@ -53,15 +53,17 @@ pub trait FamilyConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Llama(LlamaConfig),
+    Gpt2(Gpt2Config),
 }
 
 /// The families webtune runs, by `model_type` / `general.architecture`.
-pub const SUPPORTED: &str = "llama";
+pub const SUPPORTED: &str = "llama, gpt2";
 
 impl ModelConfig {
     pub fn family(&self) -> &(dyn FamilyConfig + 'static) {
         match self {
             Self::Llama(c) => c,
+            Self::Gpt2(c) => c,
         }
     }
 
@@ -82,6 +84,7 @@ impl ModelConfig {
         };
         match model_type.as_str() {
             "llama" => Ok(Self::Llama(LlamaConfig::from_json(file, json)?)),
+            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json(file, json)?)),
             other => Err(Error::config(
                 file,
                 format!("model_type `{other}` is not supported (supported: {SUPPORTED})"),
@@ -98,6 +101,7 @@ impl ModelConfig {
             .ok_or_else(|| Error::config(file, "general.architecture is missing"))?;
         match arch {
             "llama" => Ok(Self::Llama(LlamaConfig::from_gguf(gguf)?)),
+            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_gguf(gguf)?)),
             other => Err(Error::config(
                 file,
                 format!("architecture `{other}` is not supported (supported: {SUPPORTED})"),

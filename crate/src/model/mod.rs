@@ -7,6 +7,7 @@
 //! adding a family is a folder plus one variant in each of the two enums.
 
 pub mod config;
+pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
 
@@ -14,6 +15,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
 pub use config::{FamilyConfig, ModelConfig, TokenIds};
+pub use gpt2::{Gpt2Config, Gpt2LMHeadModel};
 pub use kv_cache::KvCache;
 pub use llama::{LlamaConfig, LlamaForCausalLM};
 
@@ -51,24 +53,31 @@ pub trait CausalLanguageModel {
     fn fan_in_fan_out(&self) -> bool {
         false
     }
+    /// The longest input the model reads (learned positions), if it has a limit.
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A causal language model of any supported family.
 #[derive(Module, Debug)]
 pub enum CausalLM {
     Llama(LlamaForCausalLM),
+    Gpt2(Gpt2LMHeadModel),
 }
 
 impl CausalLM {
     fn family(&self) -> &dyn CausalLanguageModel {
         match self {
             Self::Llama(m) => m,
+            Self::Gpt2(m) => m,
         }
     }
 
     fn family_mut(&mut self) -> &mut dyn CausalLanguageModel {
         match self {
             Self::Llama(m) => m,
+            Self::Gpt2(m) => m,
         }
     }
 
@@ -108,6 +117,20 @@ impl CausalLM {
 
     pub fn fan_in_fan_out(&self) -> bool {
         self.family().fan_in_fan_out()
+    }
+
+    pub fn max_positions(&self) -> Option<usize> {
+        self.family().max_positions()
+    }
+
+    /// Refuses `tokens` positions beyond what the model reads.
+    pub fn check_length(&self, tokens: usize) -> crate::Result<()> {
+        match self.max_positions() {
+            Some(max) if tokens > max => Err(crate::Error::Invalid(format!(
+                "{tokens} tokens are more than this model reads at once ({max} positions)"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {
