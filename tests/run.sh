@@ -13,23 +13,24 @@ bash tests/setup.sh --browser
 echo "== cargo fmt"
 cargo fmt --all -- --check
 
+# Native: the core and the CLI (the workspace's default members); wasm32: the core and the binding.
 echo "== clippy (native)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked -- -D warnings
 
 echo "== clippy (wasm32: the WebGPU build and the multi-threaded CPU build)"
-cargo clippy --workspace --lib --test browser --locked --no-default-features --features gpu \
+cargo clippy -p webtune -p webtune-wasm --lib --tests --locked --features webtune-wasm/gpu \
   --target wasm32-unknown-unknown -- -D warnings
 # The threads build needs nightly's std rebuilt with atomics, in its own build folder (web/build.sh).
 CARGO_TARGET_DIR="$CARGO_TARGET_DIR-wasm-threads" RUSTFLAGS="$(bash web/build.sh --threads-rustflags)" \
-  cargo +nightly clippy --workspace --lib --locked --no-default-features --features threads \
+  cargo +nightly clippy -p webtune -p webtune-wasm --lib --locked --features webtune-wasm/threads \
   --target wasm32-unknown-unknown -Z build-std=panic_abort,std -- -D warnings
 
 echo "== tests (native)"
-cargo test --workspace --locked
+cargo test --locked
 
 echo "== browser tests (wasm-pack, headless Chromium: WebGPU on SwiftShader and the CPU backend)"
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
-  wasm-pack test --headless --chrome --release crate --no-default-features --features gpu
+  wasm-pack test --headless --chrome --release crate/wasm --features gpu
 
 echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh

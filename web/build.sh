@@ -27,7 +27,7 @@ if [ "${1:-}" = "--threads-rustflags" ]; then threads_rustflags; exit 0; fi
 
 pack() { # out-dir, then extra cargo args
   local out=$1; shift
-  wasm-pack build crate --target web --release --out-dir "../web/$out" --out-name webtune \
+  wasm-pack build crate/wasm --target web --release --out-dir "../../web/$out" --out-name webtune \
     --no-typescript --no-pack -- --no-default-features "$@"
   # Served precompressed (serve.py): the wasm shrinks ~6x.
   python3 - "web/$out" <<'PY'

@@ -40,7 +40,7 @@ else
   PROFILE=(--release); WEBTUNE="$CARGO_TARGET_DIR/release/webtune"
 fi
 echo "== building the CLI (${PROFILE[*]:-dev profile})" >&2
-cargo build --locked -p webtune "${PROFILE[@]}" >&2
+cargo build --locked -p webtune-cli "${PROFILE[@]}" >&2
 
 native() { # name model steps warmup [extra]
   local name=$1 model=$2 steps=$3 warmup=$4; shift 4

@@ -1,4 +1,5 @@
-//! The JavaScript API (wasm-bindgen): a thin binding of [`crate::session::Session`].
+//! webtune's JavaScript API (wasm-bindgen): a thin binding of the core's
+//! [`webtune::session::Session`], built by wasm-pack into the page's `web/pkg*/webtune.js`.
 //!
 //! ```js
 //! import init, { WebSession } from "./pkg/webtune.js";
@@ -26,6 +27,8 @@
 // session must not change under a running step. An overlapping call finds it borrowed and is
 // refused as "busy" (try_borrow), never a panic.
 #![allow(clippy::await_holding_refcell_ref)]
+// The binding exists for wasm32 only; a native build of the workspace skips it.
+#![cfg(target_arch = "wasm32")]
 
 mod backend;
 
@@ -37,11 +40,11 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use crate::base_model::{BaseModel, NamedFile};
-use crate::formats::peft::AdapterDtype;
-use crate::generate::SamplingConfig;
-use crate::session::Session;
-use crate::train::TrainConfig;
+use webtune::base_model::{BaseModel, NamedFile};
+use webtune::formats::peft::AdapterDtype;
+use webtune::generate::SamplingConfig;
+use webtune::session::Session;
+use webtune::train::TrainConfig;
 
 pub use backend::BackendInfo;
 
@@ -62,8 +65,8 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            seq_len: crate::defaults::SEQ_LEN,
-            val_fraction: crate::defaults::VAL_FRACTION,
+            seq_len: webtune::defaults::SEQ_LEN,
+            val_fraction: webtune::defaults::VAL_FRACTION,
             train: TrainConfig::default(),
         }
     }
@@ -288,7 +291,7 @@ impl WebSession {
     pub fn resume(&self, bytes: Vec<u8>) -> Result<JsValue, JsError> {
         let plan = self
             .session()?
-            .resume(crate::checkpoint::FILE_NAME, bytes)
+            .resume(webtune::checkpoint::FILE_NAME, bytes)
             .map_err(err)?;
         to_js(&plan)
     }
@@ -312,12 +315,12 @@ impl WebSession {
     /// The defaults the page's form starts from (`{ seq_len, val_fraction, sample_tokens,
     /// checkpoint_every, train: TrainConfig }`), the same the CLI's flags default to.
     pub fn defaults() -> Result<JsValue, JsError> {
-        to_js(&crate::defaults::defaults())
+        to_js(&webtune::defaults::defaults())
     }
 
     /// The settings' limits (`{ max_steps, max_batch_size, max_rank, ... }`): the page shows them.
     pub fn limits() -> Result<JsValue, JsError> {
-        to_js(&crate::limits::setting_limits())
+        to_js(&webtune::limits::setting_limits())
     }
 
     /// Ends the run early (the adapter keeps what it learned).

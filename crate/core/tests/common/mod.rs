@@ -10,7 +10,7 @@ use webtune::burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// `tests/fixtures` at the repository root.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 /// Where the setup script puts files that are fetched, not committed (the SmolLM2 GGUF, the

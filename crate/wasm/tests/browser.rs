@@ -15,10 +15,10 @@ use webtune::train::{TrainConfig, Trainer};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-const CONFIG: &str = include_str!("../../tests/fixtures/tiny-llama-tied/config.json");
-const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/model.safetensors");
-const TINY_GGUF: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-q.gguf");
-const GOLDEN: &[u8] = include_bytes!("../../tests/fixtures/tiny-llama-tied/golden.safetensors");
+const CONFIG: &str = include_str!("../../../tests/fixtures/tiny-llama-tied/config.json");
+const WEIGHTS: &[u8] = include_bytes!("../../../tests/fixtures/tiny-llama-tied/model.safetensors");
+const TINY_GGUF: &[u8] = include_bytes!("../../../tests/fixtures/tiny-llama-q.gguf");
+const GOLDEN: &[u8] = include_bytes!("../../../tests/fixtures/tiny-llama-tied/golden.safetensors");
 
 /// The model's logits in this build on `device` against transformers' (the native golden
 /// tests' fixture): the wasm CPU kernels, and WebGPU with burn's fusion and autotuning, compute
@@ -170,7 +170,7 @@ async fn webgpu_backend_trains_lora_in_the_browser() {
 
 #[wasm_bindgen_test]
 async fn javascript_api_runs_a_whole_session() {
-    use webtune::web::WebSession;
+    use webtune_wasm::WebSession;
     let s = WebSession::create("cpu".into()).await.unwrap();
     let backend: serde_json::Value = serde_wasm_bindgen::from_value(s.backend().unwrap()).unwrap();
     assert_eq!(backend["kind"], "cpu");

@@ -4,7 +4,7 @@
 // Native only: reads fixtures from disk.
 #![cfg(not(target_arch = "wasm32"))]
 
-#[path = "../fuzz/fuzz_targets/bodies.rs"]
+#[path = "../../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
 mod common;
 

@@ -6,9 +6,9 @@
 //! runs on one thread there), and the multi-threaded CPU build (feature `threads`), which has no
 //! WebGPU. The page loads the one it needs.
 
-use burn::tensor::Device;
+use webtune::burn::tensor::Device;
 #[cfg(feature = "gpu")]
-use burn::tensor::wgpu::wgpu;
+use webtune::burn::tensor::wgpu::wgpu;
 use serde::Serialize;
 
 /// What runs, and why.
@@ -50,7 +50,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
         );
     }
     Ok((
-        crate::device::cpu(),
+        webtune::device::cpu(),
         BackendInfo {
             kind: "cpu".into(),
             adapter: None,
@@ -74,7 +74,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
         let info = adapter.map(|a| a.get_info());
         let limits = adapter.map(|a| a.limits());
         (
-            crate::device::cpu(),
+            webtune::device::cpu(),
             BackendInfo {
                 kind: "cpu".into(),
                 adapter: info.as_ref().map(describe),

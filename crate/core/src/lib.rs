@@ -37,6 +37,3 @@ pub use tokenizer::Tokenizer;
 
 /// burn, re-exported so that users name the same version.
 pub use burn;
-
-#[cfg(target_arch = "wasm32")]
-pub mod web;

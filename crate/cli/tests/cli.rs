@@ -1,0 +1,194 @@
+//! The command line end to end: `webtune train` checks `--out` before training, writes the adapter
+//! whole or not at all, and a run paused (or killed) after a checkpoint resumes exactly
+//! (issue "never lose a run": rows 10 of crate/core/tests/hostile.rs's table).
+
+use std::path::PathBuf;
+
+use webtune::checkpoint;
+use webtune::formats::gguf::{GgufFile, Value};
+use webtune::formats::peft;
+
+/// `tests/fixtures` at the repository root.
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+// Row 10: `train --out` is checked before training; the adapter is written whole or not at all.
+#[test]
+fn train_out_is_checked_before_training() {
+    let dir = std::env::temp_dir().join(format!("webtune-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-llama-q.gguf");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--seq-len",
+            "16",
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+
+    let adapter = dir.join("adapter");
+    let (ok, err) = train(&adapter, &[]);
+    assert!(ok, "{err}");
+    let written: Vec<String> = std::fs::read_dir(&adapter)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let mut sorted = written.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [peft::CONFIG_FILE, peft::WEIGHTS_FILE],
+        "{written:?}"
+    );
+
+    let (ok, err) = train(&adapter, &[]);
+    assert!(
+        !ok && err.contains("already holds an adapter") && err.contains("--force"),
+        "{err}"
+    );
+    let (ok, err) = train(&adapter, &["--force", "--gguf"]);
+    assert!(ok, "{err}");
+    // --gguf adds the llama.cpp adapter (its format: crate/tests/gguf_lora.rs).
+    let gguf = GgufFile::parse(
+        "adapter.gguf",
+        std::fs::read(adapter.join("adapter.gguf")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        gguf.get("general.type"),
+        Some(&Value::String("adapter".into()))
+    );
+
+    let (ok, err) = train(&text, &[]);
+    assert!(!ok && err.contains("must be a folder"), "{err}");
+    let (ok, err) = train(&text.join("sub"), &[]);
+    assert!(!ok && err.contains("fox.txt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Row 10 / durable runs on the command line: a run paused (or killed) after a checkpoint and
+// resumed with --resume writes the adapter an uninterrupted run writes, byte for byte.
+#[test]
+fn train_resume_continues_exactly() {
+    let dir = std::env::temp_dir().join(format!("webtune-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-llama-q.gguf");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+    let settings = [
+        "--steps",
+        "8",
+        "--seq-len",
+        "16",
+        "--seed",
+        "3",
+        "--eval-every",
+        "3",
+    ];
+    let whole = dir.join("whole");
+    let (ok, err) = train(&whole, &settings);
+    assert!(ok, "{err}");
+    assert!(
+        !whole.join(checkpoint::FILE_NAME).exists(),
+        "a finished run keeps no checkpoint"
+    );
+
+    let parts = dir.join("parts");
+    let mut first: Vec<&str> = settings.to_vec();
+    first.extend(["--pause-after", "5"]);
+    let (ok, err) = train(&parts, &first);
+    assert!(ok && err.contains("paused after step 5"), "{err}");
+    assert!(!parts.join(peft::WEIGHTS_FILE).exists());
+    let resume = ["--resume", parts.to_str().unwrap()];
+    // Settings come from the checkpoint: typing one is refused, not ignored.
+    let (ok, err) = train(&parts, &[&resume[..], &["--rank", "4"]].concat());
+    assert!(!ok && err.contains("--rank"), "{err}");
+    let (ok, err) = train(&parts, &resume);
+    assert!(ok && err.contains("step 5 of 8"), "{err}");
+    for file in [peft::WEIGHTS_FILE, peft::CONFIG_FILE] {
+        assert!(
+            std::fs::read(whole.join(file)).unwrap() == std::fs::read(parts.join(file)).unwrap(),
+            "{file} of the resumed run differs"
+        );
+    }
+    // merge: base + adapter as one Hugging Face folder and one GGUF, which load and generate
+    // (their logits: crate/tests/merged.rs).
+    let merged = dir.join("merged");
+    let gguf = dir.join("merged.gguf");
+    let (ok, err) = cli(&[
+        "merge",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        whole.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for m in [&merged, &gguf] {
+        let (ok, err) = cli(&[
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "the",
+            "--max-new-tokens",
+            "4",
+        ]);
+        assert!(ok, "{err}");
+    }
+    // --adapter continues an adapter with its own LoRA settings: a typed rank is refused.
+    let (ok, err) = train(
+        &dir.join("more"),
+        &["--adapter", whole.to_str().unwrap(), "--rank", "4"],
+    );
+    assert!(!ok && err.contains("--rank"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
