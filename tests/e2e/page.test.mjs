@@ -111,7 +111,7 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].dtype, "F32");
 
     // The llama.cpp adapter: a GGUF file of general.type "adapter" (checked in detail by
-    // crate/tests/gguf_lora.rs).
+    // crate/core/tests/gguf_lora.rs).
     const [gguf] = await Promise.all([page.waitForEvent("download"), page.click("#download-gguf")]);
     assert.match(gguf.suggestedFilename(), /-lora-\d{4}-\d{2}-\d{2}\.gguf$/);
     const ggufPath = join(out, gguf.suggestedFilename());
@@ -120,7 +120,7 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(ggufBytes.toString("latin1", 0, 4), "GGUF");
     assert.ok(ggufBytes.includes("adapter.lora.alpha") && ggufBytes.includes("blk.0.attn_q.weight.lora_a"));
 
-    // The merged model: for this GGUF base, one GGUF F16 file (its logits: crate/tests/merged.rs).
+    // The merged model: for this GGUF base, one GGUF F16 file (its logits: crate/core/tests/merged.rs).
     const [merged] = await Promise.all([page.waitForEvent("download"), page.click("#download-merged")]);
     assert.match(merged.suggestedFilename(), /-merged-f16\.gguf$/);
     const mergedPath = join(out, merged.suggestedFilename());

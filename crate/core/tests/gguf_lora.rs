@@ -1,7 +1,7 @@
 //! The GGUF LoRA adapter for llama.cpp, checked against the rules of llama.cpp's
 //! `convert_lora_to_gguf.py` and of its adapter loader (`llama-adapter.cpp`), and read back
 //! through webtune's own GGUF reader.
-// Native only: reads fixtures from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

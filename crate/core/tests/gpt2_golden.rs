@@ -3,7 +3,7 @@
 //! from the Hugging Face folder (config.json + vocab.json/merges.txt + model.safetensors), from
 //! the same weights without the `transformer.` key prefix, and from a GGUF file written as
 //! llama.cpp's converter writes GPT-2; greedy tokens through the KV cache; the tokenizer files.
-// Native only: reads fixtures from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

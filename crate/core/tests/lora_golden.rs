@@ -2,7 +2,7 @@
 //! by PEFT's `save_pretrained`): logits, loss, gradients of every A and B, one AdamW step, frozen
 //! base, and the adapter files webtune writes. GPT-2's projections are `Conv1D`s, which PEFT
 //! adapts with `fan_in_fan_out`.
-// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

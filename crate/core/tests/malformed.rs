@@ -1,6 +1,6 @@
 //! Broken model files give a typed error that names the file and, where there is one, the tensor.
 //! None of them may panic.
-// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

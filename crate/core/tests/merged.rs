@@ -1,6 +1,6 @@
 //! Merged export: base + adapter folded into one model gives the logits base + adapter gives,
 //! and loads back through webtune's own loaders (Hugging Face folder, GGUF F16).
-// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

@@ -1,6 +1,6 @@
 //! The trainer's behaviour: reproducible runs, pause/resume, stop, progress events, the learning
 //! rate schedule, and that training lowers the loss.
-// Native only: reads fixtures and fetched files from disk (the browser tests are in browser.rs).
+// Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;

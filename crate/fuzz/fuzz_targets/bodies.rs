@@ -1,6 +1,6 @@
 #![allow(dead_code)] // each target uses one of these
 //! What each fuzz target does with its input. Shared by the libFuzzer targets (next to this file)
-//! and by `crate/tests/fuzz_smoke.rs`, which runs them over the seed corpus and mutations of it in
+//! and by `crate/core/tests/fuzz_smoke.rs`, which runs them over the seed corpus and mutations of it in
 //! CI. Every input must give `Ok` or an error: a panic, an abort or an out-of-memory is a bug.
 
 use webtune::base_model::BaseModel;

@@ -6,10 +6,10 @@
 //! runs on one thread there), and the multi-threaded CPU build (feature `threads`), which has no
 //! WebGPU. The page loads the one it needs.
 
+use serde::Serialize;
 use webtune::burn::tensor::Device;
 #[cfg(feature = "gpu")]
 use webtune::burn::tensor::wgpu::wgpu;
-use serde::Serialize;
 
 /// What runs, and why.
 #[derive(Debug, Clone, Serialize)]
