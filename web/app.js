@@ -88,8 +88,7 @@ const handlers = {
       const { setup, checkpoint } = state.resuming;
       state.resuming = null;
       state.training = true; updateButtons();
-      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt,
-        checkpointEvery: setup.checkpointEvery });
+      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt });
       return;
     }
     requestPlan();
@@ -239,7 +238,7 @@ function applyDefaults(d) {
   const form = $("settings").elements;
   const t = d.train;
   const values = { rank: t.lora.r, alpha: t.lora.alpha, lr: t.lr, steps: t.steps, seq_len: d.seq_len,
-    batch_size: t.batch_size, checkpoint_every: d.checkpoint_every };
+    batch_size: t.batch_size, checkpoint_every: t.checkpoint_every };
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
 }
@@ -299,6 +298,8 @@ function settings() {
       lora: { r: num("rank"), alpha: num("alpha"), targets: f.getAll("target") },
       // Evaluation schedule and sample size: the core's defaults (a small share of the run).
       steps: num("steps"), batch_size: num("batch_size"), lr: num("lr"),
+      // The core says when a checkpoint is due; the worker stores it (store.js).
+      checkpoint_every: f.has("checkpoint_every") ? num("checkpoint_every") : undefined,
     },
   };
 }
@@ -501,7 +502,6 @@ $("start").onclick = async () => {
   if (state.paused) { state.paused = false; worker.postMessage({ type: "resume" }); updateButtons(); return; }
   // Read before the form is locked (disabled fields are not in FormData).
   const run = settings(), form = formValues();
-  const checkpointEvery = Number(form.checkpoint_every) || 0;
   const samplePrompt = $("sample-prompt").value;
   state.training = true; updateButtons();
   $("resume-banner").hidden = true;
@@ -509,11 +509,11 @@ $("start").onclick = async () => {
   await store.clearRun();
   try {
     const texts = [...state.texts.values()].filter((t) => t.tokens && t.buffer).map((t) => ({ name: t.name, buffer: t.buffer }));
-    await store.saveSetup({ model: state.modelSource, texts, settings: run, form, samplePrompt, checkpointEvery });
+    await store.saveSetup({ model: state.modelSource, texts, settings: run, form, samplePrompt });
   } catch (e) {
     showNotice(`This run cannot be saved in this browser (${e?.message ?? e}): a reload will lose it.`);
   }
-  worker.postMessage({ type: "start", settings: run, samplePrompt, checkpointEvery });
+  worker.postMessage({ type: "start", settings: run, samplePrompt });
 };
 $("pause").onclick = () => worker.postMessage({ type: "pause" });
 $("stop").onclick = () => worker.postMessage({ type: "stop" });

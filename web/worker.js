@@ -3,7 +3,6 @@
 
 let session = null;
 let running = false;   // a step loop is active
-let paused = false;
 let samplePrompt = "";
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
@@ -137,43 +136,43 @@ async function loadModel(msg) {
 }
 
 // Checkpoints go to the page, which keeps them in the browser's storage (store.js).
-let checkpointEvery = 10;
 // The Rust core's defaults (WebSession.defaults()): the sample's length.
 let defaults = null;
-let runSteps = 0;
 // The run's latest progress (what a checkpoint is labelled with).
 let lastProgress = null;
 async function saveCheckpoint() {
   const bytes = await session.checkpoint();
-  post({ type: "checkpoint", bytes, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? runSteps }, [bytes.buffer]);
+  post({ type: "checkpoint", bytes, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? 0 }, [bytes.buffer]);
 }
 
+// The training loop is the Rust core's (session.step() = Trainer::next): each call takes a step,
+// or applies the pause / stop asked for, and says where the run stands and when a checkpoint is
+// due. This only reports, stores checkpoints, and lets messages in between calls.
 async function trainLoop() {
   if (running) return;
   running = true;
-  let last = null;
   try {
-    while (!paused) {
-      last = lastProgress = await session.step();
-      post({ type: "progress", progress: last });
-      // The base model's sample waits for the first step, so that training starts at once.
-      if (last.step === 1) await sample(samplePrompt, false);
-      if (last.step >= last.total_steps) break;
-      if (checkpointEvery > 0 && last.step % checkpointEvery === 0) await saveCheckpoint();
+    for (;;) {
+      const p = await session.step();
+      const stepped = p.status === "running" || p.status === "finished";
+      if (stepped) {
+        lastProgress = p;
+        post({ type: "progress", progress: p });
+        // The base model's sample waits for the first step, so that training starts at once.
+        if (p.step === 1) await sample(samplePrompt, false);
+      }
+      if (p.checkpoint_due) await saveCheckpoint();
+      if (p.status === "paused") {
+        post({ type: "paused" });
+        return;
+      }
+      if (p.status !== "running") {
+        post({ type: "done", stopped: p.status === "stopped", adapter: session.hasAdapter() });
+        await sample(samplePrompt, true);
+        return;
+      }
       await nextTask(); // let pause/stop messages in
-      if (stopRequested) { session.stop(); break; }
     }
-    // A pause that arrives during the final step finds the run finished: it is done, not paused.
-    const finished = last && last.step >= last.total_steps;
-    if (paused && !stopRequested && !finished) {
-      await saveCheckpoint();
-      post({ type: "paused" });
-      return;
-    }
-    paused = false;
-    post({ type: "done", stopped: stopRequested, adapter: session.hasAdapter() });
-    stopRequested = false;
-    await sample(samplePrompt, true);
   } catch (e) {
     // A lost GPU fails the step with an ordinary error just before (or after) the device reports
     // its loss: give the loss a moment, so that the page resumes the run instead of ending it.
@@ -187,8 +186,6 @@ async function trainLoop() {
   }
 }
 
-let stopRequested = false;
-
 async function sample(prompt, adapted) {
   if (!prompt) return;
   try {
@@ -200,7 +197,7 @@ async function sample(prompt, adapted) {
 }
 
 // Messages run one at a time, in order (the session serves one call at a time); pause and stop
-// act at once, between two training steps.
+// are passed to the session at once, which applies them before its next step.
 let queue = Promise.resolve();
 self.onmessage = ({ data: msg }) => {
   if (msg.type === "pause" || msg.type === "stop") return handle(msg);
@@ -244,24 +241,17 @@ async function handle(msg) {
         break;
       case "start": {
         samplePrompt = msg.samplePrompt || "";
-        checkpointEvery = msg.checkpointEvery ?? 10;
-        stopRequested = false;
-        paused = false;
         const plan = session.start(msg.settings);
-        runSteps = msg.settings?.train?.steps ?? 0;
         lastProgress = null;
         post({ type: "started", plan, history: [] });
-        // Step 0 saved too: a crash before the first interval still resumes with these settings.
-        if (checkpointEvery > 0) await saveCheckpoint();
+        // Step 0 saved too: a crash before the first checkpoint still resumes with these settings.
+        if ((msg.settings?.train?.checkpoint_every ?? 1) > 0) await saveCheckpoint();
         trainLoop();
         break;
       }
       case "resume-run": {
         // A run saved by an earlier worker (a reload, a crash, another backend).
         samplePrompt = msg.samplePrompt || "";
-        checkpointEvery = msg.checkpointEvery ?? 10;
-        stopRequested = false;
-        paused = false;
         const plan = session.resume(new Uint8Array(msg.bytes));
         const history = session.history();
         lastProgress = history.at(-1) ?? null;
@@ -270,17 +260,15 @@ async function handle(msg) {
         break;
       }
       case "pause":
-        paused = true;
+        session.pause();
         break;
       case "resume":
-        paused = false;
         trainLoop();
         break;
       case "stop":
-        stopRequested = true;
+        session.stop();
         if (!running) {
-          session.stop();
-          paused = false;
+          // Paused (or never started): no loop will report it.
           post({ type: "done", stopped: true, adapter: session.hasAdapter() });
           await sample(samplePrompt, true);
         }

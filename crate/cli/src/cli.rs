@@ -12,7 +12,7 @@ use webtune::formats::merged;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::lora::LoraConfig;
-use webtune::train::{Progress, TrainConfig, Trainer};
+use webtune::train::{Progress, RunStatus, TrainConfig, Trainer};
 use webtune::{BaseModel, defaults, device};
 
 #[derive(Parser)]
@@ -574,22 +574,17 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         }
     }
     let checkpoint_path = a.out.join(checkpoint::FILE_NAME);
+    // The training loop is the core's (Trainer::next): it steps, pauses and says when a
+    // checkpoint is due; here the reports are printed and checkpoints written.
+    trainer.set_checkpoint_every(a.checkpoint_every);
     let mut failure = None;
     let mut taken = 0;
-    while !trainer.is_finished() {
+    loop {
         if a.pause_after == Some(taken) {
-            let bytes = pollster::block_on(trainer.checkpoint(&base.name, val_fraction))?;
-            write_atomically(&checkpoint_path, &bytes)?;
-            eprintln!(
-                "\npaused after step {}: continue with --resume {}",
-                trainer.steps_done(),
-                a.out.display()
-            );
-            return Ok(());
+            trainer.pause();
         }
-        taken += 1;
-        match pollster::block_on(trainer.step()) {
-            Ok(p) => print_progress(&p),
+        let p = match pollster::block_on(trainer.next()) {
+            Ok(p) => p,
             // A non-finite step stopped the run: the trainer kept the adapter from before it,
             // which is still worth writing; the command fails all the same.
             Err(e @ webtune::Error::NonFinite(_)) => {
@@ -597,14 +592,26 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
                 break;
             }
             Err(e) => return Err(e),
+        };
+        if matches!(p.status, RunStatus::Running | RunStatus::Finished) {
+            taken += 1;
+            print_progress(&p);
         }
-        let step = trainer.steps_done();
-        if a.checkpoint_every > 0
-            && step.is_multiple_of(a.checkpoint_every)
-            && !trainer.is_finished()
-        {
+        if p.checkpoint_due {
             let bytes = pollster::block_on(trainer.checkpoint(&base.name, val_fraction))?;
             write_atomically(&checkpoint_path, &bytes)?;
+        }
+        match p.status {
+            RunStatus::Running => {}
+            RunStatus::Paused => {
+                eprintln!(
+                    "\npaused after step {}: continue with --resume {}",
+                    trainer.steps_done(),
+                    a.out.display()
+                );
+                return Ok(());
+            }
+            RunStatus::Finished | RunStatus::Stopped => break,
         }
     }
     eprintln!();

@@ -12,7 +12,7 @@ pub const SEQ_LEN: usize = 128;
 pub const VAL_FRACTION: f64 = 0.1;
 /// Tokens the before/after sample adds to its prompt.
 pub const SAMPLE_TOKENS: usize = 40;
-/// Optimizer steps between two checkpoints.
+/// Optimizer steps between two checkpoints ([`TrainConfig::checkpoint_every`]).
 pub const CHECKPOINT_EVERY: usize = 10;
 
 /// All defaults, as the page asks for them.
@@ -21,7 +21,6 @@ pub struct Defaults {
     pub seq_len: usize,
     pub val_fraction: f64,
     pub sample_tokens: usize,
-    pub checkpoint_every: usize,
     pub train: TrainConfig,
 }
 
@@ -30,7 +29,6 @@ pub fn defaults() -> Defaults {
         seq_len: SEQ_LEN,
         val_fraction: VAL_FRACTION,
         sample_tokens: SAMPLE_TOKENS,
-        checkpoint_every: CHECKPOINT_EVERY,
         train: TrainConfig::default(),
     }
 }

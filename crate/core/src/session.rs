@@ -275,13 +275,22 @@ impl Session {
         self.trainer.as_ref()
     }
 
-    /// One optimizer step of the current run.
+    /// The current run's training loop, one call at a time ([`Trainer::next`]): a step, or the
+    /// pause or stop asked for; the report's `status` says whether to call again and
+    /// `checkpoint_due` when to store [`Self::checkpoint`].
     pub async fn step(&mut self) -> Result<Progress> {
         let trainer = self
             .trainer
             .as_mut()
             .ok_or_else(|| Error::Invalid("start a training run first".into()))?;
-        trainer.step().await
+        trainer.next().await
+    }
+
+    /// Asks the current run to pause before its next step.
+    pub fn pause(&mut self) {
+        if let Some(t) = &mut self.trainer {
+            t.pause();
+        }
     }
 
     /// Ends the current run early; its adapter stays available.

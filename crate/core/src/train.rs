@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub eval_windows: usize,
     /// Read the training loss back every this many steps.
     pub log_every: usize,
+    /// A checkpoint is due every this many steps (0: only when pausing): [`Trainer::next`] says
+    /// so, the caller stores it (a file, the browser's storage).
+    pub checkpoint_every: usize,
     pub seed: u64,
 }
 
@@ -69,6 +72,7 @@ impl Default for TrainConfig {
             eval_every: 25,
             eval_windows: 16,
             log_every: 1,
+            checkpoint_every: crate::defaults::CHECKPOINT_EVERY,
             seed: 0,
         }
     }
@@ -202,6 +206,28 @@ pub struct Progress {
     pub eta_secs: f64,
     /// The next step after which the model is evaluated (None: no more evaluations).
     pub next_eval_step: Option<usize>,
+    /// Where the run stands after this call of [`Trainer::next`].
+    #[serde(default)]
+    pub status: RunStatus,
+    /// Store a checkpoint now ([`Trainer::checkpoint`]): every `checkpoint_every` steps, and on
+    /// pausing.
+    #[serde(default)]
+    pub checkpoint_due: bool,
+}
+
+/// Where a run stands: what [`Trainer::next`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// It took this step; call `next` again.
+    #[default]
+    Running,
+    /// A pause was asked for: no step was taken; `next` continues.
+    Paused,
+    /// All steps are done (this call took the last one).
+    Finished,
+    /// Stopped early (asked to, or after a non-finite step): no more steps.
+    Stopped,
 }
 
 /// What the progress callback of [`Trainer::run`] wants next.
@@ -358,6 +384,8 @@ pub struct Trainer {
     /// Times of the last few steps, for the ETA.
     recent_steps: Vec<f64>,
     stopped: bool,
+    /// A pause was asked for: the next call of `next` takes no step.
+    pause_requested: bool,
     /// The model before the last step, to go back to when that step is not finite.
     previous: Option<CausalLM>,
     /// Why the run stopped, when a step was not finite.
@@ -409,6 +437,7 @@ impl Trainer {
             evals: 0,
             recent_steps: Vec::new(),
             stopped: false,
+            pause_requested: false,
             previous: None,
             failure: None,
             history: Vec::new(),
@@ -725,30 +754,86 @@ impl Trainer {
             elapsed_secs: self.train_secs + self.eval_secs,
             eta_secs: per_step * remaining as f64 + per_eval * evals_left as f64,
             next_eval_step: (self.step + 1..=self.cfg.steps).find(|&s| self.eval_due(s)),
+            status: RunStatus::Running,
+            checkpoint_due: false,
         }
     }
 
-    /// Steps until finished, or until `on_progress` asks to pause or stop.
+    /// Sets how often a checkpoint is due (0: only on pausing), e.g. for a resumed run.
+    pub fn set_checkpoint_every(&mut self, steps: usize) {
+        self.cfg.checkpoint_every = steps;
+    }
+
+    /// Asks the run to pause: the next call of [`Self::next`] takes no step and reports
+    /// `Paused` (with a checkpoint due); the call after that continues.
+    pub fn pause(&mut self) {
+        self.pause_requested = true;
+    }
+
+    /// The training loop, one call at a time: what the page's worker and the CLI call until the
+    /// status is no longer `Running`. A requested pause or stop takes effect here, before the
+    /// next step; otherwise one optimizer step ([`Self::step`], with its evaluation when due).
+    /// The report says whether a checkpoint is due. A non-finite step is an error
+    /// ([`Error::NonFinite`]) that stops the run with the adapter from before it.
+    pub async fn next(&mut self) -> Result<Progress> {
+        if self.is_finished() {
+            let status = if self.stopped {
+                RunStatus::Stopped
+            } else {
+                RunStatus::Finished
+            };
+            return Ok(self.report(status, false));
+        }
+        if std::mem::take(&mut self.pause_requested) {
+            return Ok(self.report(RunStatus::Paused, true));
+        }
+        let mut progress = self.step().await?;
+        let every = self.cfg.checkpoint_every;
+        if self.is_finished() {
+            progress.status = RunStatus::Finished;
+        } else {
+            progress.checkpoint_due = every > 0 && self.step.is_multiple_of(every);
+        }
+        if let Some(last) = self.history.last_mut() {
+            *last = progress.clone();
+        }
+        Ok(progress)
+    }
+
+    /// The latest progress, for a call of `next` that took no step.
+    fn report(&self, status: RunStatus, checkpoint_due: bool) -> Progress {
+        let last = self.history.last().cloned();
+        Progress {
+            status,
+            checkpoint_due,
+            ..last
+                .unwrap_or_else(|| self.progress(None, None, self.cfg.lr_at(self.step), 0.0, None))
+        }
+    }
+
+    /// Steps until finished, or until `on_progress` asks to pause or stop: [`Self::next`] in a
+    /// loop, with the report of every step taken passed to `on_progress`.
     pub async fn run(
         &mut self,
         mut on_progress: impl FnMut(&Progress) -> Control,
     ) -> Result<RunEnd> {
-        while !self.is_finished() {
-            let progress = self.step().await?;
-            match on_progress(&progress) {
-                Control::Continue => {}
-                Control::Pause => return Ok(RunEnd::Paused),
-                Control::Stop => {
-                    self.stop();
-                    return Ok(RunEnd::Stopped);
+        loop {
+            let before = self.step;
+            let progress = self.next().await?;
+            if self.step > before {
+                match on_progress(&progress) {
+                    Control::Continue => {}
+                    Control::Pause => self.pause(),
+                    Control::Stop => self.stop(),
                 }
             }
+            match progress.status {
+                RunStatus::Running => {}
+                RunStatus::Paused => return Ok(RunEnd::Paused),
+                RunStatus::Finished if !self.stopped => return Ok(RunEnd::Finished),
+                RunStatus::Finished | RunStatus::Stopped => return Ok(RunEnd::Stopped),
+            }
         }
-        Ok(if self.stopped {
-            RunEnd::Stopped
-        } else {
-            RunEnd::Finished
-        })
     }
 
     /// [`Self::run`] for native callers.

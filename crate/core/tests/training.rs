@@ -11,7 +11,7 @@ use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, Document, SplitConfig};
 use webtune::lora::{self, LoraConfig};
 use webtune::model::CausalLM;
-use webtune::train::{Control, Progress, RunEnd, TrainConfig, Trainer};
+use webtune::train::{Control, Progress, RunEnd, RunStatus, TrainConfig, Trainer};
 
 /// burn's device random generator (dropout masks) is shared by the whole process: runs that must
 /// be reproducible take turns.
@@ -165,6 +165,62 @@ fn stop_ends_the_run_early() {
     assert_eq!(t.steps_done(), 3);
     assert!(t.is_finished());
     assert!(pollster::block_on(t.step()).is_err());
+}
+
+#[test]
+fn the_loop_applies_pause_and_stop_and_says_when_a_checkpoint_is_due() {
+    // What the page's worker and the CLI drive: call `next` while it reports Running.
+    let _turn = serial();
+    let mut t = trainer(7, 3);
+    t.set_checkpoint_every(3);
+    let next = |t: &mut Trainer| pollster::block_on(t.next()).unwrap();
+    let mut due = Vec::new();
+    for _ in 0..4 {
+        let p = next(&mut t);
+        assert_eq!(p.status, RunStatus::Running);
+        if p.checkpoint_due {
+            due.push(p.step);
+        }
+    }
+    assert_eq!(due, [3]);
+
+    // A pause takes no step, reports the last progress and asks for a checkpoint; the next call
+    // continues.
+    t.pause();
+    let p = next(&mut t);
+    assert_eq!(
+        (p.status, p.step, p.checkpoint_due),
+        (RunStatus::Paused, 4, true)
+    );
+    assert_eq!(t.steps_done(), 4);
+    let p = next(&mut t);
+    assert_eq!((p.status, p.step), (RunStatus::Running, 5));
+
+    // The last step finishes the run: no checkpoint (nothing left to resume), no more steps.
+    next(&mut t);
+    let p = next(&mut t);
+    assert_eq!(
+        (p.status, p.step, p.checkpoint_due),
+        (RunStatus::Finished, 7, false)
+    );
+    let again = next(&mut t);
+    assert_eq!((again.status, again.step), (RunStatus::Finished, 7));
+    assert_eq!(t.history.len(), 7);
+
+    // A stop ends it before the next step.
+    let mut t = trainer(7, 3);
+    next(&mut t);
+    t.stop();
+    let p = next(&mut t);
+    assert_eq!((p.status, p.step), (RunStatus::Stopped, 1));
+    // A pause before the first step reports step 0.
+    let mut t = trainer(7, 3);
+    t.pause();
+    let p = next(&mut t);
+    assert_eq!(
+        (p.status, p.step, p.checkpoint_due),
+        (RunStatus::Paused, 0, true)
+    );
 }
 
 #[test]

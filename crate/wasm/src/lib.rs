@@ -9,8 +9,10 @@
 //! s.loadGguf("model.gguf", bytes);                        // -> ModelInfo
 //! s.addText("notes.txt", bytes);                          // -> { name, tokens } or { name, skipped }
 //! s.plan(settings);                                       // -> Plan (trainable parameters, adapter size, split)
-//! s.start(settings);                                      // -> Plan; then, one step per call:
-//! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs, ... }
+//! s.start(settings);                                      // -> Plan; then the training loop, a call at a time:
+//! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs,
+//!                                                         //    status, checkpoint_due, ... }: again while "running"
+//! s.pause(); s.stop();                                    // take effect at the next step()
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
 //! const gguf = await s.exportGgufLora("f16");             // Uint8Array: llama-cli --lora FILE.gguf
@@ -32,7 +34,7 @@
 
 mod backend;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use js_sys::{Array, Promise, Uint8Array};
@@ -114,6 +116,15 @@ fn from_js<T: for<'de> Deserialize<'de> + Default>(value: JsValue) -> Result<T, 
 pub struct WebSession {
     inner: Rc<RefCell<Session>>,
     backend: BackendInfo,
+    /// A pause or stop asked for while a step may hold the session: applied by the next `step`
+    /// (or at once when the session is free), so asking never finds it busy.
+    request: Rc<Cell<Option<Request>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    Pause,
+    Stop,
 }
 
 impl WebSession {
@@ -134,6 +145,7 @@ impl WebSession {
         Ok(WebSession {
             inner: Rc::new(RefCell::new(Session::new(device))),
             backend,
+            request: Rc::new(Cell::new(None)),
         })
     }
 
@@ -223,16 +235,34 @@ impl WebSession {
         to_js(&plan)
     }
 
-    /// One optimizer step; resolves to Progress.
+    /// The training loop, one call at a time (the core's `Trainer::next`): resolves to Progress,
+    /// whose `status` ("running", "paused", "finished", "stopped") says whether to call again
+    /// and `checkpoint_due` when to store `checkpoint()`. A `pause()` or `stop()` asked for in
+    /// between takes effect here.
     pub fn step(&self) -> Promise {
         let inner = self.inner.clone();
+        let request = self.request.clone();
         future_to_promise(async move {
             let mut s = inner
                 .try_borrow_mut()
                 .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            match request.take() {
+                Some(Request::Pause) => s.pause(),
+                Some(Request::Stop) => s.stop(),
+                None => {}
+            }
             let progress = s.step().await.map_err(|e| JsValue::from(err(e)))?;
             to_js(&progress).map_err(JsValue::from)
         })
+    }
+
+    /// Pauses the run before its next step: the next `step()` resolves with status "paused"
+    /// (and a checkpoint due) without stepping; the one after continues.
+    pub fn pause(&self) {
+        // A stop asked for is not undone by a pause.
+        if !matches!(self.request.get(), Some(Request::Stop)) {
+            self.request.set(Some(Request::Pause));
+        }
     }
 
     /// The adapter for llama.cpp (`llama-cli --lora FILE.gguf`): a GGUF LoRA file as a
@@ -313,7 +343,7 @@ impl WebSession {
     }
 
     /// The defaults the page's form starts from (`{ seq_len, val_fraction, sample_tokens,
-    /// checkpoint_every, train: TrainConfig }`), the same the CLI's flags default to.
+    /// train: TrainConfig }`), the same the CLI's flags default to.
     pub fn defaults() -> Result<JsValue, JsError> {
         to_js(&webtune::defaults::defaults())
     }
@@ -323,10 +353,13 @@ impl WebSession {
         to_js(&webtune::limits::setting_limits())
     }
 
-    /// Ends the run early (the adapter keeps what it learned).
-    pub fn stop(&self) -> Result<(), JsError> {
-        self.session()?.stop();
-        Ok(())
+    /// Ends the run early (the adapter keeps what it learned): at once when no step is under
+    /// way, else when the step ends (the next `step()` resolves with status "stopped").
+    pub fn stop(&self) {
+        match self.inner.try_borrow_mut() {
+            Ok(mut s) => s.stop(),
+            Err(_) => self.request.set(Some(Request::Stop)),
+        }
     }
 
     /// Completes a prompt; options `{ chat, adapted, max_new_tokens, temperature, top_k, top_p, seed }`.
