@@ -47,6 +47,10 @@ pub struct BenchArgs {
     gen_tokens: usize,
     #[arg(long, value_enum, default_value_t = crate::cli::DeviceChoice::Cpu)]
     device: crate::cli::DeviceChoice,
+    /// burn's gradient checkpointing (recompute memory-bound activations in the backward pass
+    /// instead of keeping them): measures what it saves in memory and costs in time.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Instead of the workloads, time the parts of one training step (forward, loss, backward)
     /// on stderr: where a step's time goes.
     #[arg(long)]
@@ -80,6 +84,11 @@ struct Report {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let device = crate::cli::pick_device(a.device)?.autodiff();
+    let device = if a.gradient_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    };
     let started = Instant::now();
     let base = BaseModel::from_path(&a.model, &device)?;
     let load_secs = started.elapsed().as_secs_f64();

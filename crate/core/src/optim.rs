@@ -72,6 +72,7 @@ impl AdamW {
                 let Some(g) = grads.remove::<2>(param.id) else {
                     continue;
                 };
+                let strategy = param.val().gradient_checkpointing_strategy();
                 let p = param.val().inner();
                 let Moments {
                     exp_avg,
@@ -91,7 +92,13 @@ impl AdamW {
                     .add_scalar(self.epsilon);
                 let p = p.mul_scalar(1.0 - lr * self.weight_decay)
                     - exp_avg.clone().div(denom).mul_scalar(step_size);
-                *param = Param::initialized(param.id, Tensor::from_inner(p).require_grad());
+                // Back on the autodiff device with the parameter's gradient-checkpointing strategy:
+                // `from_inner` alone gives the default one, and burn refuses to mix them.
+                let mut p = Tensor::from_inner(p);
+                if let Some(strategy) = strategy {
+                    p = p.with_gradient_checkpointing_strategy(strategy);
+                }
+                *param = Param::initialized(param.id, p.require_grad());
                 self.moments.insert(
                     name,
                     Moments {

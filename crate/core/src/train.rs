@@ -512,8 +512,13 @@ impl Trainer {
             }
             let [d_in, d_out] = proj.dims();
             let [name_a, name_b] = crate::optim::matrix_names(&path);
-            let a = Tensor::from_inner(file.tensor(&name_a, [d_in, r], &device)?);
-            let b = Tensor::from_inner(file.tensor(&name_b, [r, d_out], &device)?);
+            // On the model's autodiff device, with its gradient-checkpointing strategy.
+            let on_device = |t| match device.gradient_checkpointing_strategy() {
+                Some(s) => Tensor::from_inner(t).with_gradient_checkpointing_strategy(s),
+                None => Tensor::from_inner(t),
+            };
+            let a = on_device(file.tensor(&name_a, [d_in, r], &device)?);
+            let b = on_device(file.tensor(&name_b, [r, d_out], &device)?);
             proj.lora = Some(LoraBranch::from_tensors(a, b, &cfg.lora));
         }
         let mut moments = std::collections::BTreeMap::new();

@@ -224,6 +224,28 @@ fn the_loop_applies_pause_and_stop_and_says_when_a_checkpoint_is_due() {
 }
 
 #[test]
+fn gradient_checkpointing_device_trains_the_same() {
+    // burn's gradient checkpointing (Device::gradient_checkpointing) refuses to mix tensors of
+    // two strategies: the optimizer's updated A and B must keep the device's.
+    let _turn = serial();
+    let mut plain = trainer(3, 5);
+    plain.run_blocking(|_| Control::Continue).unwrap();
+    let device = webtune::device::cpu().autodiff().gradient_checkpointing();
+    let mut model = tiny(&device);
+    let cfg = config(3, 5);
+    lora::attach(&mut model, &cfg.lora, 5).unwrap();
+    let mut checkpointed = Trainer::new(model, data(), cfg).unwrap();
+    checkpointed.run_blocking(|_| Control::Continue).unwrap();
+    let (a, b) = (lora_state(&plain), lora_state(&checkpointed));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-5, "checkpointed training differs by {diff}");
+}
+
+#[test]
 fn schedule_warms_up_linearly_then_decays_by_cosine() {
     let cfg = TrainConfig {
         steps: 110,
