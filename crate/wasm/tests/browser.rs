@@ -225,3 +225,68 @@ async fn javascript_api_runs_a_whole_session() {
     let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec());
     assert!(err.is_err());
 }
+
+#[wasm_bindgen_test]
+async fn javascript_api_fine_tunes_a_gpt2_model() {
+    // The GPT-2 family through the page's API: Hugging Face files with GPT-2's own tokenizer
+    // files, LoRA on its default target (c_attn), a PEFT adapter with fan_in_fan_out.
+    use webtune_wasm::WebSession;
+    let files: [(&str, &[u8]); 4] = [
+        (
+            "config.json",
+            include_bytes!("../../../tests/fixtures/tiny-gpt2/config.json"),
+        ),
+        (
+            "vocab.json",
+            include_bytes!("../../../tests/fixtures/tiny-gpt2/vocab.json"),
+        ),
+        (
+            "merges.txt",
+            include_bytes!("../../../tests/fixtures/tiny-gpt2/merges.txt"),
+        ),
+        (
+            "model.safetensors",
+            include_bytes!("../../../tests/fixtures/tiny-gpt2/model.safetensors"),
+        ),
+    ];
+    let s = WebSession::create("cpu".into()).await.unwrap();
+    let names: Vec<String> = files.iter().map(|(n, _)| n.to_string()).collect();
+    let buffers = js_sys::Array::new();
+    for (_, bytes) in files {
+        buffers.push(&js_sys::Uint8Array::from(bytes));
+    }
+    let info: serde_json::Value = serde_wasm_bindgen::from_value(
+        s.load_hf_files("tiny-gpt2".into(), names, buffers).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["family"], "gpt2");
+    assert_eq!(info["default_targets"], serde_json::json!(["c_attn"]));
+    let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
+    s.add_text("a.txt".into(), text.into_bytes()).unwrap();
+    let settings = serde_json::json!({"seq_len": 16, "train": {"steps": 2, "batch_size": 2, "lora": {"r": 2}}});
+    let settings = serde::Serialize::serialize(
+        &settings,
+        &serde_wasm_bindgen::Serializer::json_compatible(),
+    )
+    .unwrap();
+    s.start(settings).unwrap();
+    let mut status = String::new();
+    while status != "finished" {
+        let p = wasm_bindgen_futures::JsFuture::from(s.step())
+            .await
+            .unwrap();
+        let p: serde_json::Value = serde_wasm_bindgen::from_value(p).unwrap();
+        status = p["status"].as_str().unwrap().to_string();
+        assert!(status == "running" || status == "finished", "{p}");
+    }
+    let adapter = wasm_bindgen_futures::JsFuture::from(s.export_adapter("f32".into()))
+        .await
+        .unwrap();
+    let config = js_sys::Reflect::get(&adapter, &JsValue::from_str("config_json"))
+        .unwrap()
+        .as_string()
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["fan_in_fan_out"], true);
+    assert_eq!(config["target_modules"], serde_json::json!(["c_attn"]));
+}
