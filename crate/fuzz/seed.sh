@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 F=../../tests/fixtures
 mkdir -p corpus/{gguf,safetensors,peft_adapter,hf_config,tokenizer_json,text,checkpoint}
-cp "$F/tiny-llama-q.gguf" corpus/gguf/
+cp "$F/tiny-llama-q.gguf" "$F/tiny-gpt2-q.gguf" corpus/gguf/
 i=0; for f in "$F"/*/model*.safetensors "$F"/peft/*/adapter_model.safetensors "$F"/*.golden.safetensors; do
   cp "$f" "corpus/safetensors/seed$((i++)).safetensors"; done
 for d in "$F"/peft/*-adapter; do
@@ -25,7 +25,7 @@ printf '\xef\xbb\xbfwith a BOM\r\nand CRLF\r\n' > corpus/text/bom.txt
 # A checkpoint: two steps of the tiny model, paused.
 tmp=$(mktemp -d)
 printf 'the cat sat on the mat and the dog sat on the log. %.0s' {1..20} > "$tmp/a.txt"
-cargo run -q --manifest-path ../Cargo.toml --bin webtune -- train --model "$F/tiny-llama-q.gguf" \
+cargo run -q --manifest-path ../cli/Cargo.toml --bin webtune -- train --model "$F/tiny-llama-q.gguf" \
   --data "$tmp/a.txt" --out "$tmp/out" --steps 4 --seq-len 16 --pause-after 2 >/dev/null 2>&1
 cp "$tmp/out/checkpoint.safetensors" corpus/checkpoint/
 rm -rf "$tmp"
