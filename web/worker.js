@@ -206,6 +206,15 @@ self.onmessage = ({ data: msg }) => {
 
 // Whether this model's training speed was measured (for the plan's duration estimate).
 let measured = false;
+// The measurement (one timed training step) waits until the settings have rested a moment, and a
+// Start before then skips it: a run measures its own speed, and its first step is not kept
+// waiting behind a throwaway one (README, "Speed": page open -> first step).
+const MEASURE_AFTER_MS = 1500;
+let measureTimer = null;
+function cancelMeasure() {
+  clearTimeout(measureTimer);
+  measureTimer = null;
+}
 
 async function handle(msg) {
   try {
@@ -219,6 +228,7 @@ async function handle(msg) {
       }
       case "loadModel":
         measured = false;
+        cancelMeasure();
         await loadModel(msg);
         break;
       case "addText":
@@ -232,14 +242,22 @@ async function handle(msg) {
         if (running) break; // the settings of a running run cannot change
         post({ type: "plan", plan: session.plan(msg.settings) });
         if (!measured) {
-          // One timed training step, so the plan can say how long a run takes on this machine.
-          measured = true;
-          post({ type: "measuring" });
-          await session.measure(msg.settings);
-          post({ type: "plan", plan: session.plan(msg.settings) });
+          cancelMeasure();
+          const settings = msg.settings;
+          measureTimer = setTimeout(() => self.onmessage({ data: { type: "measure", settings } }), MEASURE_AFTER_MS);
         }
         break;
+      case "measure":
+        // One timed training step, so the plan can say how long a run takes on this machine.
+        if (measured || running || measureTimer === null) break;
+        measureTimer = null;
+        measured = true;
+        post({ type: "measuring" });
+        await session.measure(msg.settings);
+        post({ type: "plan", plan: session.plan(msg.settings) });
+        break;
       case "start": {
+        cancelMeasure();
         samplePrompt = msg.samplePrompt || "";
         const plan = session.start(msg.settings);
         lastProgress = null;
@@ -251,6 +269,7 @@ async function handle(msg) {
       }
       case "resume-run": {
         // A run saved by an earlier worker (a reload, a crash, another backend).
+        cancelMeasure();
         samplePrompt = msg.samplePrompt || "";
         const plan = session.resume(new Uint8Array(msg.bytes));
         const history = session.history();
