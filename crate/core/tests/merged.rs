@@ -132,8 +132,11 @@ fn merged_smollm2_gives_the_adapted_logits() {
     );
     assert!(effect > 1e-2, "the adapter changes nothing");
     // f32 through 30 layers: (W0 + sBA)x and W0x + sB(Ax) round differently. Stated tolerance:
-    // 1e-5 of the largest logit (about 1e-4 absolute here; 1e-4 absolute on the tiny model).
-    assert!(d < 1e-5 * scale, "merged SmolLM2 logits differ by {d}");
+    // 1e-4 absolute (measured 5.7e-5, with logits up to 27).
+    assert!(
+        d < 1e-4,
+        "merged SmolLM2 logits differ by {d} (largest logit {scale})"
+    );
 }
 
 #[test]
