@@ -3,7 +3,7 @@
 //!
 //! The pieces, in the order data flows through them:
 //! - [`formats`]: model files (GGUF, safetensors) -> f32 tensors under Hugging Face names;
-//! - [`model`]: the model families (Llama; each with its config and GGUF names) behind one
+//! - [`model`]: the model families (Llama, GPT-2; each with its config and GGUF names) behind one
 //!   boundary, [`model::CausalLM`], built from those tensors, frozen;
 //! - [`tokenizer`], [`chat`]: text <-> ids, chat prompts;
 //! - [`lora`]: the trainable low-rank branches;
@@ -32,7 +32,9 @@ pub mod train;
 pub use base_model::{BaseModel, NamedFile};
 pub use error::{Error, Result};
 pub use generate::SamplingConfig;
-pub use model::{CausalLM, LlamaConfig, LlamaForCausalLM, ModelConfig};
+pub use model::{
+    CausalLM, Gpt2Config, Gpt2LMHeadModel, LlamaConfig, LlamaForCausalLM, ModelConfig,
+};
 pub use tokenizer::Tokenizer;
 
 /// burn, re-exported so that users name the same version.

@@ -23,7 +23,7 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub tied_embeddings: bool,
     pub chat_template: bool,
-    /// The model family (`llama`).
+    /// The model family (`llama`, `gpt2`).
     pub family: &'static str,
     /// The projections LoRA can target.
     pub targets: Vec<&'static str>,

@@ -28,7 +28,7 @@ impl TokenIds {
 
 /// What every family's configuration gives the rest of webtune.
 pub trait FamilyConfig {
-    /// The family's `model_type` (`llama`).
+    /// The family's `model_type` (`llama`, `gpt2`).
     fn model_type(&self) -> &'static str;
     /// transformers' class for it (`LlamaForCausalLM`), as `config.json` lists it.
     fn architecture(&self) -> &'static str;
