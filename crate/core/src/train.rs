@@ -303,6 +303,10 @@ pub async fn evaluate(
     if n == 0 {
         return Ok(None);
     }
+    // A window feeds all its tokens but the last: refuse more than the model reads.
+    if let Some(longest) = sample.iter().map(|w| w.len().saturating_sub(1)).max() {
+        model.check_length(longest)?;
+    }
     let model = model.valid();
     let device = model.device();
     let mut total: Option<Tensor<1>> = None;

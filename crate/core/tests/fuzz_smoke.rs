@@ -71,7 +71,11 @@ fn read(path: &str) -> Vec<u8> {
 
 #[test]
 fn gguf() {
-    run(bodies::gguf, &[bodies::TINY_GGUF.to_vec()], 1500);
+    run(
+        bodies::gguf,
+        &[bodies::TINY_GGUF.to_vec(), read("tiny-gpt2-q.gguf")],
+        1500,
+    );
 }
 
 #[test]
@@ -95,7 +99,10 @@ fn peft_adapter() {
 fn hf_config() {
     run(
         bodies::hf_config,
-        &[read("tiny-llama-untied/config.json")],
+        &[
+            read("tiny-llama-untied/config.json"),
+            read("tiny-gpt2/config.json"),
+        ],
         2000,
     );
 }

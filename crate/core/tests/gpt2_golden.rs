@@ -177,3 +177,34 @@ fn unsupported_architectures_are_named_with_the_supported_ones() {
         .to_string();
     assert!(err.contains("relu"), "{err}");
 }
+
+#[test]
+fn windows_longer_than_the_learned_positions_are_refused() {
+    // 64 positions: evaluating or training on 65-token inputs is an error, not a panic.
+    let base = hf_folder();
+    let windows = vec![vec![5u32; 66]];
+    let err = pollster::block_on(webtune::train::evaluate(&base.model, &windows, 1, 0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("64 positions"), "{err}");
+    let data = webtune::data::Dataset {
+        seq_len: 65,
+        train: windows.clone(),
+        val: Vec::new(),
+        val_documents: Vec::new(),
+    };
+    let device = webtune::device::cpu().autodiff();
+    let mut model = BaseModel::from_path(&fixtures().join("tiny-gpt2"), &device)
+        .unwrap()
+        .model;
+    webtune::lora::attach(&mut model, &Default::default(), 0).unwrap();
+    let cfg = webtune::train::TrainConfig {
+        batch_size: 1,
+        ..Default::default()
+    };
+    let err = webtune::train::Trainer::new(model, data, cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("64 positions"), "{err}");
+}
