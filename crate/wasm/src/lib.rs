@@ -34,7 +34,7 @@
 
 mod backend;
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::rc::Rc;
 
 use js_sys::{Array, Promise, Uint8Array};
@@ -111,6 +111,21 @@ fn from_js<T: for<'de> Deserialize<'de> + Default>(value: JsValue) -> Result<T, 
     serde_wasm_bindgen::from_value(value).map_err(|e| err(format!("invalid settings: {e}")))
 }
 
+/// The error of a call made while another holds the session.
+fn busy() -> JsError {
+    err("busy: wait for the previous call to finish")
+}
+
+/// The session for a call that changes it (in a promise: the error is a `JsValue`).
+fn exclusive(inner: &RefCell<Session>) -> Result<RefMut<'_, Session>, JsValue> {
+    inner.try_borrow_mut().map_err(|_| busy().into())
+}
+
+/// The session for a call that only reads it.
+fn shared(inner: &RefCell<Session>) -> Result<Ref<'_, Session>, JsValue> {
+    inner.try_borrow().map_err(|_| busy().into())
+}
+
 /// The page's session: model, texts, training run, adapter.
 #[wasm_bindgen]
 pub struct WebSession {
@@ -128,10 +143,8 @@ enum Request {
 }
 
 impl WebSession {
-    fn session(&self) -> Result<std::cell::RefMut<'_, Session>, JsError> {
-        self.inner
-            .try_borrow_mut()
-            .map_err(|_| err("busy: wait for the previous call to finish"))
+    fn session(&self) -> Result<RefMut<'_, Session>, JsError> {
+        self.inner.try_borrow_mut().map_err(|_| busy())
     }
 }
 
@@ -214,9 +227,7 @@ impl WebSession {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let st: Settings = from_js(settings).map_err(JsValue::from)?;
-            let mut s = inner
-                .try_borrow_mut()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let mut s = exclusive(&inner)?;
             let tps = s
                 .measure(&st.train, st.seq_len, st.val_fraction)
                 .await
@@ -243,9 +254,7 @@ impl WebSession {
         let inner = self.inner.clone();
         let request = self.request.clone();
         future_to_promise(async move {
-            let mut s = inner
-                .try_borrow_mut()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let mut s = exclusive(&inner)?;
             match request.take() {
                 Some(Request::Pause) => s.pause(),
                 Some(Request::Stop) => s.stop(),
@@ -275,9 +284,7 @@ impl WebSession {
                 "f16" => AdapterDtype::F16,
                 _ => AdapterDtype::F32,
             };
-            let s = inner
-                .try_borrow()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let s = shared(&inner)?;
             let bytes = s
                 .export_gguf_lora(dtype)
                 .await
@@ -292,9 +299,7 @@ impl WebSession {
     pub fn export_merged(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let s = inner
-                .try_borrow()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let s = shared(&inner)?;
             let (name, bytes) = s.export_merged().await.map_err(|e| JsValue::from(err(e)))?;
             let out = js_sys::Object::new();
             js_sys::Reflect::set(&out, &"name".into(), &name.into())?;
@@ -308,9 +313,7 @@ impl WebSession {
     pub fn checkpoint(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let s = inner
-                .try_borrow()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let s = shared(&inner)?;
             let bytes = s.checkpoint().await.map_err(|e| JsValue::from(err(e)))?;
             Ok(Uint8Array::from(bytes.as_slice()).into())
         })
@@ -367,9 +370,7 @@ impl WebSession {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let o: GenerateOptions = from_js(options).map_err(JsValue::from)?;
-            let s = inner
-                .try_borrow()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let s = shared(&inner)?;
             let text = s
                 .generate(&prompt, o.chat, &o.sampling, o.adapted)
                 .await
@@ -388,9 +389,7 @@ impl WebSession {
                 "f16" => AdapterDtype::F16,
                 _ => AdapterDtype::F32,
             };
-            let s = inner
-                .try_borrow()
-                .map_err(|_| JsValue::from(err("busy: wait for the previous call to finish")))?;
+            let s = shared(&inner)?;
             let files = s
                 .export_adapter(dtype)
                 .await

@@ -50,4 +50,24 @@ pub trait Checkpoint {
     }
     /// The tensor dequantized to f32 in HF layout.
     fn load(&self, name: &str) -> Result<HostTensor>;
+
+    /// [`Self::load`] of a tensor that must have `shape`: a missing tensor or another shape is
+    /// an error naming the file and the tensor, before anything is read.
+    fn load_shaped(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let found = self
+            .shape(name)
+            .ok_or_else(|| crate::Error::MissingTensor {
+                file: self.file_name().to_string(),
+                tensor: self.source_name(name),
+            })?;
+        if found != shape {
+            return Err(crate::Error::ShapeMismatch {
+                file: self.file_name().to_string(),
+                tensor: self.source_name(name),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        self.load(name)
+    }
 }

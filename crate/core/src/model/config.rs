@@ -117,3 +117,111 @@ impl std::ops::Deref for ModelConfig {
         self.family()
     }
 }
+
+/// The checks every family's config makes before anything is allocated for it: each size is
+/// nonzero and within its limit ([`crate::limits`], `(name, value, max)` with the `config.json`
+/// name), the whole model within [`crate::limits::MAX_PARAMETERS`], and the BOS/EOS ids inside
+/// the vocabulary.
+pub(crate) fn check_sizes(
+    file: &str,
+    sizes: &[(&str, usize, usize)],
+    parameters: u64,
+    special_ids: &[u32],
+    vocab_size: usize,
+) -> Result<()> {
+    let bad = |problem: String| Err(Error::config(file, problem));
+    if let Some((name, _, _)) = sizes.iter().find(|(_, value, _)| *value == 0) {
+        return bad(format!("{name} is 0"));
+    }
+    if let Some((name, value, max)) = sizes.iter().find(|(_, value, max)| value > max) {
+        return bad(format!(
+            "{name} is {value}, more than webtune supports ({max})"
+        ));
+    }
+    let max = crate::limits::MAX_PARAMETERS;
+    if parameters > max {
+        return bad(format!(
+            "the config describes {parameters} parameters, more than webtune supports ({max})"
+        ));
+    }
+    if let Some(id) = special_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        return bad(format!(
+            "the BOS/EOS token id {id} is outside the vocabulary ({vocab_size} tokens)"
+        ));
+    }
+    Ok(())
+}
+
+/// `config.json` for a family's config: its fields, its `model_type` and transformers' class.
+pub(crate) fn config_json<C: Serialize + FamilyConfig>(config: &C) -> Result<serde_json::Value> {
+    let mut json = serde_json::to_value(config)
+        .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
+    json["model_type"] = serde_json::json!(config.model_type());
+    json["architectures"] = serde_json::json!([config.architecture()]);
+    Ok(json)
+}
+
+/// A GGUF file's hyperparameters under `{arch}.` and its tokenizer ids, read as sizes that fit
+/// this machine (u64 in the file, usize here: 32 bits on wasm32; never truncated).
+pub(crate) struct GgufParams<'a> {
+    pub gguf: &'a GgufFile,
+    pub arch: &'static str,
+}
+
+impl GgufParams<'_> {
+    fn file(&self) -> &str {
+        &self.gguf.file_name
+    }
+
+    fn size(&self, key: &str, v: u64) -> Result<usize> {
+        usize::try_from(v)
+            .map_err(|_| Error::config(self.file(), format!("{key} is {v}: too large")))
+    }
+
+    /// `{arch}.{key}`, which must be there.
+    pub fn int(&self, key: &str) -> Result<usize> {
+        self.int_opt(key)?
+            .ok_or_else(|| Error::config(self.file(), format!("{}.{key} is missing", self.arch)))
+    }
+
+    /// `{arch}.{key}`, when there.
+    pub fn int_opt(&self, key: &str) -> Result<Option<usize>> {
+        let key = format!("{}.{key}", self.arch);
+        self.gguf
+            .get(&key)
+            .and_then(|v| v.as_u64())
+            .map(|v| self.size(&key, v))
+            .transpose()
+    }
+
+    pub fn float(&self, key: &str) -> Option<f64> {
+        self.gguf
+            .get(&format!("{}.{key}", self.arch))
+            .and_then(|v| v.as_f64())
+    }
+
+    /// `tokenizer.ggml.{key}` (e.g. `eos_token_id`), when there.
+    pub fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        let key = format!("tokenizer.ggml.{key}");
+        self.gguf
+            .get(&key)
+            .and_then(|v| v.as_u64())
+            .map(|v| {
+                u32::try_from(v)
+                    .map_err(|_| Error::config(self.file(), format!("{key} is {v}: too large")))
+            })
+            .transpose()
+    }
+
+    /// The vocabulary: the token embedding's rows.
+    pub fn embedding_rows(&self) -> Result<usize> {
+        let embd =
+            self.gguf
+                .tensor_info("token_embd.weight")
+                .ok_or_else(|| Error::MissingTensor {
+                    file: self.file().to_string(),
+                    tensor: "token_embd.weight".to_string(),
+                })?;
+        Ok(embd.shape.first().copied().unwrap_or(0))
+    }
+}

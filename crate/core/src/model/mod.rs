@@ -10,6 +10,7 @@ pub mod config;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
+mod weights;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};

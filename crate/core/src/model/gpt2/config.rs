@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::formats::gguf::{GgufFile, GgufTensorMap};
 use crate::model::CausalLM;
-use crate::model::config::{FamilyConfig, SUPPORTED, TokenIds};
+use crate::model::config::{
+    FamilyConfig, GgufParams, SUPPORTED, TokenIds, check_sizes, config_json,
+};
 
 /// `GPT2Config` as in transformers' `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,59 +67,30 @@ impl Gpt2Config {
     /// Reads the `gpt2.*` metadata of a GGUF file.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let file = gguf.file_name.as_str();
-        let size = |key: &str, v: u64| -> Result<usize> {
-            usize::try_from(v).map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
-        };
-        let int = |key: &str| -> Result<usize> {
-            let key = format!("gpt2.{key}");
-            let v = gguf
-                .get(&key)
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| Error::config(file, format!("{key} is missing")))?;
-            size(&key, v)
-        };
-        let embd = gguf
-            .tensor_info("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor {
-                file: file.to_string(),
-                tensor: "token_embd.weight".to_string(),
-            })?;
-        let token = |key: &str| -> Result<Option<u32>> {
-            let key = format!("tokenizer.ggml.{key}");
-            gguf.get(&key)
-                .and_then(|v| v.as_u64())
-                .map(|v| {
-                    u32::try_from(v)
-                        .map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
-                })
-                .transpose()
-        };
+        let p = GgufParams { gguf, arch: "gpt2" };
         // llama.cpp's converter writes the tied head out as `output.weight`, a copy of the
         // embedding: tied unless the file holds a different head.
         let tied = match gguf.raw_bytes("output.weight") {
             None => true,
             Some(head) => gguf.raw_bytes("token_embd.weight") == Some(head),
         };
-        let n_embd = int("embedding_length")?;
         let config = Gpt2Config {
             model_type: Some("gpt2".to_string()),
-            vocab_size: embd.shape.first().copied().unwrap_or(0),
-            n_positions: int("context_length")?,
-            n_embd,
-            n_layer: int("block_count")?,
-            n_head: int("attention.head_count")?,
-            n_inner: Some(int("feed_forward_length").unwrap_or(4 * n_embd)),
+            vocab_size: p.embedding_rows()?,
+            n_positions: p.int("context_length")?,
+            n_embd: p.int("embedding_length")?,
+            n_layer: p.int("block_count")?,
+            n_head: p.int("attention.head_count")?,
+            // Absent: 4 x n_embd (n_inner()).
+            n_inner: p.int_opt("feed_forward_length")?,
             activation_function: default_activation(),
-            layer_norm_epsilon: gguf
-                .get("gpt2.attention.layer_norm_epsilon")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(1e-5),
+            layer_norm_epsilon: p.float("attention.layer_norm_epsilon").unwrap_or(1e-5),
             scale_attn_weights: true,
             scale_attn_by_inverse_layer_idx: false,
             add_cross_attention: false,
             tie_word_embeddings: tied,
-            bos_token_id: token("bos_token_id")?,
-            eos_token_id: token("eos_token_id")?.map(TokenIds::One),
+            bos_token_id: p.token_id("bos_token_id")?,
+            eos_token_id: p.token_id("eos_token_id")?.map(TokenIds::One),
         };
         config.validate(file)?;
         Ok(config)
@@ -173,52 +146,27 @@ impl Gpt2Config {
                 "model_type `{t}` is not supported (supported: {SUPPORTED})"
             ));
         }
-        for (name, value) in [
-            ("vocab_size", self.vocab_size),
-            ("n_positions", self.n_positions),
-            ("n_embd", self.n_embd),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_inner", self.n_inner()),
-        ] {
-            if value == 0 {
-                return bad(format!("{name} is 0"));
-            }
-        }
-        use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_PARAMETERS, MAX_VOCAB, MAX_WIDTH};
-        for (name, value, max) in [
-            ("n_layer", self.n_layer, MAX_LAYERS),
-            ("n_embd", self.n_embd, MAX_WIDTH),
-            ("n_inner", self.n_inner(), MAX_WIDTH),
-            ("n_positions", self.n_positions, MAX_WIDTH),
-            ("n_head", self.n_head, MAX_HEADS),
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-        ] {
-            if value > max {
-                return bad(format!(
-                    "{name} is {value}, more than webtune supports ({max})"
-                ));
-            }
-        }
-        let parameters = self.num_parameters_u64();
-        if parameters > MAX_PARAMETERS {
-            return bad(format!(
-                "the config describes {parameters} parameters, more than webtune supports \
-                 ({MAX_PARAMETERS})"
-            ));
-        }
+        use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+        let mut special = self.eos_token_ids();
+        special.extend(self.bos_token_id);
+        check_sizes(
+            file,
+            &[
+                ("vocab_size", self.vocab_size, MAX_VOCAB),
+                ("n_positions", self.n_positions, MAX_WIDTH),
+                ("n_embd", self.n_embd, MAX_WIDTH),
+                ("n_layer", self.n_layer, MAX_LAYERS),
+                ("n_head", self.n_head, MAX_HEADS),
+                ("n_inner", self.n_inner(), MAX_WIDTH),
+            ],
+            self.num_parameters_u64(),
+            &special,
+            self.vocab_size,
+        )?;
         if !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd ({}) is not a multiple of n_head ({})",
                 self.n_embd, self.n_head
-            ));
-        }
-        let mut special = self.eos_token_ids();
-        special.extend(self.bos_token_id);
-        if let Some(id) = special.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return bad(format!(
-                "the BOS/EOS token id {id} is outside the vocabulary ({} tokens)",
-                self.vocab_size
             ));
         }
         // gelu_pytorch_tanh is the same tanh approximation as gelu_new.
@@ -295,10 +243,6 @@ impl FamilyConfig for Gpt2Config {
     }
 
     fn to_json(&self) -> Result<serde_json::Value> {
-        let mut json = serde_json::to_value(self)
-            .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
-        json["model_type"] = serde_json::json!("gpt2");
-        json["architectures"] = serde_json::json!([self.architecture()]);
-        Ok(json)
+        config_json(self)
     }
 }

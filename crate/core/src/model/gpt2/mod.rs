@@ -11,10 +11,11 @@ pub use config::Gpt2Config;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
+use super::weights::{frozen_param, hf_row, lm_logits, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::formats::{Checkpoint, HostTensor};
 use crate::kernels;
 use crate::lora::LoraLinear;
@@ -175,23 +176,10 @@ impl Gpt2LMHeadModel {
                 Some(rest) => format!("{prefix}{rest}"),
                 None => name.to_string(),
             };
-            let found = ckpt.shape(&name).ok_or_else(|| Error::MissingTensor {
-                file: ckpt.file_name().to_string(),
-                tensor: ckpt.source_name(&name),
-            })?;
-            if found != shape {
-                return Err(Error::ShapeMismatch {
-                    file: ckpt.file_name().to_string(),
-                    tensor: ckpt.source_name(&name),
-                    expected: shape.to_vec(),
-                    found,
-                });
-            }
-            ckpt.load(&name)
+            ckpt.load_shaped(&name, shape)
         };
         let vector = |name: &str, n: usize| -> Result<Tensor<1>> {
-            let t = get(name, &[n])?;
-            Ok(Tensor::<1>::from_data(TensorData::new(t.data, [n]), device))
+            Ok(to_tensor1(get(name, &[n])?, n, device))
         };
         // Conv1D: [d_in, d_out], burn's layout.
         let conv1d = |name: &str, d_in: usize, d_out: usize| -> Result<LoraLinear> {
@@ -253,12 +241,12 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
     fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let h = self.hidden_rows(input_ids, cache);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => h.matmul(self.transformer.wte.weight.val().transpose()),
-        };
-        let [_, vocab] = logits.dims();
-        logits.reshape([b, t, vocab])
+        lm_logits(
+            h,
+            self.lm_head.as_ref(),
+            &self.transformer.wte.weight,
+            [b, t],
+        )
     }
 
     fn projections(&self) -> Vec<Projection<'_>> {
@@ -279,10 +267,7 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
     }
 
     fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
-        let row = |t: Tensor<1>| {
-            let [n] = t.dims();
-            (vec![n], t.reshape([1, n]))
-        };
+        let row = hf_row;
         let matrix = |t: Tensor<2>| (t.dims().to_vec(), t);
         let mut out = Vec::new();
         let tr = &self.transformer;
@@ -334,13 +319,4 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
     fn max_positions(&self) -> Option<usize> {
         Some(self.transformer.wpe.shape().dims::<2>()[0])
     }
-}
-
-fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
-    let shape = [t.shape[0], t.shape[1]];
-    Tensor::<2>::from_data(TensorData::new(t.data, shape), device)
-}
-
-fn frozen_param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
-    Param::from_tensor(t).set_require_grad(false)
 }

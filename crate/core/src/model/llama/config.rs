@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::formats::gguf::{GgufFile, GgufTensorMap};
-use crate::model::config::{FamilyConfig, SUPPORTED, TokenIds};
+use crate::model::config::{
+    FamilyConfig, GgufParams, SUPPORTED, TokenIds, check_sizes, config_json,
+};
 use crate::model::{CausalLM, LlamaForCausalLM};
 
 /// transformers 5 moved `rope_theta` into `rope_parameters`.
@@ -80,81 +82,47 @@ impl LlamaConfig {
         Ok(config)
     }
 
-    /// Reads the `llama.*` metadata of a GGUF file.
+    /// Reads the `llama.*` metadata of a GGUF file (one whose `general.architecture` is
+    /// `llama`: [`crate::model::ModelConfig::from_gguf`] picks the family).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let file = gguf.file_name.as_str();
-        let arch = gguf
-            .get("general.architecture")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| Error::config(file, "general.architecture is missing"))?;
-        if arch != "llama" {
-            return Err(Error::config(
-                file,
-                format!("architecture `{arch}` is not supported (supported: {SUPPORTED})"),
-            ));
-        }
-        // Counts are u64 in the file and usize (32 bits on wasm32) here: never truncate.
-        let size = |key: &str, v: u64| -> Result<usize> {
-            usize::try_from(v).map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
+        let p = GgufParams {
+            gguf,
+            arch: "llama",
         };
-        let int = |key: &str| -> Result<usize> {
-            let v = gguf
-                .get(&format!("llama.{key}"))
-                .and_then(|v| v.as_u64())
-                .ok_or_else(|| Error::config(file, format!("llama.{key} is missing")))?;
-            size(&format!("llama.{key}"), v)
+        let vocab_size = match p.int_opt("vocab_size")? {
+            Some(v) => v,
+            None => p.embedding_rows()?,
         };
-        let float = |key: &str| gguf.get(&format!("llama.{key}")).and_then(|v| v.as_f64());
-        let embd = gguf
-            .tensor_info("token_embd.weight")
-            .ok_or_else(|| Error::MissingTensor {
-                file: file.to_string(),
-                tensor: "token_embd.weight".to_string(),
-            })?;
-        let vocab_size = match gguf.get("llama.vocab_size").and_then(|v| v.as_u64()) {
-            Some(v) => size("llama.vocab_size", v)?,
-            None => embd.shape.first().copied().unwrap_or(0),
-        };
-        let hidden_size = int("embedding_length")?;
-        let num_attention_heads = int("attention.head_count")?;
-        let num_key_value_heads = int("attention.head_count_kv").unwrap_or(num_attention_heads);
-        let head_dim = gguf
-            .get("llama.attention.key_length")
-            .or_else(|| gguf.get("llama.rope.dimension_count"))
-            .and_then(|v| v.as_u64())
-            .map(|v| size("llama.attention.key_length", v))
-            .transpose()?;
-        let token = |key: &str| -> Result<Option<u32>> {
-            let key = format!("tokenizer.ggml.{key}");
-            gguf.get(&key)
-                .and_then(|v| v.as_u64())
-                .map(|v| {
-                    u32::try_from(v)
-                        .map_err(|_| Error::config(file, format!("{key} is {v}: too large")))
-                })
-                .transpose()
+        let num_attention_heads = p.int("attention.head_count")?;
+        let head_dim = match p.int_opt("attention.key_length")? {
+            Some(d) => Some(d),
+            None => p.int_opt("rope.dimension_count")?,
         };
         let config = LlamaConfig {
             model_type: Some("llama".to_string()),
             vocab_size,
-            hidden_size,
-            intermediate_size: int("feed_forward_length")?,
-            num_hidden_layers: int("block_count")?,
+            hidden_size: p.int("embedding_length")?,
+            intermediate_size: p.int("feed_forward_length")?,
+            num_hidden_layers: p.int("block_count")?,
             num_attention_heads,
-            num_key_value_heads: Some(num_key_value_heads),
+            num_key_value_heads: Some(
+                p.int_opt("attention.head_count_kv")?
+                    .unwrap_or(num_attention_heads),
+            ),
             head_dim,
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            rope_theta: Some(float("rope.freq_base").unwrap_or(DEFAULT_ROPE_THETA)),
+            rms_norm_eps: p.float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: Some(p.float("rope.freq_base").unwrap_or(DEFAULT_ROPE_THETA)),
             rope_parameters: None,
             rope_scaling: gguf
                 .get("llama.rope.scaling.type")
                 .and_then(|v| v.as_str())
                 .filter(|t| *t != "none")
                 .map(|t| serde_json::json!({ "rope_type": t })),
-            max_position_embeddings: int("context_length").unwrap_or(2048),
+            max_position_embeddings: p.int_opt("context_length")?.unwrap_or(2048),
             tie_word_embeddings: gguf.tensor_info("output.weight").is_none(),
-            bos_token_id: token("bos_token_id")?,
-            eos_token_id: token("eos_token_id")?.map(TokenIds::One),
+            bos_token_id: p.token_id("bos_token_id")?,
+            eos_token_id: p.token_id("eos_token_id")?.map(TokenIds::One),
             hidden_act: "silu".to_string(),
             attention_bias: false,
             mlp_bias: false,
@@ -214,55 +182,25 @@ impl LlamaConfig {
                 "model_type `{t}` is not supported (supported: {SUPPORTED})"
             ));
         }
-        for (name, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads()),
-            ("head_dim", self.head_dim()),
-        ] {
-            if value == 0 {
-                return bad(format!("{name} is 0"));
-            }
-        }
         // Limits before anything is allocated for them (crate::limits).
-        use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_PARAMETERS, MAX_VOCAB, MAX_WIDTH};
-        for (name, value, max) in [
-            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-            ("hidden_size", self.hidden_size, MAX_WIDTH),
-            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
-            ("head_dim", self.head_dim(), MAX_WIDTH),
-            ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
-            ("num_key_value_heads", self.num_key_value_heads(), MAX_HEADS),
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-        ] {
-            if value > max {
-                return bad(format!(
-                    "{name} is {value}, more than webtune supports ({max})"
-                ));
-            }
-        }
-        let parameters = self.num_parameters_u64();
-        if parameters > MAX_PARAMETERS {
-            return bad(format!(
-                "the config describes {parameters} parameters, more than webtune supports \
-                 ({MAX_PARAMETERS})"
-            ));
-        }
-        let mut special = self
-            .eos_token_id
-            .as_ref()
-            .map(TokenIds::to_vec)
-            .unwrap_or_default();
+        use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+        let mut special = self.eos_token_ids();
         special.extend(self.bos_token_id);
-        if let Some(id) = special.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return bad(format!(
-                "the BOS/EOS token id {id} is outside the vocabulary ({} tokens)",
-                self.vocab_size
-            ));
-        }
+        check_sizes(
+            file,
+            &[
+                ("vocab_size", self.vocab_size, MAX_VOCAB),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+                ("num_attention_heads", self.num_attention_heads, MAX_HEADS),
+                ("num_key_value_heads", self.num_key_value_heads(), MAX_HEADS),
+                ("head_dim", self.head_dim(), MAX_WIDTH),
+            ],
+            self.num_parameters_u64(),
+            &special,
+            self.vocab_size,
+        )?;
         if !self
             .num_attention_heads
             .is_multiple_of(self.num_key_value_heads())
@@ -370,10 +308,6 @@ impl FamilyConfig for LlamaConfig {
     }
 
     fn to_json(&self) -> Result<serde_json::Value> {
-        let mut json = serde_json::to_value(self)
-            .map_err(|e| Error::Invalid(format!("could not write config.json: {e}")))?;
-        json["model_type"] = serde_json::json!("llama");
-        json["architectures"] = serde_json::json!([self.architecture()]);
-        Ok(json)
+        config_json(self)
     }
 }

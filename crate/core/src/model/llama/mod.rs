@@ -2,9 +2,9 @@
 //! with grouped-query attention, rotary positions and a SwiGLU MLP, final RMSNorm, and an LM head
 //! that may be tied to the embedding.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 pub mod config;
 pub mod gguf;
@@ -12,9 +12,10 @@ pub mod rope;
 
 pub use config::LlamaConfig;
 
+use super::weights::{frozen_param, hf_row, lm_logits, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
-use crate::error::{Error, Result};
-use crate::formats::{Checkpoint, HostTensor};
+use crate::error::Result;
+use crate::formats::Checkpoint;
 use crate::kernels;
 use crate::lora::LoraLinear;
 
@@ -192,21 +193,7 @@ impl LlamaForCausalLM {
             config.num_key_value_heads(),
             config.head_dim(),
         );
-        let get = |name: &str, shape: &[usize]| -> Result<HostTensor> {
-            let found = ckpt.shape(name).ok_or_else(|| Error::MissingTensor {
-                file: ckpt.file_name().to_string(),
-                tensor: ckpt.source_name(name),
-            })?;
-            if found != shape {
-                return Err(Error::ShapeMismatch {
-                    file: ckpt.file_name().to_string(),
-                    tensor: ckpt.source_name(name),
-                    expected: shape.to_vec(),
-                    found,
-                });
-            }
-            ckpt.load(name)
-        };
+        let get = |name: &str, shape: &[usize]| ckpt.load_shaped(name, shape);
         // HF stores linear weights [out, in]; burn's Linear wants [in, out].
         let linear = |name: &str, d_out: usize, d_in: usize| -> Result<LoraLinear> {
             let w = get(name, &[d_out, d_in])?.transposed();
@@ -215,7 +202,7 @@ impl LlamaForCausalLM {
         let norm = |name: &str| -> Result<RmsNorm> {
             let w = get(name, &[h])?;
             Ok(RmsNorm {
-                gamma: frozen_param(Tensor::<1>::from_data(TensorData::new(w.data, [h]), device)),
+                gamma: frozen_param(to_tensor1(w, h, device)),
                 epsilon: config.rms_norm_eps,
             })
         };
@@ -282,15 +269,12 @@ impl CausalLanguageModel for LlamaForCausalLM {
     fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [b, t] = input_ids.dims();
         let h = self.hidden_rows(input_ids, cache);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => {
-                let w = self.model.embed_tokens.weight.val(); // [vocab, hidden]
-                h.matmul(w.transpose())
-            }
-        };
-        let [_, vocab] = logits.dims();
-        logits.reshape([b, t, vocab])
+        lm_logits(
+            h,
+            self.lm_head.as_ref(),
+            &self.model.embed_tokens.weight,
+            [b, t],
+        )
     }
 
     fn projections(&self) -> Vec<Projection<'_>> {
@@ -313,10 +297,7 @@ impl CausalLanguageModel for LlamaForCausalLM {
     /// [`Self::load`] reads them, with the shape to write: for writing the model back out (a
     /// merged export). Norm weights come as `[1, hidden]` tensors of shape `[hidden]`.
     fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
-        let row = |t: Tensor<1>| {
-            let [n] = t.dims();
-            (vec![n], t.reshape([1, n]))
-        };
+        let row = hf_row;
         let linear = |t: Tensor<2>| {
             let t = t.transpose(); // burn's [in, out] -> HF's [out, in]
             (t.dims().to_vec(), t)
@@ -357,13 +338,4 @@ impl CausalLanguageModel for LlamaForCausalLM {
     fn device(&self) -> Device {
         self.model.embed_tokens.weight.val().device()
     }
-}
-
-fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
-    let shape = [t.shape[0], t.shape[1]];
-    Tensor::<2>::from_data(TensorData::new(t.data, shape), device)
-}
-
-fn frozen_param<const D: usize>(t: Tensor<D>) -> Param<Tensor<D>> {
-    Param::from_tensor(t).set_require_grad(false)
 }
