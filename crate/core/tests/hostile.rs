@@ -483,3 +483,28 @@ fn an_oversized_text_file_is_refused_with_a_message() {
         skipped[0].reason
     );
 }
+
+// Row 1, GPT-2: a GGUF whose width would overflow the MLP's default width (4 x n_embd) when no
+// feed_forward_length is given: refused by name, no overflow.
+#[test]
+fn a_gpt2_gguf_with_an_overflowing_width_is_refused() {
+    let bytes = std::fs::read(fixtures().join("tiny-gpt2-q.gguf")).unwrap();
+    let file = GgufFile::parse("tiny-gpt2-q.gguf", bytes).unwrap();
+    let (mut meta, tensors) = common::gguf_writer::parts(&file);
+    meta.retain(|(k, _)| k != "gpt2.feed_forward_length");
+    for (k, v) in &mut meta {
+        if k == "gpt2.embedding_length" {
+            *v = Value::U64(1 << 62);
+        }
+    }
+    let bytes = common::gguf_writer::write(&meta, &tensors);
+    let m = message(load_gguf_named("hostile-gpt2.gguf", bytes));
+    assert!(
+        m.contains("hostile-gpt2.gguf") && m.contains("n_embd"),
+        "{m}"
+    );
+}
+
+fn load_gguf_named(name: &str, bytes: Vec<u8>) -> webtune::Result<BaseModel> {
+    BaseModel::from_gguf(name, bytes, &webtune::device::cpu())
+}

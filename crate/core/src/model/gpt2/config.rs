@@ -97,7 +97,8 @@ impl Gpt2Config {
     }
 
     pub fn n_inner(&self) -> usize {
-        self.n_inner.unwrap_or(4 * self.n_embd)
+        // Saturating: a hostile n_embd must reach the limit check, not overflow.
+        self.n_inner.unwrap_or(self.n_embd.saturating_mul(4))
     }
 
     pub fn head_dim(&self) -> usize {
