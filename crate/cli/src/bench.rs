@@ -209,11 +209,9 @@ fn breakdown(
         record("inference: loss from logits", t.elapsed().as_secs_f64());
 
         let t = Instant::now();
-        let logits = model.forward(inputs.clone(), None);
-        record("training: forward (logits)", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let loss = cross_entropy(logits, targets.clone());
-        record("training: loss from logits", t.elapsed().as_secs_f64());
+        // As a training step computes it: the LM head fused with the loss.
+        let loss = model.loss(inputs.clone(), targets.clone());
+        record("training: forward and loss", t.elapsed().as_secs_f64());
         let t = Instant::now();
         let grads = loss.backward();
         record("training: backward", t.elapsed().as_secs_f64());

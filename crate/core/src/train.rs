@@ -313,8 +313,7 @@ pub async fn evaluate(
     for chunk in sample.chunks(batch_size.max(1)) {
         let (inputs, targets) = batch_tensors(chunk, &device);
         // Weight each chunk by its size so the result is the mean over all windows.
-        let loss =
-            cross_entropy(model.forward(inputs, None), targets).mul_scalar(chunk.len() as f64);
+        let loss = model.loss(inputs, targets).mul_scalar(chunk.len() as f64);
         total = Some(match total {
             None => loss,
             Some(t) => t + loss,
@@ -609,7 +608,8 @@ impl Trainer {
             let idx = self.order.next_batch();
             let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
             let (inputs, targets) = batch_tensors(&refs, &self.device);
-            let loss = cross_entropy(model.forward(inputs, None), targets)
+            let loss = model
+                .loss(inputs, targets)
                 .div_scalar(self.cfg.grad_accum as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             accumulator.accumulate(&model, grads);

@@ -15,7 +15,7 @@ use webtune::burn::tensor::{Device, Tensor};
 use webtune::data::Dataset;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::model::CausalLM;
-use webtune::train::{Control, TrainConfig, Trainer, cross_entropy};
+use webtune::train::{Control, TrainConfig, Trainer};
 
 fn load_base(name: &str, device: &Device) -> CausalLM {
     load_fixture_model(name, device)
@@ -96,7 +96,8 @@ fn gradients_match_torch(case: &str, base: &str) {
         .collect();
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
-    let loss = cross_entropy(model.forward(inputs, None), targets);
+    // The training path: the LM head fused with the loss on the CPU backend.
+    let loss = model.loss(inputs, targets);
     let (_, want_loss) = g.f32("loss");
     let got_loss = loss.clone().into_scalar::<f32>();
     println!("{case}: loss webtune {got_loss} torch {}", want_loss[0]);

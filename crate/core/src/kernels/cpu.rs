@@ -280,6 +280,26 @@ pub fn cross_entropy_backward(
     });
 }
 
+/// In place, row by row: logits `[rows, vocab]` become d loss / d logits of the mean
+/// cross-entropy over `total_rows` rows, (softmax(x) - onehot(target)) / total_rows, given each
+/// row's log-sum-exp. (A block of a larger batch passes the batch's row count.)
+pub fn cross_entropy_grad_in_place(
+    x: &mut [f32],
+    vocab: usize,
+    targets: &[usize],
+    lse: &[f32],
+    total_rows: usize,
+) {
+    let scale = 1.0 / total_rows.max(1) as f32;
+    for_rows(x, vocab, vocab, |i, row| {
+        let l = lse[i];
+        for v in row.iter_mut() {
+            *v = exp(*v - l) * scale;
+        }
+        row[targets[i]] -= scale;
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! Fused operations for the model's memory-bound steps: RMSNorm, SwiGLU's gate, rotary
-//! embedding, causal softmax and the cross-entropy loss, forward and backward.
+//! embedding, causal softmax and the cross-entropy loss (also fused with the LM head), forward
+//! and backward.
 //!
 //! Why: on the CPU a training step spent more time in element-wise ops than in its matmuls. burn
 //! builds each of these from five to ten generic ops, each a pass over memory into a fresh tensor
@@ -115,6 +116,24 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
         ));
     }
     composed::cross_entropy(logits, targets)
+}
+
+/// Mean next-token cross-entropy of the logits h · wᵀ, for a frozen head w: on the CPU backend
+/// without the `[rows, vocab]` logits or their gradient ever held whole (a block of rows at a
+/// time, the gradient for h computed with the loss); elsewhere, or when w is trained, the
+/// logits and then [`cross_entropy`].
+///
+/// # Shapes
+/// - h: `[rows, d]`, w: `[vocab, d]`, targets: `[rows]` -> `[1]`
+pub fn linear_cross_entropy(h: Tensor<2>, w: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    if fused(&h.device()) && !w.is_require_grad() {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear_cross_entropy(
+            h.into_dispatch(),
+            w.into_dispatch(),
+            targets.into_dispatch(),
+        ));
+    }
+    cross_entropy(h.matmul(w.transpose()), targets)
 }
 
 /// The same operations composed from burn's ops: what runs on other devices, and the reference

@@ -146,6 +146,54 @@ fn cross_entropy_matches_composed() {
 }
 
 #[test]
+fn linear_cross_entropy_matches_the_logits_then_the_loss() {
+    // 600 rows: two full blocks of the fused loss (256 rows) and a partial one.
+    let (rows, d, vocab) = (600, 19, 53);
+    let h = random([rows, d], 11, 2.0);
+    let targets: Vec<i64> = (0..rows as i64)
+        .map(|i| (i * 37 + 5) % vocab as i64)
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [rows]), &device());
+    // The head as a tied embedding `[vocab, d]`, and as the transpose of a `[d, vocab]` Linear.
+    // Frozen, as the model's heads are (a tensor that requires a gradient takes the logits path).
+    let frozen = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device());
+    let tied = frozen(random([vocab, d], 12, 1.0));
+    let linear = frozen(random([d, vocab], 13, 1.0));
+    for (name, w) in [("tied", tied), ("linear", linear.transpose())] {
+        assert!(!w.is_require_grad());
+        let run = |fused_path: bool| {
+            let h = Tensor::<2>::from_data(h.to_data(), &device()).require_grad();
+            let loss = if fused_path {
+                linear_cross_entropy(h.clone(), w.clone(), targets.clone())
+            } else {
+                composed::cross_entropy(h.clone().matmul(w.clone().transpose()), targets.clone())
+            };
+            // An upstream gradient other than 1, as gradient accumulation gives.
+            let grads = loss.clone().mul_scalar(0.37).backward();
+            (host(loss), host(h.grad(&grads).expect("h gets a gradient")))
+        };
+        let (loss_f, grad_f) = run(true);
+        let (loss_c, grad_c) = run(false);
+        assert_close(&format!("{name} loss"), &loss_f, &loss_c, 1e-5);
+        assert_close(&format!("{name} gradient of h"), &grad_f, &grad_c, 1e-5);
+
+        // Without autodiff (evaluation) the loss alone, the same.
+        let plain = crate::device::cpu();
+        let loss = linear_cross_entropy(
+            Tensor::from_data(h.to_data(), &plain),
+            Tensor::from_data(w.to_data(), &plain),
+            Tensor::from_data(targets.to_data(), &plain),
+        );
+        assert_close(
+            &format!("{name} loss without autodiff"),
+            &host(loss),
+            &loss_c,
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn the_cpu_backend_takes_the_fused_path_and_not_others() {
     assert!(fused(&crate::device::cpu()));
     assert!(fused(&crate::device::cpu().autodiff()));

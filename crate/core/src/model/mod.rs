@@ -35,6 +35,12 @@ pub trait CausalLanguageModel {
     /// # Shapes
     /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
     fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3>;
+    /// Mean next-token cross-entropy of [`Self::forward`]'s logits against `targets` (what
+    /// training and evaluation compute), without a cache.
+    ///
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1>;
     /// Every projection LoRA may adapt, in HF module order (the LM head is not one).
     fn projections(&self) -> Vec<Projection<'_>>;
     /// [`Self::projections`], mutable.
@@ -86,6 +92,12 @@ impl CausalLM {
     /// - input_ids: `[batch, seq]` -> `[batch, seq, vocab]`
     pub fn forward(&self, input_ids: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         self.family().forward(input_ids, cache)
+    }
+
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    pub fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        self.family().loss(input_ids, targets)
     }
 
     pub fn projections(&self) -> Vec<Projection<'_>> {

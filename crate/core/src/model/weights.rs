@@ -2,7 +2,7 @@
 //! the `hf_tensors` form, and the LM head (its own, or tied to the token embedding).
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::formats::HostTensor;
 use crate::lora::LoraLinear;
@@ -46,4 +46,29 @@ pub(crate) fn lm_logits(
     };
     let [_, vocab] = logits.dims();
     logits.reshape([b, t, vocab])
+}
+
+/// Mean next-token cross-entropy of the head's logits from final hidden rows, against `targets`:
+/// the head (its own, or the tied embedding) goes into the loss as a weight, so that the CPU
+/// backend never holds the `[batch * seq, vocab]` logits whole ([`crate::kernels::linear_cross_entropy`]).
+///
+/// # Shapes
+/// - h: `[batch * seq, hidden]`, targets: `[batch, seq]` -> `[1]`
+pub(crate) fn lm_loss(
+    h: Tensor<2>,
+    head: Option<&LoraLinear>,
+    embedding: &Param<Tensor<2>>,
+    targets: Tensor<2, Int>,
+) -> Tensor<1> {
+    let [b, t] = targets.dims();
+    let targets = targets.reshape([b * t]);
+    let w = match head {
+        // burn's Linear stores `[d_in, d_out]`: the head as `[vocab, hidden]` is its transpose.
+        Some(head) if head.lora.is_none() && head.base.bias.is_none() => {
+            head.base.weight.val().transpose()
+        }
+        Some(head) => return crate::kernels::cross_entropy(head.forward(h), targets),
+        None => embedding.val(),
+    };
+    crate::kernels::linear_cross_entropy(h, w, targets)
 }

@@ -13,7 +13,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Int, Tensor};
 
-use super::weights::{frozen_param, hf_row, lm_logits, to_tensor1, to_tensor2};
+use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::{Checkpoint, HostTensor};
@@ -246,6 +246,16 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
             self.lm_head.as_ref(),
             &self.transformer.wte.weight,
             [b, t],
+        )
+    }
+
+    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let h = self.hidden_rows(input_ids, None);
+        lm_loss(
+            h,
+            self.lm_head.as_ref(),
+            &self.transformer.wte.weight,
+            targets,
         )
     }
 

@@ -12,7 +12,7 @@ pub mod rope;
 
 pub use config::LlamaConfig;
 
-use super::weights::{frozen_param, hf_row, lm_logits, to_tensor1, to_tensor2};
+use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::Checkpoint;
@@ -274,6 +274,16 @@ impl CausalLanguageModel for LlamaForCausalLM {
             self.lm_head.as_ref(),
             &self.model.embed_tokens.weight,
             [b, t],
+        )
+    }
+
+    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let h = self.hidden_rows(input_ids, None);
+        lm_loss(
+            h,
+            self.lm_head.as_ref(),
+            &self.model.embed_tokens.weight,
+            targets,
         )
     }
 
