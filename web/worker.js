@@ -4,6 +4,7 @@
 let session = null;
 let running = false;   // a step loop is active
 let samplePrompt = "";
+let memoryBytes = () => 0; // the module's memory (WebSession.memoryBytes), once loaded
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
@@ -157,7 +158,7 @@ async function trainLoop() {
       const stepped = p.status === "running" || p.status === "finished";
       if (stepped) {
         lastProgress = p;
-        post({ type: "progress", progress: p });
+        post({ type: "progress", progress: { ...p, memory_mb: memoryBytes() / 2 ** 20 } });
         // The base model's sample waits for the first step, so that training starts at once.
         if (p.step === 1) await sample(samplePrompt, false);
       }
@@ -221,6 +222,7 @@ async function handle(msg) {
     switch (msg.type) {
       case "init": {
         const { WebSession } = await loadModule(msg.backend || "auto", msg.threads || 1);
+        memoryBytes = () => WebSession.memoryBytes();
         session = await WebSession.create(msg.backend || "auto");
         defaults = WebSession.defaults();
         post({ type: "ready", backend: session.backend(), limits: WebSession.limits(), defaults });

@@ -63,6 +63,8 @@ def main():
         mem = None
         if x.get("load_peak_mb") is not None:
             mem = f"{x['load_peak_mb']:,.0f} / {x['train_peak_mb']:,.0f}"
+        elif x.get("memory_mb"):
+            mem = f"– / {x['memory_mb']:,.0f} (wasm memory)"
         where_text = where
         if "backend_status" in x:
             where_text += f" ({x['backend_status'].split(':')[0].strip().rstrip('.')})"

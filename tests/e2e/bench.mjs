@@ -6,7 +6,8 @@
 //        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
-// `first_step_secs` is page open -> first finished training step, model download included.
+// `first_step_secs` is page open -> first finished training step, model download included;
+// `memory_mb` the wasm module's memory at the end (its peak).
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { root, startServer } from "./helpers.mjs";
@@ -85,6 +86,8 @@ async function main() {
       warmup_step_secs: steps.slice(0, a.warmup), step_secs: measured, median_step_secs: med,
       train_tokens_per_sec: (a.batch * a.seqLen) / med, eval_secs: evals.at(-1) ?? null,
       first_loss: points[0]?.train_loss ?? null, last_loss: points.at(-1)?.train_loss ?? null,
+      // The module's memory after the last step: a wasm memory never shrinks, so its peak.
+      memory_mb: points.at(-1)?.memory_mb ?? null,
       errors,
     }));
   } finally {

@@ -13,6 +13,7 @@
 //! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs,
 //!                                                         //    status, checkpoint_due, ... }: again while "running"
 //! s.pause(); s.stop();                                    // take effect at the next step()
+//! WebSession.memoryBytes();                               // the module's memory: its peak so far
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
 //! const gguf = await s.exportGgufLora("f16");             // Uint8Array: llama-cli --lora FILE.gguf
@@ -349,6 +350,13 @@ impl WebSession {
     /// train: TrainConfig }`), the same the CLI's flags default to.
     pub fn defaults() -> Result<JsValue, JsError> {
         to_js(&webtune::defaults::defaults())
+    }
+
+    /// The bytes of the module's memory: what the page's wasm holds at its peak so far (a wasm
+    /// memory grows and never shrinks). The benchmark reports it as the page's peak memory.
+    #[wasm_bindgen(js_name = memoryBytes)]
+    pub fn memory_bytes() -> f64 {
+        (core::arch::wasm32::memory_size(0) as f64) * 65536.0
     }
 
     /// The settings' limits (`{ max_steps, max_batch_size, max_rank, ... }`): the page shows them.
