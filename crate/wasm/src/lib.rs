@@ -34,6 +34,8 @@
 #![cfg(target_arch = "wasm32")]
 
 mod backend;
+#[cfg(feature = "threads")]
+mod warm;
 
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::rc::Rc;
@@ -156,6 +158,8 @@ impl WebSession {
     pub async fn create(preference: String) -> Result<WebSession, JsError> {
         console_error_panic_hook::set_once();
         let (device, backend) = backend::select(&preference).await.map_err(err)?;
+        #[cfg(feature = "threads")]
+        warm::warm_gemm_call_site();
         Ok(WebSession {
             inner: Rc::new(RefCell::new(Session::new(device))),
             backend,
