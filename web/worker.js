@@ -45,9 +45,9 @@ if (self.GPUAdapter?.prototype.requestDevice) {
 // Two builds of the module (web/build.sh): pkg has WebGPU and the CPU backend on one thread;
 // pkg-threads is the CPU backend with its matmuls on a pool of Web Workers (needs a cross-origin
 // isolated page, for SharedArrayBuffer). pkg-threads is opt-in (?threads=N, N > 1): measured on
-// 2 cores it runs the first two SmolLM2 steps faster (9-10 s against 11-12 s) and then settles at
-// ~20 s a step, twice the one-thread build's time, once V8 re-tiers its code with speculative
-// inlining (profiled: README, "Speed").
+// 2 cores, SmolLM2 steps ~10% faster than one thread and evaluation ~1.5x (README, "Speed"; its
+// crate/wasm/src/warm.rs keeps V8 from halving that after two steps). Not yet the default: with
+// it, the page's durability tests (tests/e2e/durable.test.mjs) hung.
 async function hardwareGpu() {
   if (!navigator.gpu) return false;
   try {
