@@ -46,8 +46,9 @@ if (self.GPUAdapter?.prototype.requestDevice) {
 // pkg-threads is the CPU backend with its matmuls on a pool of Web Workers (needs a cross-origin
 // isolated page, for SharedArrayBuffer). pkg-threads is opt-in (?threads=N, N > 1): measured on
 // 2 cores, SmolLM2 steps ~10% faster than one thread and evaluation ~1.5x (README, "Speed"; its
-// crate/wasm/src/warm.rs keeps V8 from halving that after two steps). Not yet the default: with
-// it, the page's durability tests (tests/e2e/durable.test.mjs) hung.
+// crate/wasm/src/warm.rs keeps V8 from halving that after two steps). Not yet the default: a
+// trap in one of the pool's workers (a panic inside a parallel matmul) is not noticed here, and
+// this worker would wait for the pool forever (durable.test.mjs's trap test, with threads).
 async function hardwareGpu() {
   if (!navigator.gpu) return false;
   try {
