@@ -12,7 +12,7 @@ use gemm::{Parallelism, c32, c64, f16, gemm};
 
 /// Runs gemm in parallel once for each of f64, c32, c64 and f16 (and f32), each with two shapes
 /// (gemm's closures differ with whether it packs the left-hand side): ~10 distinct targets at
-/// the call site. A few milliseconds.
+/// the call site. Small products (256³ at most), once per session.
 pub fn warm_gemm_call_site() {
     product::<f32>(0.0, 1.0);
     product::<f64>(0.0, 1.0);

@@ -269,28 +269,21 @@ pub fn cross_entropy_backward(
     g: f32,
     dx: &mut [f32],
 ) {
+    dx.copy_from_slice(x);
     let scale = g / targets.len().max(1) as f32;
-    for_rows(dx, vocab, vocab, |i, dr| {
-        let row = &x[i * vocab..(i + 1) * vocab];
-        let l = lse[i];
-        for (o, &v) in dr.iter_mut().zip(row) {
-            *o = exp(v - l) * scale;
-        }
-        dr[targets[i]] -= scale;
-    });
+    cross_entropy_grad_in_place(dx, vocab, targets, lse, scale);
 }
 
-/// In place, row by row: logits `[rows, vocab]` become d loss / d logits of the mean
-/// cross-entropy over `total_rows` rows, (softmax(x) - onehot(target)) / total_rows, given each
-/// row's log-sum-exp. (A block of a larger batch passes the batch's row count.)
+/// In place, row by row: logits `[rows, vocab]` become (softmax(x) - onehot(target)) * scale,
+/// given each row's log-sum-exp: d loss / d logits of a mean cross-entropy when `scale` is the
+/// upstream gradient over the mean's row count (a block of a larger batch: the batch's).
 pub fn cross_entropy_grad_in_place(
     x: &mut [f32],
     vocab: usize,
     targets: &[usize],
     lse: &[f32],
-    total_rows: usize,
+    scale: f32,
 ) {
-    let scale = 1.0 / total_rows.max(1) as f32;
     for_rows(x, vocab, vocab, |i, row| {
         let l = lse[i];
         for v in row.iter_mut() {

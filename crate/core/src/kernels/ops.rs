@@ -324,7 +324,8 @@ fn linear_cross_entropy(
     with_grad: bool,
 ) -> (f32, Option<FlexTensor>) {
     let h = f32s(&h);
-    let w = f32s(&w);
+    // The matmuls read w with its strides: a transposed Linear head is not copied each step.
+    let w = if w.dtype() == DType::F32 { w } else { f32s(&w) };
     let [rows, d] = [dims(&h)[0], dims(&h)[1]];
     let targets = indices(targets);
     let wt = Flex::float_transpose(w.clone());
@@ -351,7 +352,7 @@ fn linear_cross_entropy(
                 vocab,
                 block_targets,
                 &lse,
-                rows,
+                1.0 / rows as f32,
             );
             let g = f32s(&Flex::float_matmul(logits, w.clone()));
             dh[r0 * d..(r0 + n) * d].copy_from_slice(g.storage());
