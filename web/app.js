@@ -192,17 +192,28 @@ const contextWords = {
 // Set while a fresh worker starts after a crash: once ready it resumes the saved run.
 let recovering = false;
 
+// Crashes posted by the module itself, from any of its threads (crate/wasm/src/crash.rs): a pool
+// worker's crash reaches neither worker.js nor worker.onerror. A channel per worker, so that other
+// tabs of the page and a terminated worker are not heard.
+let crashChannel = null;
+
 function startWorker(backend) {
   worker?.terminate();
+  crashChannel?.close();
+  const channelName = `webtune-crash-${self.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random()}`}`;
+  crashChannel = new BroadcastChannel(channelName);
+  crashChannel.onmessage = ({ data }) => recover(data?.message || "a worker of the module crashed");
   state.backend = backend;
   state.model = null;
   document.body.dataset.ready = "";
   worker = new Worker("worker.js", { type: "module" });
   worker.onmessage = ({ data }) => handlers[data.type]?.(data);
   worker.onerror = (e) => { e.preventDefault?.(); recover(e.message || "the worker stopped"); };
-  // ?threads=N (N > 1): the CPU backend's multi-threaded build (see worker.js).
-  const threads = Number(new URLSearchParams(location.search).get("threads")) || 1;
-  worker.postMessage({ type: "init", backend, threads });
+  // The CPU backend runs on every core (the multi-threaded build, see worker.js); ?threads=N
+  // sets the pool's size, ?threads=1 the one-thread build.
+  const threads = Number(new URLSearchParams(location.search).get("threads"))
+    || Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
+  worker.postMessage({ type: "init", backend, threads, crashChannel: channelName });
 }
 
 // The module crashed (a trap), the worker died, or the GPU was lost: start a fresh worker (on

@@ -44,11 +44,11 @@ if (self.GPUAdapter?.prototype.requestDevice) {
 
 // Two builds of the module (web/build.sh): pkg has WebGPU and the CPU backend on one thread;
 // pkg-threads is the CPU backend with its matmuls on a pool of Web Workers (needs a cross-origin
-// isolated page, for SharedArrayBuffer). pkg-threads is opt-in (?threads=N, N > 1): measured on
-// 2 cores, SmolLM2 steps ~10% faster than one thread and evaluation ~1.5x (README, "Speed"; its
-// crate/wasm/src/warm.rs keeps V8 from halving that after two steps). Not yet the default: a
-// trap in one of the pool's workers (a panic inside a parallel matmul) is not noticed here, and
-// this worker would wait for the pool forever (durable.test.mjs's trap test, with threads).
+// isolated page, for SharedArrayBuffer), loaded when the page runs on the CPU with more than one
+// core (app.js; ?threads=1 for pkg). Measured on 2 cores: SmolLM2 steps ~10% faster than one
+// thread and evaluation ~1.5x (README, "Speed"); crate/wasm/src/warm.rs keeps V8 from halving
+// that after two steps. A crash on one of the pool's workers never reaches this worker (it is
+// blocked waiting for the pool): the module posts it on the page's channel (reportCrashesTo).
 async function hardwareGpu() {
   if (!navigator.gpu) return false;
   try {
@@ -223,7 +223,8 @@ async function handle(msg) {
   try {
     switch (msg.type) {
       case "init": {
-        const { WebSession } = await loadModule(msg.backend || "auto", msg.threads || 1);
+        const { WebSession, reportCrashesTo } = await loadModule(msg.backend || "auto", msg.threads || 1);
+        if (msg.crashChannel && reportCrashesTo) reportCrashesTo(msg.crashChannel); // pkg-threads only
         memoryBytes = () => WebSession.memoryBytes();
         session = await WebSession.create(msg.backend || "auto");
         defaults = WebSession.defaults();

@@ -80,6 +80,7 @@ else
   if [ "$BROWSER" = 1 ]; then
     bash web/build.sh >&2
     browser smollm2 cpu 4 1
+    browser smollm2-1t cpu 4 1 --threads 1
     browser tiny cpu 20 5 --model "$TINY"
     browser tiny webgpu 5 2 --model "$TINY"
   fi
@@ -91,8 +92,8 @@ import glob, gzip, json, os, sys
 out = sys.argv[1]
 page = sorted(glob.glob("web/*.js") + glob.glob("web/*.html") + glob.glob("web/*.css"))
 report = {}
-# The page loads one of the two builds: pkg (WebGPU + one-thread CPU, the default) or
-# pkg-threads (the CPU on a pool of workers, with ?threads=N).
+# The page loads one of the two builds: pkg (WebGPU, and the one-thread CPU) or pkg-threads (the
+# CPU on a pool of workers: the page's CPU backend where the browser has more than one core).
 for build in ("pkg", "pkg-threads"):
     files = sorted(glob.glob(f"web/{build}/*.wasm") + glob.glob(f"web/{build}/*.js")
                    + glob.glob(f"web/{build}/snippets/**/*.js", recursive=True)) + page

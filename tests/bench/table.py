@@ -36,6 +36,7 @@ def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "tests/out/bench"
     r = {n: load(folder, n) for n in [
         "native-smollm2", "native-tiny", "torch-smollm2", "browser-cpu-smollm2",
+        "browser-cpu-smollm2-1t",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -50,6 +51,7 @@ def main():
         ("SmolLM2-135M, r=8 q,v, 4x128", "PyTorch + PEFT (CPU, f32)", torch),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32)", native),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
         ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),

@@ -1,6 +1,7 @@
 // End to end: runs that survive. A reload mid-run resumes from the last checkpoint and ends with
 // the adapter an uninterrupted run makes; a destroyed GPU device moves the run to the CPU; a
-// crash of the wasm module starts a fresh one that continues the run; a pause during the final
+// crash of the wasm module, on the page's worker or on one of the thread pool's, starts a fresh
+// one that continues the run; a pause during the final
 // step still finishes the run; the model and the texts are locked during a run.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -18,6 +19,10 @@ async function fresh(browser, url) {
   await page.goto(url);
   return { context, page, errors };
 }
+
+// The page's own worker (worker.js), not one of the thread pool's (whose event loops are busy in
+// the pool's wasm loop for good, so evaluate() there never runs).
+const sessionWorker = (page) => page.workers().filter((w) => new URL(w.url()).pathname.endsWith("/worker.js")).at(-1);
 
 const step = (page) => page.evaluate(() => window.webtuneState.points.at(-1)?.step ?? 0);
 
@@ -113,10 +118,36 @@ test("a trap in the wasm module: a fresh module continues the run", { timeout: 9
     await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
     // What a panic looks like from JavaScript: a RuntimeError thrown in a promise continuation,
     // leaving that promise unsettled forever.
-    await page.workers().at(-1).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
+    await sessionWorker(page).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
     await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
     assert.match(await page.textContent("#notice"), /crashed.*continues from its last saved step/);
     await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
+    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("a crash on one of the thread pool's workers: a fresh module continues the run", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    // Two threads whatever the machine's cores: the multi-threaded build, with a pool.
+    const { page } = await fresh(browser, `${url}?backend=cpu&threads=2`);
+    await tinyModelAndText(page);
+    assert.match(await page.textContent("#backend-status"), /Running on the CPU, 2 threads/);
+    await settings(page, LONG);
+    await page.click("#start");
+    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
+    // A panic on a pool thread (the module's test hook): its error reaches only the session's
+    // worker, which may be blocked on the pool; the module posts it on the page's channel.
+    await sessionWorker(page).evaluate(() => import("./pkg-threads/webtune.js").then((m) => m.testCrashAPoolThread()));
+    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
+    assert.match(await page.textContent("#notice"), /crashed \(.*pool thread crashed on purpose.*continues from its last saved step/s);
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.match(await page.textContent("#backend-status"), /Running on the CPU, 2 threads/);
     assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
     assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
   } finally {

@@ -32,8 +32,11 @@
 #![allow(clippy::await_holding_refcell_ref)]
 // The binding exists for wasm32 only; a native build of the workspace skips it.
 #![cfg(target_arch = "wasm32")]
+// The multi-threaded build (nightly) reports a failed allocation on a pool thread (crash.rs).
+#![cfg_attr(feature = "threads", feature(alloc_error_hook))]
 
 mod backend;
+mod crash;
 #[cfg(feature = "threads")]
 mod warm;
 
@@ -52,6 +55,8 @@ use webtune::session::Session;
 use webtune::train::TrainConfig;
 
 pub use backend::BackendInfo;
+#[cfg(feature = "threads")]
+pub use crash::{report_crashes_to, test_crash_a_pool_thread};
 
 /// The multi-threaded build's `initThreadPool(n)`: call it once, after `init()`, before
 /// `WebSession.create` (it starts `n` Web Workers sharing the module's memory).
@@ -156,7 +161,7 @@ impl WebSession {
     /// Picks the compute backend (`"auto"`: WebGPU on a hardware adapter, else the CPU) and
     /// starts an empty session.
     pub async fn create(preference: String) -> Result<WebSession, JsError> {
-        console_error_panic_hook::set_once();
+        crash::install_hooks();
         let (device, backend) = backend::select(&preference).await.map_err(err)?;
         #[cfg(feature = "threads")]
         warm::warm_gemm_call_site();
