@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// instead of keeping them): measures what it saves in memory and costs in time.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Activation recomputation (`TrainConfig::recompute`): each decoder layer's forward again
+    /// in the backward pass, keeping only its input.
+    #[arg(long)]
+    recompute: bool,
     /// Instead of the workloads, time the parts of one training step (forward, loss, backward)
     /// on stderr: where a step's time goes.
     #[arg(long)]
@@ -106,6 +110,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         batch_size: a.batch,
         eval_every: 0,
         eval_windows: a.eval_windows,
+        recompute: a.recompute,
         ..TrainConfig::default()
     };
     let data = crate::cli::read_data(&a.data, &base, a.seq_len, 0.1, 0)?;

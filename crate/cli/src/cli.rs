@@ -155,6 +155,10 @@ struct TrainArgs {
     eval_windows: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Save memory: keep only each decoder layer's input for the backward pass and run the layer
+    /// again there (one layer's activations at a time instead of all; one more forward pass).
+    #[arg(long)]
+    recompute: bool,
     /// Save a checkpoint (adapter, optimizer state, data order, history) to
     /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from it.
     #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY)]
@@ -534,6 +538,7 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
                 eval_every: a.eval_every,
                 eval_windows: a.eval_windows,
                 seed: a.seed,
+                recompute: a.recompute,
                 ..TrainConfig::default()
             };
             match &a.adapter {

@@ -52,6 +52,10 @@ pub struct TrainConfig {
     /// so, the caller stores it (a file, the browser's storage).
     pub checkpoint_every: usize,
     pub seed: u64,
+    /// Activation recomputation (gradient checkpointing): keep only each decoder layer's input
+    /// and run the layer again in the backward pass. Less memory (one layer's activations
+    /// instead of all of them), for one more forward pass of the layers.
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -74,6 +78,7 @@ impl Default for TrainConfig {
             log_every: 1,
             checkpoint_every: crate::defaults::CHECKPOINT_EVERY,
             seed: 0,
+            recompute: false,
         }
     }
 }
@@ -600,18 +605,26 @@ impl Trainer {
         // Dropout draws from the device's generator: seeded from the run's seed and the step, so
         // that a run resumed from a checkpoint draws the same masks as one never interrupted. The
         // generator is shared by the process: reproducibility holds for one run at a time.
-        self.device.seed(step_seed(self.cfg.seed, self.step));
+        let seed = step_seed(self.cfg.seed, self.step);
+        self.device.seed(seed);
         let model = self.model.take().expect("model is present between steps");
         let mut accumulator = GradientsAccumulator::<CausalLM>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
-        for _ in 0..self.cfg.grad_accum {
+        let scale = 1.0 / self.cfg.grad_accum as f64;
+        for micro in 0..self.cfg.grad_accum {
             let idx = self.order.next_batch();
             let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
             let (inputs, targets) = batch_tensors(&refs, &self.device);
-            let loss = model
-                .loss(inputs, targets)
-                .div_scalar(self.cfg.grad_accum as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (loss, grads) = if self.cfg.recompute {
+                let seed = seed.wrapping_add(micro as u64);
+                model.loss_recomputed(inputs, targets, scale, seed)
+            } else {
+                let loss = model
+                    .loss(inputs, targets)
+                    .div_scalar(self.cfg.grad_accum as f64);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                (loss, grads)
+            };
             accumulator.accumulate(&model, grads);
             let detached = loss.detach();
             loss_sum = Some(match loss_sum {

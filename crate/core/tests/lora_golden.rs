@@ -84,6 +84,14 @@ fn all_linear_rslora_adapter_logits_match_peft() {
 }
 
 fn gradients_match_torch(case: &str, base: &str) {
+    // Both training paths: every activation kept for the backward pass, and each layer's
+    // recomputed in it (TrainConfig::recompute).
+    for recompute in [false, true] {
+        gradients_match_torch_with(case, base, recompute);
+    }
+}
+
+fn gradients_match_torch_with(case: &str, base: &str, recompute: bool) {
     let device = webtune::device::cpu().autodiff();
     let model = with_adapter(case, base, &device);
     let g = golden(case);
@@ -97,19 +105,27 @@ fn gradients_match_torch(case: &str, base: &str) {
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
     // The training path: the LM head fused with the loss on the CPU backend.
-    let loss = model.loss(inputs, targets);
+    let (loss, grads) = if recompute {
+        model.loss_recomputed(inputs, targets, 1.0, 0)
+    } else {
+        let loss = model.loss(inputs, targets);
+        let grads = GradientsParams::from_grads(loss.clone().backward(), &model);
+        (loss, grads)
+    };
     let (_, want_loss) = g.f32("loss");
-    let got_loss = loss.clone().into_scalar::<f32>();
-    println!("{case}: loss webtune {got_loss} torch {}", want_loss[0]);
+    let got_loss = loss.into_scalar::<f32>();
+    println!(
+        "{case} (recompute: {recompute}): loss webtune {got_loss} torch {}",
+        want_loss[0]
+    );
     assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-3);
 
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
     let lora = lora_values(&model);
     // Only A and B get gradients: the base is frozen.
     assert_eq!(
         grads.len(),
         lora.len(),
-        "gradients exist for non-LoRA parameters"
+        "gradients exist for non-LoRA parameters (recompute: {recompute})"
     );
     for (path, _, proj) in model.projections() {
         let Some(l) = &proj.lora else { continue };
@@ -121,7 +137,7 @@ fn gradients_match_torch(case: &str, base: &str) {
             let d = rel_diff(&to_vec(got), &want);
             assert!(
                 d < 1e-3,
-                "{case}: gradient of {key} differs by {d} (relative)"
+                "{case} (recompute: {recompute}): gradient of {key} differs by {d} (relative)"
             );
         }
     }

@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use webtune::burn::tensor::Device;
+use webtune::burn::module::Param;
+use webtune::burn::tensor::{Device, Distribution};
 use webtune::checkpoint::{self, CheckpointFile};
 use webtune::data::{Dataset, Document, SplitConfig};
 use webtune::lora::{self, LoraConfig};
@@ -243,6 +244,106 @@ fn gradient_checkpointing_device_trains_the_same() {
         .map(|(x, y)| max_abs_diff(x, y))
         .fold(0.0, f32::max);
     assert!(diff < 1e-5, "checkpointed training differs by {diff}");
+}
+
+#[test]
+fn recomputing_the_layers_trains_the_same_without_dropout() {
+    // TrainConfig::recompute through the trainer (two micro-batches a step, each scaled by 1/2):
+    // the same adapter as keeping every activation. Its gradients against PEFT's:
+    // tests/lora_golden.rs.
+    let _turn = serial();
+    let run = |recompute: bool| {
+        let device = webtune::device::cpu().autodiff();
+        let mut model = tiny(&device);
+        let mut cfg = config(3, 6);
+        cfg.lora.dropout = 0.0;
+        cfg.recompute = recompute;
+        lora::attach(&mut model, &cfg.lora, 6).unwrap();
+        let mut t = Trainer::new(model, data(), cfg).unwrap();
+        t.run_blocking(|_| Control::Continue).unwrap();
+        lora_state(&t)
+    };
+    let (a, b) = (run(false), run(true));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-5, "recomputed training differs by {diff}");
+}
+
+#[test]
+fn recomputed_gradients_with_dropout_match_finite_differences() {
+    // With dropout, the recomputed layer must draw the masks its first forward pass drew, or the
+    // gradients belong to another function than the loss: check them against the loss itself,
+    // (L(p + eps g) - L(p - eps g)) / 2 eps = |g|^2 along the gradient g.
+    let _turn = serial();
+    let device = webtune::device::cpu().autodiff();
+    let mut model = load_fixture_model("tiny-llama-untied", &device);
+    let cfg = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.5,
+        targets: vec!["all-linear".into()],
+        ..LoraConfig::default()
+    };
+    lora::attach(&mut model, &cfg, 2).unwrap();
+    // B starts at zero: give it values, so that every A has a gradient too.
+    device.seed(9);
+    for (_, _, p) in model.projections_mut() {
+        if let Some(l) = p.lora.as_mut() {
+            let b = l.b.val().random_like(Distribution::Normal(0.0, 0.2));
+            l.b = Param::initialized(l.b.id, b.detach().require_grad());
+        }
+    }
+    let windows: Vec<Vec<u32>> = (0..3u32)
+        .map(|w| (0..12).map(|i| 3 + (i * 5 + w * 7) % 40).collect())
+        .collect();
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
+    let loss_at = |m: &CausalLM| {
+        let (loss, _) = m.loss_recomputed(inputs.clone(), targets.clone(), 1.0, 17);
+        loss.into_scalar::<f32>() as f64
+    };
+    let (_, grads) = model.loss_recomputed(inputs.clone(), targets.clone(), 1.0, 17);
+    let mut norm_sq = 0.0;
+    let mut gs = Vec::new();
+    for (_, _, p) in model.projections() {
+        if let Some(l) = &p.lora {
+            for param in [&l.a, &l.b] {
+                let g = grads.get::<2>(param.id).expect("a LoRA gradient");
+                norm_sq += to_vec(g.clone())
+                    .iter()
+                    .map(|x| (*x as f64).powi(2))
+                    .sum::<f64>();
+                gs.push(g);
+            }
+        }
+    }
+    assert!(norm_sq > 0.0);
+    // A step that moves the loss by ~1e-2 |g|: far above f32 rounding, small for curvature.
+    let eps = 1e-2 / norm_sq.sqrt();
+    let shifted = |sign: f64| {
+        let mut m = model.clone();
+        let mut g = gs.iter();
+        for (_, _, p) in m.projections_mut() {
+            if let Some(l) = p.lora.as_mut() {
+                for param in [&mut l.a, &mut l.b] {
+                    let step = g.next().expect("a gradient per matrix").clone();
+                    let moved = param.val() + step.mul_scalar(sign * eps);
+                    *param = Param::initialized(param.id, moved.detach().require_grad());
+                }
+            }
+        }
+        m
+    };
+    let numeric = (loss_at(&shifted(1.0)) - loss_at(&shifted(-1.0))) / (2.0 * eps);
+    let rel = (numeric - norm_sq).abs() / norm_sq;
+    println!("directional derivative: finite differences {numeric}, gradient {norm_sq}");
+    assert!(
+        rel < 2e-2,
+        "recomputed gradients are off by {rel} (relative)"
+    );
 }
 
 #[test]

@@ -10,9 +10,11 @@ pub mod config;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
+mod recompute;
 mod weights;
 
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 
 pub use config::{FamilyConfig, ModelConfig, TokenIds};
@@ -41,6 +43,20 @@ pub trait CausalLanguageModel {
     /// # Shapes
     /// - input_ids, targets: `[batch, seq]` -> `[1]`
     fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1>;
+    /// [`Self::loss`] times `scale` (detached), and the gradients of the trainable parameters,
+    /// by activation recomputation: the forward pass keeps only each decoder layer's input, and
+    /// the backward pass runs each layer again (peak memory: one layer's activations instead of
+    /// all, for one more forward pass). Dropout draws from seeds derived from `seed`.
+    ///
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    fn loss_recomputed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        scale: f64,
+        seed: u64,
+    ) -> (Tensor<1>, GradientsParams);
     /// Every projection LoRA may adapt, in HF module order (the LM head is not one).
     fn projections(&self) -> Vec<Projection<'_>>;
     /// [`Self::projections`], mutable.
@@ -98,6 +114,21 @@ impl CausalLM {
     /// - input_ids, targets: `[batch, seq]` -> `[1]`
     pub fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         self.family().loss(input_ids, targets)
+    }
+
+    /// See [`CausalLanguageModel::loss_recomputed`].
+    ///
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    pub fn loss_recomputed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        scale: f64,
+        seed: u64,
+    ) -> (Tensor<1>, GradientsParams) {
+        self.family()
+            .loss_recomputed(input_ids, targets, scale, seed)
     }
 
     pub fn projections(&self) -> Vec<Projection<'_>> {

@@ -11,8 +11,10 @@ pub use config::Gpt2Config;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 
+use super::recompute::{self, Layers};
 use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
@@ -110,6 +112,22 @@ pub struct Gpt2Block {
     pub mlp: Gpt2Mlp,
 }
 
+impl Gpt2Block {
+    /// Attention and MLP, each pre-normed and added to the residual stream.
+    ///
+    /// # Shapes
+    /// - x: `[batch * seq, hidden]` -> `[batch * seq, hidden]`
+    fn forward(
+        &self,
+        x: Tensor<2>,
+        [b, t]: [usize; 2],
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<2> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), [b, t], cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Gpt2Model {
     pub wte: Embedding,
@@ -135,24 +153,38 @@ impl Gpt2LMHeadModel {
     fn hidden_rows(&self, input_ids: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<2> {
         let [b, t] = input_ids.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let tok = self.transformer.wte.forward(input_ids); // [b, t, d]
-        let [_, _, d] = tok.dims();
-        // Callers keep start + t within n_positions (`max_positions`).
-        let pos = self.transformer.wpe.val().narrow(0, start, t); // [t, d]
-        let mut x = (tok + pos.unsqueeze_dim(0)).reshape([b * t, d]);
+        let mut x = self.embed_rows(input_ids, start);
         for (i, block) in self.transformer.h.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let h = block
-                .attn
-                .forward(block.ln_1.forward(x.clone()), [b, t], layer_cache);
-            x = x + h;
-            let h = block.mlp.forward(block.ln_2.forward(x.clone()));
-            x = x + h;
+            x = block.forward(x, [b, t], layer_cache);
         }
         if let Some(cache) = cache {
             cache.advance(t);
         }
         self.transformer.ln_f.forward(x)
+    }
+
+    /// Token and position embeddings, positions from `start`.
+    ///
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch * seq, hidden]`
+    fn embed_rows(&self, input_ids: Tensor<2, Int>, start: usize) -> Tensor<2> {
+        let [b, t] = input_ids.dims();
+        let tok = self.transformer.wte.forward(input_ids); // [b, t, d]
+        let [_, _, d] = tok.dims();
+        // Callers keep start + t within n_positions (`max_positions`).
+        let pos = self.transformer.wpe.val().narrow(0, start, t); // [t, d]
+        (tok + pos.unsqueeze_dim(0)).reshape([b * t, d])
+    }
+
+    /// The loss from final hidden rows (after `ln_f`).
+    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>) -> Tensor<1> {
+        lm_loss(
+            h,
+            self.lm_head.as_ref(),
+            &self.transformer.wte.weight,
+            targets,
+        )
     }
 
     /// Builds the model from a checkpoint that holds HF tensor names, with or without the
@@ -251,11 +283,29 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
 
     fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let h = self.hidden_rows(input_ids, None);
-        lm_loss(
-            h,
-            self.lm_head.as_ref(),
-            &self.transformer.wte.weight,
-            targets,
+        self.head_loss(h, targets)
+    }
+
+    fn loss_recomputed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        scale: f64,
+        seed: u64,
+    ) -> (Tensor<1>, GradientsParams) {
+        let [b, t] = input_ids.dims();
+        let frozen = self.clone().no_grad();
+        recompute::loss_and_grads(
+            self,
+            Layers {
+                frozen: &frozen.transformer.h,
+                training: &self.transformer.h,
+                forward: |block: &Gpt2Block, x| block.forward(x, [b, t], None),
+            },
+            frozen.embed_rows(input_ids, 0),
+            |x| self.head_loss(self.transformer.ln_f.forward(x), targets),
+            scale,
+            seed,
         )
     }
 

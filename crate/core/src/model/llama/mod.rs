@@ -4,6 +4,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 
 pub mod config;
@@ -12,6 +13,7 @@ pub mod rope;
 
 pub use config::LlamaConfig;
 
+use super::recompute::{self, Layers};
 use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
@@ -112,6 +114,30 @@ pub struct LlamaDecoderLayer {
     pub mlp: LlamaMlp,
 }
 
+impl LlamaDecoderLayer {
+    /// Attention and MLP, each pre-normed and added to the residual stream.
+    ///
+    /// # Shapes
+    /// - x: `[batch * seq, hidden]`, cos/sin: `[seq, head_dim]` -> `[batch * seq, hidden]`
+    fn forward(
+        &self,
+        x: Tensor<2>,
+        [b, t]: [usize; 2],
+        cos: &Tensor<2>,
+        sin: &Tensor<2>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor<2> {
+        let h = rms_norm(&self.input_layernorm, x.clone());
+        let x = x + self.self_attn.forward(h, [b, t], cos, sin, cache);
+        let h = rms_norm(&self.post_attention_layernorm, x.clone());
+        x + self.mlp.forward(h)
+    }
+}
+
+fn rms_norm(n: &RmsNorm, x: Tensor<2>) -> Tensor<2> {
+    kernels::rms_norm(x, n.gamma.val(), n.epsilon)
+}
+
 #[derive(Module, Debug)]
 pub struct LlamaModel {
     pub embed_tokens: Embedding,
@@ -154,31 +180,43 @@ impl LlamaForCausalLM {
     /// - input_ids: `[batch, seq]` -> `[batch * seq, hidden]`
     fn hidden_rows(&self, input_ids: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<2> {
         let [b, t] = input_ids.dims();
-        let device = input_ids.device();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let first = &self.model.layers[0].self_attn;
-        let (cos, sin) = rope::tables(self.model.rope_theta, first.head_dim, start, t, &device);
-        let norm = |n: &RmsNorm, x: Tensor<2>| kernels::rms_norm(x, n.gamma.val(), n.epsilon);
-
-        let mut x = self
-            .model
-            .embed_tokens
-            .forward(input_ids.reshape([1, b * t]))
-            .squeeze_dim(0);
+        let (cos, sin) = self.rope_tables(start, t, &input_ids.device());
+        let mut x = self.embed_rows(input_ids);
         for (i, layer) in self.model.layers.iter().enumerate() {
-            let h = norm(&layer.input_layernorm, x.clone());
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let h = layer.self_attn.forward(h, [b, t], &cos, &sin, layer_cache);
-            x = x + h;
-            let h = layer
-                .mlp
-                .forward(norm(&layer.post_attention_layernorm, x.clone()));
-            x = x + h;
+            x = layer.forward(x, [b, t], &cos, &sin, layer_cache);
         }
         if let Some(cache) = cache {
             cache.advance(t);
         }
-        norm(&self.model.norm, x)
+        rms_norm(&self.model.norm, x)
+    }
+
+    /// The rotary tables for `len` positions from `start`.
+    fn rope_tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let head_dim = self.model.layers[0].self_attn.head_dim;
+        rope::tables(self.model.rope_theta, head_dim, start, len, device)
+    }
+
+    /// # Shapes
+    /// - input_ids: `[batch, seq]` -> `[batch * seq, hidden]`
+    fn embed_rows(&self, input_ids: Tensor<2, Int>) -> Tensor<2> {
+        let [b, t] = input_ids.dims();
+        self.model
+            .embed_tokens
+            .forward(input_ids.reshape([1, b * t]))
+            .squeeze_dim(0)
+    }
+
+    /// The loss from final hidden rows (after the final norm).
+    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>) -> Tensor<1> {
+        lm_loss(
+            h,
+            self.lm_head.as_ref(),
+            &self.model.embed_tokens.weight,
+            targets,
+        )
     }
 
     /// Builds the model from a checkpoint that holds HF tensor names. Every weight is frozen.
@@ -279,11 +317,30 @@ impl CausalLanguageModel for LlamaForCausalLM {
 
     fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         let h = self.hidden_rows(input_ids, None);
-        lm_loss(
-            h,
-            self.lm_head.as_ref(),
-            &self.model.embed_tokens.weight,
-            targets,
+        self.head_loss(h, targets)
+    }
+
+    fn loss_recomputed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        scale: f64,
+        seed: u64,
+    ) -> (Tensor<1>, GradientsParams) {
+        let [b, t] = input_ids.dims();
+        let (cos, sin) = self.rope_tables(0, t, &input_ids.device());
+        let frozen = self.clone().no_grad();
+        recompute::loss_and_grads(
+            self,
+            Layers {
+                frozen: &frozen.model.layers,
+                training: &self.model.layers,
+                forward: |l: &LlamaDecoderLayer, x| l.forward(x, [b, t], &cos, &sin, None),
+            },
+            frozen.embed_rows(input_ids),
+            |x| self.head_loss(rms_norm(&self.model.norm, x), targets),
+            scale,
+            seed,
         )
     }
 
