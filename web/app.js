@@ -251,6 +251,7 @@ function applyDefaults(d) {
   const values = { rank: t.lora.r, alpha: t.lora.alpha, lr: t.lr, steps: t.steps, seq_len: d.seq_len,
     batch_size: t.batch_size, checkpoint_every: t.checkpoint_every };
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
+  if (form.recompute) form.recompute.checked = !!t.recompute;
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
 }
 
@@ -311,6 +312,8 @@ function settings() {
       steps: num("steps"), batch_size: num("batch_size"), lr: num("lr"),
       // The core says when a checkpoint is due; the worker stores it (store.js).
       checkpoint_every: f.has("checkpoint_every") ? num("checkpoint_every") : undefined,
+      // Activation recomputation ("Save memory"): TrainConfig::recompute.
+      recompute: f.has("recompute"),
     },
   };
 }

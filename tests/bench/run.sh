@@ -66,6 +66,7 @@ if [ "$QUICK" = 1 ]; then
   fi
 else
   native smollm2 "$SMOL" 8 2
+  native smollm2-recompute "$SMOL" 8 2 --recompute --gen-tokens 0
   native tiny "$TINY" 20 5
   if [ "$TORCH" = 1 ]; then
     if python3 -c "import torch, transformers, peft, gguf" 2>/dev/null; then
@@ -81,6 +82,7 @@ else
     bash web/build.sh >&2
     browser smollm2 cpu 4 1
     browser smollm2-1t cpu 4 1 --threads 1
+    browser smollm2-recompute cpu 4 1 --recompute
     browser tiny cpu 20 5 --model "$TINY"
     browser tiny webgpu 5 2 --model "$TINY"
   fi

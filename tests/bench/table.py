@@ -35,8 +35,8 @@ def fmt(x, digits=1):
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "tests/out/bench"
     r = {n: load(folder, n) for n in [
-        "native-smollm2", "native-tiny", "torch-smollm2", "browser-cpu-smollm2",
-        "browser-cpu-smollm2-1t",
+        "native-smollm2", "native-smollm2-recompute", "native-tiny", "torch-smollm2",
+        "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -50,8 +50,12 @@ def main():
     rows = [
         ("SmolLM2-135M, r=8 q,v, 4x128", "PyTorch + PEFT (CPU, f32)", torch),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32)", native),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32), layers recomputed (`--recompute`)",
+         r["native-smollm2-recompute"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
+         r["browser-cpu-smollm2-recompute"]),
         ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),
@@ -84,6 +88,16 @@ def main():
     if r["browser-cpu-tiny"] and r["browser-webgpu-tiny"]:
         ratios.append(f"browser WebGPU / browser CPU (tiny): "
                       f"{r['browser-webgpu-tiny']['train_tokens_per_sec'] / r['browser-cpu-tiny']['train_tokens_per_sec']:.2f}x")
+    if native and native.get("base_parameters"):
+        # Peak memory (VmHWM, MiB) against the base model's f32 size.
+        base_mib = native["base_parameters"] * 4 / 2**20
+        for name, label in (("native-smollm2", "native"), ("native-smollm2-recompute", "native, layers recomputed"),
+                            ("browser-cpu-smollm2", "page, wasm memory"),
+                            ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory")):
+            x = r[name]
+            peak = x and (x.get("train_peak_mb") or x.get("memory_mb"))
+            if peak:
+                ratios.append(f"peak memory / the f32 base ({base_mib:,.0f} MB), {label}: {peak / base_mib:.2f}x")
     if native and native.get("generate_base_tokens_per_sec"):
         ratios.append(f"generation, native CPU (SmolLM2, greedy, KV cache): "
                       f"{native['generate_base_tokens_per_sec']:.1f} tokens/s base, "

@@ -3,7 +3,7 @@
 // step times from the page. Prints one JSON object per line:
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
-//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // `first_step_secs` is page open -> first finished training step, model download included;
@@ -16,6 +16,7 @@ function parseArgs(argv) {
   const a = { backend: "cpu", model: null, text: [], steps: 8, warmup: 2, batch: 4, seqLen: 128, timeout: 3600 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
+    if (k === "--recompute") { a.recompute = true; continue; } // "Save memory" (no value)
     if (k === "--backend") a.backend = v;
     else if (k === "--model") a.model = v;
     else if (k === "--text") a.text.push(v);
@@ -67,6 +68,7 @@ async function main() {
     await page.fill("input[name=steps]", String(a.warmup + a.steps));
     await page.fill("input[name=batch_size]", String(a.batch));
     await page.fill("input[name=seq_len]", String(a.seqLen));
+    if (a.recompute) await page.check("input[name=recompute]");
     await page.dispatchEvent("#settings", "input");
     await page.waitForSelector("#start:not([disabled])", { timeout: ms });
     await page.click("#start");

@@ -70,6 +70,10 @@ struct Report {
     rank: usize,
     targets: Vec<String>,
     trainable_parameters: usize,
+    /// The base model's parameters (its f32 size is 4 bytes each).
+    base_parameters: usize,
+    /// Activation recomputation on (`--recompute`).
+    recompute: bool,
     load_secs: f64,
     /// Peak resident memory while loading, and while training (MB; Linux only).
     load_peak_mb: Option<f64>,
@@ -120,6 +124,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return breakdown(&model, &data, a.batch, a.steps.max(1));
     }
     let trainable_parameters = model.num_lora_parameters();
+    let base_parameters = webtune::burn::module::Module::num_params(&base.model);
     let mut trainer = Trainer::new(model, data, cfg)?;
     let mut steps = Vec::new();
     let mut losses = Vec::new();
@@ -162,6 +167,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         rank: a.rank,
         targets: a.targets,
         trainable_parameters,
+        base_parameters,
+        recompute: a.recompute,
         load_secs,
         load_peak_mb,
         train_peak_mb,
