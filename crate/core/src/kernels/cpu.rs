@@ -15,12 +15,11 @@ pub fn for_rows(
     if row_len == 0 {
         return;
     }
-    // In the page's multi-threaded build, splitting these memory-bound loops over the pool made
-    // steps slower and erratic (18 s against 9 s for SmolLM2: the threads wake through
-    // Atomics.wait and rayon's spin locks); there only the matmuls go parallel.
-    #[cfg(target_arch = "wasm32")]
+    // The page's one-thread build has no pool. Its multi-threaded build (`threads`) splits the
+    // rows over the pool as natively does: measured in the page, see README, "Speed".
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
     let _ = cost;
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         use rayon::prelude::*;
         // Small tensors are not worth waking the pool for.
