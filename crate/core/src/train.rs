@@ -303,6 +303,18 @@ pub async fn evaluate(
     batch_size: usize,
     max_windows: usize,
 ) -> Result<Option<f32>> {
+    let block_rows = crate::kernels::LOSS_BLOCK_ROWS;
+    evaluate_in_blocks(model, windows, batch_size, max_windows, block_rows).await
+}
+
+/// [`evaluate`], the LM head's logits `block_rows` rows at a time ([`CausalLM::loss_in_blocks`]).
+async fn evaluate_in_blocks(
+    model: &CausalLM,
+    windows: &[Vec<u32>],
+    batch_size: usize,
+    max_windows: usize,
+    block_rows: usize,
+) -> Result<Option<f32>> {
     let sample = eval_sample(windows, max_windows);
     let n = sample.len();
     if n == 0 {
@@ -318,7 +330,9 @@ pub async fn evaluate(
     for chunk in sample.chunks(batch_size.max(1)) {
         let (inputs, targets) = batch_tensors(chunk, &device);
         // Weight each chunk by its size so the result is the mean over all windows.
-        let loss = model.loss(inputs, targets).mul_scalar(chunk.len() as f64);
+        let loss = model
+            .loss_in_blocks(inputs, targets, block_rows)
+            .mul_scalar(chunk.len() as f64);
         total = Some(match total {
             None => loss,
             Some(t) => t + loss,
@@ -586,11 +600,18 @@ impl Trainer {
 
     /// Validation loss of the current model.
     pub async fn evaluate(&self) -> Result<Option<f32>> {
-        evaluate(
+        // A run that saves memory keeps evaluation's peak down too.
+        let block_rows = if self.cfg.recompute {
+            crate::kernels::LOSS_BLOCK_ROWS_LOW_MEMORY
+        } else {
+            crate::kernels::LOSS_BLOCK_ROWS
+        };
+        evaluate_in_blocks(
             self.model(),
             &self.data.val,
             self.cfg.batch_size,
             self.cfg.eval_windows,
+            block_rows,
         )
         .await
     }

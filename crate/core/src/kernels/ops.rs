@@ -89,17 +89,19 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// Mean cross-entropy `[1]` of the logits h · wᵀ (h `[rows, d]`, w `[vocab, d]`, frozen)
-    /// against targets `[rows]`. The logits exist a block of rows at a time, never whole.
+    /// against targets `[rows]`. The logits exist `block_rows` rows at a time, never whole.
     fn fused_linear_cross_entropy(
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block_rows: usize,
     ) -> FloatTensor<Self>;
     /// The same loss, and its gradient for h `[rows, d]` from the same pass over the logits.
     fn fused_linear_cross_entropy_with_grad(
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block_rows: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// x times the one value of `g` (`[1]`): a gradient times its upstream scalar.
     fn fused_scale(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -281,8 +283,13 @@ impl FusedOps for Flex {
         })
     }
 
-    fn fused_linear_cross_entropy(h: FlexTensor, w: FlexTensor, targets: FlexTensor) -> FlexTensor {
-        let (loss, _) = linear_cross_entropy(h, w, &targets, false);
+    fn fused_linear_cross_entropy(
+        h: FlexTensor,
+        w: FlexTensor,
+        targets: FlexTensor,
+        block_rows: usize,
+    ) -> FlexTensor {
+        let (loss, _) = linear_cross_entropy(h, w, &targets, block_rows, false);
         out(vec![1], |o| o[0] = loss)
     }
 
@@ -290,8 +297,9 @@ impl FusedOps for Flex {
         h: FlexTensor,
         w: FlexTensor,
         targets: FlexTensor,
+        block_rows: usize,
     ) -> (FlexTensor, FlexTensor) {
-        let (loss, dh) = linear_cross_entropy(h, w, &targets, true);
+        let (loss, dh) = linear_cross_entropy(h, w, &targets, block_rows, true);
         let dh = dh.unwrap_or_else(|| FlexTensor::empty(Shape::from(vec![0, 0]), DType::F32));
         (out(vec![1], |o| o[0] = loss), dh)
     }
@@ -307,13 +315,6 @@ impl FusedOps for Flex {
     }
 }
 
-/// Rows of logits one block of the fused LM-head loss holds: `[256, vocab]` f32 is 50 MB for
-/// SmolLM2's 49,152 tokens, where a 4 x 128 batch's whole logits and their gradient were 100 MB
-/// each. Each block packs the head's weight for its two matmuls again: measured on SmolLM2
-/// (README, "Speed"), 64-row blocks saved 264 MB of peak training memory but made steps ~6%
-/// slower; 256-row blocks save 193 MB at the old speed.
-const LOSS_BLOCK_ROWS: usize = 256;
-
 /// The mean cross-entropy of h · wᵀ against `targets`, a block of rows at a time, and with
 /// `with_grad` its gradient for h: per block, (softmax - onehot) / rows · w, from the block's
 /// logits while they are at hand, so backward has nothing left to recompute.
@@ -321,8 +322,10 @@ fn linear_cross_entropy(
     h: FlexTensor,
     w: FlexTensor,
     targets: &FlexTensor,
+    block_rows: usize,
     with_grad: bool,
 ) -> (f32, Option<FlexTensor>) {
+    let block_rows = block_rows.max(1);
     let h = f32s(&h);
     // The matmuls read w with its strides: a transposed Linear head is not copied each step.
     let w = if w.dtype() == DType::F32 { w } else { f32s(&w) };
@@ -331,8 +334,8 @@ fn linear_cross_entropy(
     let wt = Flex::float_transpose(w.clone());
     let mut total = 0.0f64;
     let mut dh = with_grad.then(|| vec![0.0f32; rows * d]);
-    for r0 in (0..rows).step_by(LOSS_BLOCK_ROWS) {
-        let n = LOSS_BLOCK_ROWS.min(rows - r0);
+    for r0 in (0..rows).step_by(block_rows) {
+        let n = block_rows.min(rows - r0);
         let block = h.storage::<f32>()[r0 * d..(r0 + n) * d].to_vec();
         let block = FlexTensor::from_data(TensorData::new(block, [n, d]));
         let mut logits = f32s(&Flex::float_matmul(block, wt.clone()));
@@ -585,6 +588,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block_rows: usize,
     ) -> FloatTensor<Self> {
         // w is frozen (the caller checks): only h is differentiated.
         let w = w.into_primitive();
@@ -594,14 +598,19 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (loss, dh) =
-                    B::fused_linear_cross_entropy_with_grad(h.into_primitive(), w, targets);
+                let (loss, dh) = B::fused_linear_cross_entropy_with_grad(
+                    h.into_primitive(),
+                    w,
+                    targets,
+                    block_rows,
+                );
                 prep.finish(dh, loss)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_linear_cross_entropy(
                 h.into_primitive(),
                 w,
                 targets,
+                block_rows,
             )),
         }
     }
@@ -687,11 +696,13 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block_rows: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (loss, dh) = B::fused_linear_cross_entropy_with_grad(
             h.into_primitive(),
             w.into_primitive(),
             targets,
+            block_rows,
         );
         (constant::<B, C>(loss), constant::<B, C>(dh))
     }

@@ -147,7 +147,7 @@ fn cross_entropy_matches_composed() {
 
 #[test]
 fn linear_cross_entropy_matches_the_logits_then_the_loss() {
-    // 600 rows: two full blocks of the fused loss (256 rows) and a partial one.
+    // 600 rows: full blocks of the fused loss (256 or 64 rows) and a partial one.
     let (rows, d, vocab) = (600, 19, 53);
     let h = random([rows, d], 11, 2.0);
     let targets: Vec<i64> = (0..rows as i64)
@@ -159,12 +159,19 @@ fn linear_cross_entropy_matches_the_logits_then_the_loss() {
     let frozen = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device());
     let tied = frozen(random([vocab, d], 12, 1.0));
     let linear = frozen(random([d, vocab], 13, 1.0));
-    for (name, w) in [("tied", tied), ("linear", linear.transpose())] {
+    let heads = [("tied", tied), ("linear", linear.transpose())];
+    for ((name, w), block_rows) in heads.iter().flat_map(|h| {
+        [
+            (h.clone(), LOSS_BLOCK_ROWS),
+            (h.clone(), LOSS_BLOCK_ROWS_LOW_MEMORY),
+        ]
+    }) {
+        let name = format!("{name} ({block_rows}-row blocks)");
         assert!(!w.is_require_grad());
         let run = |fused_path: bool| {
             let h = Tensor::<2>::from_data(h.to_data(), &device()).require_grad();
             let loss = if fused_path {
-                linear_cross_entropy(h.clone(), w.clone(), targets.clone())
+                linear_cross_entropy(h.clone(), w.clone(), targets.clone(), block_rows)
             } else {
                 composed::cross_entropy(h.clone().matmul(w.clone().transpose()), targets.clone())
             };
@@ -183,6 +190,7 @@ fn linear_cross_entropy_matches_the_logits_then_the_loss() {
             Tensor::from_data(h.to_data(), &plain),
             Tensor::from_data(w.to_data(), &plain),
             Tensor::from_data(targets.to_data(), &plain),
+            block_rows,
         );
         assert_close(
             &format!("{name} loss without autodiff"),

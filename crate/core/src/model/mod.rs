@@ -42,7 +42,20 @@ pub trait CausalLanguageModel {
     ///
     /// # Shapes
     /// - input_ids, targets: `[batch, seq]` -> `[1]`
-    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1>;
+    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        self.loss_in_blocks(input_ids, targets, crate::kernels::LOSS_BLOCK_ROWS)
+    }
+    /// [`Self::loss`], the CPU backend's LM head computing `block_rows` rows of logits at a
+    /// time ([`crate::kernels::linear_cross_entropy`]): fewer rows, less memory, more time.
+    ///
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    fn loss_in_blocks(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        block_rows: usize,
+    ) -> Tensor<1>;
     /// [`Self::loss`] times `scale` (detached), and the gradients of the trainable parameters,
     /// by activation recomputation: the forward pass keeps only each decoder layer's input, and
     /// the backward pass runs each layer again (peak memory: one layer's activations instead of
@@ -114,6 +127,19 @@ impl CausalLM {
     /// - input_ids, targets: `[batch, seq]` -> `[1]`
     pub fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         self.family().loss(input_ids, targets)
+    }
+
+    /// See [`CausalLanguageModel::loss_in_blocks`].
+    ///
+    /// # Shapes
+    /// - input_ids, targets: `[batch, seq]` -> `[1]`
+    pub fn loss_in_blocks(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        block_rows: usize,
+    ) -> Tensor<1> {
+        self.family().loss_in_blocks(input_ids, targets, block_rows)
     }
 
     /// See [`CausalLanguageModel::loss_recomputed`].

@@ -50,7 +50,8 @@ pub(crate) fn lm_logits(
 
 /// Mean next-token cross-entropy of the head's logits from final hidden rows, against `targets`:
 /// the head (its own, or the tied embedding) goes into the loss as a weight, so that the CPU
-/// backend never holds the `[batch * seq, vocab]` logits whole ([`crate::kernels::linear_cross_entropy`]).
+/// backend never holds the `[batch * seq, vocab]` logits whole ([`crate::kernels::linear_cross_entropy`],
+/// `block_rows` rows at a time).
 ///
 /// # Shapes
 /// - h: `[batch * seq, hidden]`, targets: `[batch, seq]` -> `[1]`
@@ -59,6 +60,7 @@ pub(crate) fn lm_loss(
     head: Option<&LoraLinear>,
     embedding: &Param<Tensor<2>>,
     targets: Tensor<2, Int>,
+    block_rows: usize,
 ) -> Tensor<1> {
     let [b, t] = targets.dims();
     let targets = targets.reshape([b * t]);
@@ -70,5 +72,5 @@ pub(crate) fn lm_loss(
         Some(head) => return crate::kernels::cross_entropy(head.forward(h), targets),
         None => embedding.val(),
     };
-    crate::kernels::linear_cross_entropy(h, w, targets)
+    crate::kernels::linear_cross_entropy(h, w, targets, block_rows)
 }

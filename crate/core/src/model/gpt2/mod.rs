@@ -178,12 +178,13 @@ impl Gpt2LMHeadModel {
     }
 
     /// The loss from final hidden rows (after `ln_f`).
-    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>) -> Tensor<1> {
+    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>, block_rows: usize) -> Tensor<1> {
         lm_loss(
             h,
             self.lm_head.as_ref(),
             &self.transformer.wte.weight,
             targets,
+            block_rows,
         )
     }
 
@@ -281,9 +282,14 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
         )
     }
 
-    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+    fn loss_in_blocks(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        block_rows: usize,
+    ) -> Tensor<1> {
         let h = self.hidden_rows(input_ids, None);
-        self.head_loss(h, targets)
+        self.head_loss(h, targets, block_rows)
     }
 
     fn loss_recomputed(
@@ -303,7 +309,13 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
                 forward: |block: &Gpt2Block, x| block.forward(x, [b, t], None),
             },
             frozen.embed_rows(input_ids, 0),
-            |x| self.head_loss(self.transformer.ln_f.forward(x), targets),
+            |x| {
+                self.head_loss(
+                    self.transformer.ln_f.forward(x),
+                    targets,
+                    kernels::LOSS_BLOCK_ROWS_LOW_MEMORY,
+                )
+            },
             scale,
             seed,
         )

@@ -210,12 +210,13 @@ impl LlamaForCausalLM {
     }
 
     /// The loss from final hidden rows (after the final norm).
-    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>) -> Tensor<1> {
+    fn head_loss(&self, h: Tensor<2>, targets: Tensor<2, Int>, block_rows: usize) -> Tensor<1> {
         lm_loss(
             h,
             self.lm_head.as_ref(),
             &self.model.embed_tokens.weight,
             targets,
+            block_rows,
         )
     }
 
@@ -315,9 +316,14 @@ impl CausalLanguageModel for LlamaForCausalLM {
         )
     }
 
-    fn loss(&self, input_ids: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+    fn loss_in_blocks(
+        &self,
+        input_ids: Tensor<2, Int>,
+        targets: Tensor<2, Int>,
+        block_rows: usize,
+    ) -> Tensor<1> {
         let h = self.hidden_rows(input_ids, None);
-        self.head_loss(h, targets)
+        self.head_loss(h, targets, block_rows)
     }
 
     fn loss_recomputed(
@@ -338,7 +344,13 @@ impl CausalLanguageModel for LlamaForCausalLM {
                 forward: |l: &LlamaDecoderLayer, x| l.forward(x, [b, t], &cos, &sin, None),
             },
             frozen.embed_rows(input_ids),
-            |x| self.head_loss(rms_norm(&self.model.norm, x), targets),
+            |x| {
+                self.head_loss(
+                    rms_norm(&self.model.norm, x),
+                    targets,
+                    kernels::LOSS_BLOCK_ROWS_LOW_MEMORY,
+                )
+            },
             scale,
             seed,
         )
