@@ -63,7 +63,7 @@ impl LoraBranch {
     /// - x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         // x -> A -> B: never forms the d_in x d_out product B A.
-        let x = self.dropout.forward(x);
+        let x = self.dropout(x);
         let a = self.a.val().unsqueeze::<D>();
         let b = self.b.val().unsqueeze::<D>();
         x.matmul(a).matmul(b).mul_scalar(self.scale())
@@ -71,6 +71,19 @@ impl LoraBranch {
 
     pub fn rank(&self) -> usize {
         self.a.shape().dims::<2>()[1]
+    }
+
+    /// burn's `Dropout` rule (only while training, on an autodiff device, and not when frozen)
+    /// with the fused kernel (`kernels::dropout`: one pass, a seed instead of a stored mask).
+    fn dropout<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let p = self.dropout.prob;
+        if p == 0.0 || !self.dropout.training.is_enabled() || !x.device().is_autodiff() {
+            return x;
+        }
+        let shape = x.dims();
+        let d = shape[D - 1];
+        let rows = x.shape().num_elements() / d.max(1);
+        crate::kernels::dropout(x.reshape([rows, d]), p).reshape(shape)
     }
 }
 

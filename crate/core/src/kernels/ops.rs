@@ -11,7 +11,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{DType, Shape, TensorData};
+use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
 
 use super::cpu;
 
@@ -43,6 +43,16 @@ pub trait FusedOps: Backend {
         gate: FloatTensor<Self>,
         up: FloatTensor<Self>,
         dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Dropout of x `[rows, d]`, keeping each element with probability `keep` (scaled by
+    /// 1 / keep): the output, and the mask's seed `[2]`, drawn from the device's generator.
+    fn fused_dropout(x: FloatTensor<Self>, keep: f64) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The same mask (from its seed) applied to x: dropout's backward pass.
+    fn fused_dropout_with_seed(
+        x: FloatTensor<Self>,
+        keep: f64,
+        seed: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 
     /// x `[batch * seq, heads * head_dim]`, cos/sin `[seq, head_dim]` -> `[batch, heads, seq, head_dim]`.
@@ -184,6 +194,31 @@ impl FusedOps for Flex {
         let both = [vec![2], shape].concat();
         out(both, |o| {
             cpu::silu_mul_backward(gate.storage(), up.storage(), dy.storage(), o, row)
+        })
+    }
+
+    fn fused_dropout(x: FlexTensor, keep: f64) -> (FlexTensor, FlexTensor) {
+        // Two 24-bit draws from the generator `Device::seed` sets: runs stay reproducible.
+        let seed = Flex::float_random(
+            Shape::from(vec![2]),
+            Distribution::Uniform(0.0, 16_777_216.0),
+            &Default::default(),
+            FloatDType::F32,
+        );
+        let y = Self::fused_dropout_with_seed(x, keep, seed.clone());
+        (y, seed)
+    }
+
+    fn fused_dropout_with_seed(x: FlexTensor, keep: f64, seed: FlexTensor) -> FlexTensor {
+        let (x, seed) = (f32s(&x), f32s(&seed));
+        let draws = seed.storage::<f32>();
+        let seed = draws
+            .iter()
+            .fold(0u64, |s, &d| (s << 24) | u64::from(d as u32 & 0xFF_FFFF));
+        let shape = dims(&x);
+        let row = *shape.last().unwrap_or(&1);
+        out(shape, |y| {
+            cpu::dropout(x.storage(), keep as f32, seed, y, row)
         })
     }
 
@@ -422,6 +457,23 @@ impl<B: Backend + FusedOps> Backward<B, 2> for SiluMulBackward {
 }
 
 #[derive(Debug)]
+struct DropoutBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for DropoutBackward {
+    type State = (P<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (seed, keep) = ops.state;
+        if let Some(node) = px {
+            // d(x * m / keep) / dx = m / keep: the same mask, from its seed.
+            grads.register::<B>(node.id, B::fused_dropout_with_seed(dy, keep, seed));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct RopeBackward;
 
 impl<B: Backend + FusedOps> Backward<B, 1> for RopeBackward {
@@ -517,6 +569,31 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
+    }
+
+    fn fused_dropout(x: FloatTensor<Self>, keep: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, seed) = B::fused_dropout(x.primitive().clone(), keep);
+        let out = match DropoutBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((seed.clone(), keep), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        (out, constant::<B, C>(seed))
+    }
+
+    fn fused_dropout_with_seed(
+        x: FloatTensor<Self>,
+        keep: f64,
+        seed: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_dropout_with_seed(
+            x.into_primitive(),
+            keep,
+            seed.into_primitive(),
+        ))
     }
 
     fn fused_rope(

@@ -206,3 +206,56 @@ fn the_cpu_backend_takes_the_fused_path_and_not_others() {
     assert!(fused(&crate::device::cpu()));
     assert!(fused(&crate::device::cpu().autodiff()));
 }
+
+#[test]
+fn dropout_keeps_its_share_scales_and_backpropagates_through_the_same_mask() {
+    // Distinct from burn's Bernoulli draws, so checked against what dropout is: each element
+    // x / keep or 0, about `keep` of them kept (and not in a pattern), the gradient the mask / keep,
+    // and the same mask again for the same device seed.
+    let (rows, d, p) = (301, 97, 0.3);
+    let keep = 1.0 - p;
+    let dev = device();
+    let x = random([rows, d], 21, 1.0);
+    let run = |seed: u64| {
+        dev.seed(seed);
+        let x = Tensor::<2>::from_data(x.to_data(), &dev).require_grad();
+        let y = dropout(x.clone(), p);
+        let upstream = random([rows, d], 22, 1.0);
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        let dx = host(x.grad(&grads).expect("x gets a gradient"));
+        (host(y), dx, host(upstream))
+    };
+    let xs = host(x.clone());
+    let (y, dx, up) = run(5);
+    let mut kept = 0usize;
+    for i in 0..xs.len() {
+        let on = y[i] != 0.0;
+        if on {
+            kept += 1;
+            assert!((y[i] - xs[i] / keep as f32).abs() <= 1e-6 * xs[i].abs().max(1.0));
+        }
+        // d(sum(y * up)) / dx = up * mask / keep: the forward's mask, drawn again from its seed.
+        let want = if on { up[i] / keep as f32 } else { 0.0 };
+        assert!(
+            (dx[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "gradient {i}"
+        );
+    }
+    // 29,197 draws: the kept share within 5 standard deviations of `keep`.
+    let n = xs.len() as f64;
+    let sd = (n * keep * p).sqrt();
+    assert!(
+        ((kept as f64) - n * keep).abs() < 5.0 * sd,
+        "kept {kept} of {n}"
+    );
+    // Each column and each row half kept too: no striping from the hash of the index.
+    let col_kept = (0..d)
+        .filter(|&c| (0..rows).any(|r| y[r * d + c] != 0.0))
+        .count();
+    assert_eq!(col_kept, d);
+    // The device's seed decides the mask: the same seed, the same mask; another, another.
+    assert_eq!(run(5).0, y);
+    assert_ne!(run(6).0, y);
+    // p = 0 is the identity.
+    assert_eq!(host(dropout(x.clone(), 0.0)), xs);
+}
