@@ -31,6 +31,7 @@ const handlers = {
     const run = await store.loadRun();
     if (run && recovering) {
       recovering = false;
+      autoResumedFrom = run.checkpoint.step;
       resumeRun(run);
     } else if (recovering) {
       // Nothing saved to resume: put the model and the texts back, so the page stays usable.
@@ -38,6 +39,9 @@ const handlers = {
       if (state.modelSource) loadModelFrom(state.modelSource);
     } else if (run) {
       const { setup, checkpoint } = run;
+      // The run's own "Save memory" choice, which the person may change before Resume.
+      const saveMemory = $("settings").elements.recompute;
+      if (saveMemory && !document.body.dataset.crashLoop) saveMemory.checked = "recompute" in setup.form;
       $("resume-text").textContent = `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${checkpoint.total} `
         + `(${new Date(checkpoint.savedAt).toLocaleString()}), with ${setup.texts.length} text file(s).`
         + (setup.model.source === "files" && !setup.model.files?.length ? " Open the same model files first." : "");
@@ -88,7 +92,8 @@ const handlers = {
       const { setup, checkpoint } = state.resuming;
       state.resuming = null;
       state.training = true; updateButtons();
-      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt });
+      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt,
+        saveMemory: !!$("settings").elements.recompute?.checked });
       return;
     }
     requestPlan();
@@ -216,17 +221,33 @@ function startWorker(backend) {
   worker.postMessage({ type: "init", backend, threads, crashChannel: channelName });
 }
 
+// The step the last automatic restart resumed from: a crash before the run saved a later step
+// would only repeat (a run that runs out of memory at the same point), so the page stops
+// restarting by itself and leaves the saved run to the Resume button.
+let autoResumedFrom = null;
+
 // The module crashed (a trap), the worker died, or the GPU was lost: start a fresh worker (on
 // the CPU when the GPU is gone) and continue the run from its last checkpoint.
 function recover(message, gpuLost = false) {
   if (recovering) return;
-  recovering = true;
   const wasTraining = state.training;
+  const saved = Number(document.body.dataset.checkpoint ?? NaN);
+  const again = wasTraining && !gpuLost && autoResumedFrom !== null && !(saved > autoResumedFrom);
+  autoResumedFrom = null;
+  recovering = !again;
   state.training = false; state.paused = false;
   const backend = gpuLost ? "cpu" : state.backend;
   if (gpuLost) $("backend-choice").value = "cpu";
-  showNotice(`${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). `
-    + `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`);
+  if (again) {
+    const memory = /out of memory|allocation/i.test(message);
+    showNotice(`The compute module crashed again (${message}) before the run got past its saved step: `
+      + "restarting would only repeat it, so the page stopped. The run is saved: Resume tries again"
+      + (memory ? "; it ran out of memory, so turn on Save memory (in the settings) first." : "."));
+    document.body.dataset.crashLoop = "1";
+  } else {
+    showNotice(`${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). `
+      + `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`);
+  }
   document.body.dataset.recovered = String(Number(document.body.dataset.recovered || 0) + 1);
   document.body.dataset.done = "";
   $("backend-status").textContent = "Starting again…";
@@ -456,6 +477,7 @@ async function loadModelFiles(files, modelName) {
 function resumeRun(run) {
   const { setup } = run;
   $("resume-banner").hidden = true;
+  delete document.body.dataset.crashLoop;
   if (setup.model.source === "files" && !setup.model.files?.length) {
     showError("The model of that run was opened from files the browser did not keep: open the same files, then press Resume.");
     return;
@@ -463,8 +485,10 @@ function resumeRun(run) {
   for (const [name, value] of Object.entries(setup.form)) {
     const inputs = $("settings").elements[name];
     if (inputs instanceof RadioNodeList) for (const i of inputs) i.checked = value.includes(i.value);
-    else if (inputs) inputs.value = value;
+    else if (inputs && inputs.type !== "checkbox") inputs.value = value;
   }
+  // "Save memory" stays as shown (the run's own choice, or the person's before Resume): the
+  // gradients are the same either way, so a run may switch (setSaveMemory).
   $("sample-prompt").value = setup.samplePrompt;
   state.texts = new Map(setup.texts.map((t) => [t.name, { name: t.name, buffer: t.buffer }]));
   state.resuming = run;

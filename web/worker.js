@@ -277,6 +277,8 @@ async function handle(msg) {
         cancelMeasure();
         samplePrompt = msg.samplePrompt || "";
         const plan = session.resume(new Uint8Array(msg.bytes));
+        // "Save memory" as the page shows it now (a run may switch: same gradients).
+        if (msg.saveMemory != null) session.setSaveMemory(msg.saveMemory);
         const history = session.history();
         lastProgress = history.at(-1) ?? null;
         post({ type: "started", plan, history, resumed: true });

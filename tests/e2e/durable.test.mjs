@@ -156,6 +156,38 @@ test("a crash on one of the thread pool's workers: a fresh module continues the 
   }
 });
 
+test("a crash again before the run got further: the page stops restarting; Resume with Save memory finishes", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const { page } = await fresh(browser, `${url}?backend=cpu`);
+    await tinyModelAndText(page);
+    // Saved at the start only (the next save would be at step 1000): every restart resumes from 0.
+    await settings(page, { ...LONG, checkpoint_every: 1000 });
+    await page.click("#start");
+    await page.waitForFunction(() => (window.webtuneState.points.at(-1)?.step ?? 0) >= 5, null, { timeout: 300_000 });
+    const trap = () => sessionWorker(page).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
+    await trap();
+    await page.waitForFunction(() => document.body.dataset.recovered === "1" && document.body.dataset.resumedAt === "0", null, { timeout: 120_000 });
+    await page.waitForFunction(() => (window.webtuneState.points.at(-1)?.step ?? 0) >= 2, null, { timeout: 300_000 });
+    // The same crash before any newer save: restarting again would loop.
+    await trap();
+    await page.waitForFunction(() => document.body.dataset.crashLoop === "1", null, { timeout: 120_000 });
+    assert.match(await page.textContent("#notice"), /crashed again.*stopped.*Resume tries again/s);
+    await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 120_000 });
+    assert.equal(await page.getAttribute("body", "data-recovered"), "2");
+    // The person turns on Save memory (the run switches: same gradients) and resumes.
+    await page.check("input[name=recompute]");
+    await page.click("#resume-run");
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
+    assert.equal(await page.isChecked("input[name=recompute]"), true);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
 test("a pause during the final step still finishes the run", { timeout: 600_000 }, async () => {
   const { server, url } = await startServer();
   const browser = await launch();

@@ -271,6 +271,15 @@ impl Session {
         Ok(plan)
     }
 
+    /// [`Trainer::set_recompute`] for the current run.
+    pub fn set_recompute(&mut self, on: bool) -> Result<()> {
+        self.trainer
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("start a training run first".into()))?
+            .set_recompute(on);
+        Ok(())
+    }
+
     pub fn trainer(&self) -> Option<&Trainer> {
         self.trainer.as_ref()
     }

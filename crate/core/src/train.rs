@@ -474,6 +474,13 @@ impl Trainer {
         self.model.expect("model is present between steps")
     }
 
+    /// Turns activation recomputation on or off for the steps to come ([`TrainConfig::recompute`]):
+    /// the gradients are the same either way, only memory and time change, so a run may switch
+    /// (the page's "Save memory" when it resumes a run that ran out of memory).
+    pub fn set_recompute(&mut self, on: bool) {
+        self.cfg.recompute = on;
+    }
+
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }

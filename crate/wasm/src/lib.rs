@@ -13,6 +13,7 @@
 //! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs,
 //!                                                         //    status, checkpoint_due, ... }: again while "running"
 //! s.pause(); s.stop();                                    // take effect at the next step()
+//! s.setSaveMemory(true);                                  // recompute activations from the next step on
 //! WebSession.memoryBytes();                               // the module's memory: its peak so far
 //! await s.generate("Once upon", { adapted: true, max_new_tokens: 40 });
 //! const { config_json, safetensors } = await s.exportAdapter("f32");
@@ -337,6 +338,13 @@ impl WebSession {
             .resume(webtune::checkpoint::FILE_NAME, bytes)
             .map_err(err)?;
         to_js(&plan)
+    }
+
+    /// "Save memory" for the current run's steps to come (`TrainConfig::recompute`): the same
+    /// gradients, less memory, slower steps; a resumed run may switch it.
+    #[wasm_bindgen(js_name = setSaveMemory)]
+    pub fn set_save_memory(&self, on: bool) -> Result<(), JsError> {
+        self.session()?.set_recompute(on).map_err(err)
     }
 
     /// The run's progress so far (after `resume`, the steps before the checkpoint).
