@@ -252,7 +252,9 @@ fn recomputing_the_layers_trains_the_same_without_dropout() {
     // the same adapter as keeping every activation. Its gradients against PEFT's:
     // tests/lora_golden.rs.
     let _turn = serial();
-    let run = |recompute: bool| {
+    // `switch`: recomputation turned on after the first step (Trainer::set_recompute, as the
+    // page's Resume with "Save memory" does).
+    let run = |recompute: bool, switch: bool| {
         let device = webtune::device::cpu().autodiff();
         let mut model = tiny(&device);
         let mut cfg = config(3, 6);
@@ -260,16 +262,33 @@ fn recomputing_the_layers_trains_the_same_without_dropout() {
         cfg.recompute = recompute;
         lora::attach(&mut model, &cfg.lora, 6).unwrap();
         let mut t = Trainer::new(model, data(), cfg).unwrap();
-        t.run_blocking(|_| Control::Continue).unwrap();
+        t.run_blocking(|p| {
+            if switch && p.step == 1 {
+                Control::Pause
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+        if switch {
+            assert_eq!(t.steps_done(), 1, "paused after the first step");
+            t.set_recompute(true);
+            t.run_blocking(|_| Control::Continue).unwrap();
+        }
         lora_state(&t)
     };
-    let (a, b) = (run(false), run(true));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| max_abs_diff(x, y))
-        .fold(0.0, f32::max);
-    assert!(diff < 1e-5, "recomputed training differs by {diff}");
+    let plain = run(false, false);
+    for (name, other) in [
+        ("recomputed", run(true, false)),
+        ("switched", run(false, true)),
+    ] {
+        let diff = plain
+            .iter()
+            .zip(&other)
+            .map(|(x, y)| max_abs_diff(x, y))
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-5, "{name} training differs by {diff}");
+    }
 }
 
 #[test]
