@@ -212,7 +212,8 @@ function startWorker(backend) {
   state.model = null;
   document.body.dataset.ready = "";
   worker = new Worker("worker.js", { type: "module" });
-  worker.onmessage = ({ data }) => handlers[data.type]?.(data);
+  worker.onmessage = ({ data }) => { heard(); handlers[data.type]?.(data); };
+  heard(true);
   worker.onerror = (e) => { e.preventDefault?.(); recover(e.message || "the worker stopped"); };
   // The CPU backend runs on every core (the multi-threaded build, see worker.js); ?threads=N
   // sets the pool's size, ?threads=1 the one-thread build.
@@ -254,6 +255,27 @@ function recover(message, gpuLost = false) {
   updateButtons();
   startWorker(backend);
 }
+
+// A module that hangs instead of trapping (a pool thread that died without running a hook, so
+// the session's worker waits for it forever) says nothing: while a run trains, a worker silent
+// for much longer than its longest silence so far (10x, at least ten minutes; `?watchdog=S`
+// sets that floor, for tests) is taken as crashed.
+const WATCHDOG_FLOOR = 1000 * (Number(new URLSearchParams(location.search).get("watchdog")) || 600);
+let lastHeard = performance.now();
+let longestSilence = 0;
+function heard(fresh = false) {
+  const now = performance.now();
+  if (fresh) longestSilence = 0;
+  else longestSilence = Math.max(longestSilence, now - lastHeard);
+  lastHeard = now;
+}
+setInterval(() => {
+  if (!state.training || state.paused || recovering) { lastHeard = performance.now(); return; }
+  const silent = performance.now() - lastHeard;
+  if (silent > Math.max(WATCHDOG_FLOOR, 10 * longestSilence)) {
+    recover(`the compute module stopped responding: nothing for ${Math.round(silent / 1000)} s`);
+  }
+}, 1000);
 
 // ---- helpers ------------------------------------------------------------------------------
 function el(tag, text) { const e = document.createElement(tag); if (text != null) e.textContent = text; return e; }

@@ -1,7 +1,8 @@
 // End to end: runs that survive. A reload mid-run resumes from the last checkpoint and ends with
 // the adapter an uninterrupted run makes; a destroyed GPU device moves the run to the CPU; a
 // crash of the wasm module, on the page's worker or on one of the thread pool's, starts a fresh
-// one that continues the run; a pause during the final
+// one that continues the run, and so does a module that hangs (the watchdog), but a crash that
+// repeats before any progress stops the restarts; a pause during the final
 // step still finishes the run; the model and the texts are locked during a run.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -182,6 +183,29 @@ test("a crash again before the run got further: the page stops restarting; Resum
     await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
     assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
     assert.equal(await page.isChecked("input[name=recompute]"), true);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("a module that hangs instead of trapping: the watchdog restarts it and the run continues", { timeout: 900_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    // A 3 s floor instead of five minutes; still 10x the longest silence of the run so far.
+    const { page } = await fresh(browser, `${url}?backend=cpu&watchdog=3`);
+    await tinyModelAndText(page);
+    await settings(page, LONG);
+    await page.click("#start");
+    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
+    // What a pool thread that dies without a hook leaves: the session's worker blocked for good.
+    await sessionWorker(page).evaluate(() => setTimeout(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0), 0));
+    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 180_000 });
+    assert.match(await page.textContent("#notice"), /stopped responding.*continues from its last saved step/s);
+    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
+    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
   } finally {
     await browser.close();
     server.kill();
