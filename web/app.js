@@ -294,7 +294,9 @@ function applyDefaults(d) {
   const values = { rank: t.lora.r, alpha: t.lora.alpha, lr: t.lr, steps: t.steps, seq_len: d.seq_len,
     batch_size: t.batch_size, checkpoint_every: t.checkpoint_every };
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
-  if (form.recompute) form.recompute.checked = !!t.recompute;
+  // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
+  // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
+  if (form.recompute) form.recompute.checked = !!t.recompute || (navigator.deviceMemory ?? 8) <= 2;
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
 }
 

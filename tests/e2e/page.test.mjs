@@ -189,3 +189,20 @@ test("the one-thread CPU build trains in the page (?threads=1; the default is on
     server.kill();
   }
 });
+
+test("Save memory starts on where the browser reports 2 GB of memory or less", { timeout: 300_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  try {
+    for (const [gb, on] of [[2, true], [8, false]]) {
+      const page = await (await browser.newContext()).newPage();
+      await page.addInitScript((v) => Object.defineProperty(Navigator.prototype, "deviceMemory", { get: () => v }), gb);
+      await page.goto(`${url}?backend=cpu`);
+      await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+      assert.equal(await page.isChecked("input[name=recompute]"), on, `${gb} GB`);
+    }
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
