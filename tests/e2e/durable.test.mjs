@@ -108,54 +108,53 @@ test("a destroyed GPU device: the run moves to the CPU and finishes", { timeout:
   }
 });
 
-test("a trap in the wasm module: a fresh module continues the run", { timeout: 900_000 }, async () => {
+// A run on the tiny model, broken by `inject` once it has saved step 40: the page notices
+// (its notice matches `notice`), starts a fresh module and finishes the run from its checkpoint.
+async function continuesAfter(query, inject, notice, backendStatus = /Running on the CPU/) {
   const { server, url } = await startServer();
   const browser = await launch();
   try {
-    const { page } = await fresh(browser, `${url}?backend=cpu`);
+    const { page } = await fresh(browser, `${url}?${query}`);
     await tinyModelAndText(page);
+    assert.match(await page.textContent("#backend-status"), backendStatus);
     await settings(page, LONG);
     await page.click("#start");
     await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
-    // What a panic looks like from JavaScript: a RuntimeError thrown in a promise continuation,
-    // leaving that promise unsettled forever.
-    await sessionWorker(page).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
-    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
-    assert.match(await page.textContent("#notice"), /crashed.*continues from its last saved step/);
+    await inject(sessionWorker(page));
+    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 180_000 });
+    assert.match(await page.textContent("#notice"), notice);
     await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
+    assert.match(await page.textContent("#backend-status"), backendStatus);
     assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
     assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
   } finally {
     await browser.close();
     server.kill();
   }
-});
+}
 
-test("a crash on one of the thread pool's workers: a fresh module continues the run", { timeout: 900_000 }, async () => {
-  const { server, url } = await startServer();
-  const browser = await launch();
-  try {
-    // Two threads whatever the machine's cores: the multi-threaded build, with a pool.
-    const { page } = await fresh(browser, `${url}?backend=cpu&threads=2`);
-    await tinyModelAndText(page);
-    assert.match(await page.textContent("#backend-status"), /Running on the CPU, 2 threads/);
-    await settings(page, LONG);
-    await page.click("#start");
-    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
-    // A panic on a pool thread (the module's test hook): its error reaches only the session's
-    // worker, which may be blocked on the pool; the module posts it on the page's channel.
-    await sessionWorker(page).evaluate(() => import("./pkg-threads/webtune.js").then((m) => m.testCrashAPoolThread()));
-    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 120_000 });
-    assert.match(await page.textContent("#notice"), /crashed \(.*pool thread crashed on purpose.*continues from its last saved step/s);
-    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
-    assert.match(await page.textContent("#backend-status"), /Running on the CPU, 2 threads/);
-    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
-    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
-  } finally {
-    await browser.close();
-    server.kill();
-  }
-});
+// What a panic looks like from JavaScript: a RuntimeError thrown in a promise continuation,
+// leaving that promise unsettled forever.
+const trap = (worker) => worker.evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
+
+test("a trap in the wasm module: a fresh module continues the run", { timeout: 900_000 }, () =>
+  continuesAfter("backend=cpu", trap, /crashed.*continues from its last saved step/));
+
+test("a crash on one of the thread pool's workers: a fresh module continues the run", { timeout: 900_000 }, () =>
+  // Two threads whatever the machine's cores: the multi-threaded build, with a pool. A panic on a
+  // pool thread (the module's test hook) reaches only the session's worker, which may be blocked
+  // on the pool; the module posts it on the page's channel.
+  continuesAfter("backend=cpu&threads=2",
+    (worker) => worker.evaluate(() => import("./pkg-threads/webtune.js").then((m) => m.testCrashAPoolThread())),
+    /crashed \(.*pool thread crashed on purpose.*continues from its last saved step/s,
+    /Running on the CPU, 2 threads/));
+
+test("a module that hangs instead of trapping: the watchdog restarts it and the run continues", { timeout: 900_000 }, () =>
+  // A 3 s floor instead of ten minutes (still 10x the longest silence of the run so far). What a
+  // pool thread that dies without a hook leaves: the session's worker blocked for good.
+  continuesAfter("backend=cpu&watchdog=3",
+    (worker) => worker.evaluate(() => setTimeout(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0), 0)),
+    /stopped responding.*continues from its last saved step/s));
 
 test("a crash again before the run got further: the page stops restarting; Resume with Save memory finishes", { timeout: 900_000 }, async () => {
   const { server, url } = await startServer();
@@ -167,12 +166,11 @@ test("a crash again before the run got further: the page stops restarting; Resum
     await settings(page, { ...LONG, checkpoint_every: 1000 });
     await page.click("#start");
     await page.waitForFunction(() => (window.webtuneState.points.at(-1)?.step ?? 0) >= 5, null, { timeout: 300_000 });
-    const trap = () => sessionWorker(page).evaluate(() => queueMicrotask(() => { throw new WebAssembly.RuntimeError("unreachable"); }));
-    await trap();
+    await trap(sessionWorker(page));
     await page.waitForFunction(() => document.body.dataset.recovered === "1" && document.body.dataset.resumedAt === "0", null, { timeout: 120_000 });
     await page.waitForFunction(() => (window.webtuneState.points.at(-1)?.step ?? 0) >= 2, null, { timeout: 300_000 });
     // The same crash before any newer save: restarting again would loop.
-    await trap();
+    await trap(sessionWorker(page));
     await page.waitForFunction(() => document.body.dataset.crashLoop === "1", null, { timeout: 120_000 });
     assert.match(await page.textContent("#notice"), /crashed again.*stopped.*Resume tries again/s);
     await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 120_000 });
@@ -183,29 +181,6 @@ test("a crash again before the run got further: the page stops restarting; Resum
     await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
     assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
     assert.equal(await page.isChecked("input[name=recompute]"), true);
-  } finally {
-    await browser.close();
-    server.kill();
-  }
-});
-
-test("a module that hangs instead of trapping: the watchdog restarts it and the run continues", { timeout: 900_000 }, async () => {
-  const { server, url } = await startServer();
-  const browser = await launch();
-  try {
-    // A 3 s floor instead of five minutes; still 10x the longest silence of the run so far.
-    const { page } = await fresh(browser, `${url}?backend=cpu&watchdog=3`);
-    await tinyModelAndText(page);
-    await settings(page, LONG);
-    await page.click("#start");
-    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 40, null, { timeout: 300_000 });
-    // What a pool thread that dies without a hook leaves: the session's worker blocked for good.
-    await sessionWorker(page).evaluate(() => setTimeout(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0), 0));
-    await page.waitForFunction(() => document.body.dataset.recovered === "1", null, { timeout: 180_000 });
-    assert.match(await page.textContent("#notice"), /stopped responding.*continues from its last saved step/s);
-    await page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
-    assert.ok(Number(await page.getAttribute("body", "data-resumed-at")) >= 40);
-    assert.match(await page.textContent("#train-status"), /Finished after 400 steps/);
   } finally {
     await browser.close();
     server.kill();

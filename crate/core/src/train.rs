@@ -380,7 +380,7 @@ pub fn estimate_secs(
 
 /// The dropout seed of step `step` (0-based) of a run seeded with `seed`.
 fn step_seed(seed: u64, step: usize) -> u64 {
-    crate::rng::Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    crate::rng::Rng::new(seed ^ (step as u64).wrapping_mul(crate::rng::GOLDEN_GAMMA)).next_u64()
 }
 
 /// Steps the ETA averages over.

@@ -1,8 +1,10 @@
 //! The fused kernels on plain row-major `f32` slices: one pass over memory where burn's generic
 //! ops (and their autodiff) make five to ten, each into a fresh tensor. Rows run in parallel
-//! natively (see [`for_rows`] for the page).
+//! natively and in the page's multi-threaded build ([`for_rows`]).
 //!
 //! Every function documents its layout; shapes come from the callers (`ops.rs`).
+
+use crate::rng::{GOLDEN_GAMMA, mix64};
 
 /// Rows of `row_len` in `out`, each computed by `f(row_index, row)`, in parallel where possible.
 /// `cost` is the number of elements computing one row reads.
@@ -153,7 +155,7 @@ pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], out: &mut [f32], row_
 }
 
 /// Dropout: `y = x / keep` where element i's draw keeps it, else 0. The draw is a hash of
-/// (`seed`, i) (splitmix64's finalizer), so the mask needs no generator state, splits over rows
+/// (`seed`, i) ([`mix64`]), so the mask needs no generator state, splits over rows
 /// in parallel, and is drawn again, identical, by the backward pass from the same seed.
 /// Rows are `row_len` long.
 pub fn dropout(x: &[f32], keep: f32, seed: u64, y: &mut [f32], row_len: usize) {
@@ -163,19 +165,10 @@ pub fn dropout(x: &[f32], keep: f32, seed: u64, y: &mut [f32], row_len: usize) {
     for_rows(y, row_len, row_len, |i, yr| {
         let s0 = i * row_len;
         for (k, (o, &v)) in yr.iter_mut().zip(&x[s0..]).enumerate() {
-            let draw = mix64(seed ^ ((s0 + k) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32;
+            let draw = mix64(seed ^ ((s0 + k) as u64).wrapping_mul(GOLDEN_GAMMA)) >> 32;
             *o = if draw < threshold { v * scale } else { 0.0 };
         }
     });
-}
-
-/// splitmix64's output function: a bijective 64-bit mix whose outputs pass as independent
-/// uniform draws for consecutive inputs.
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Rotary embedding (transformers' `rotate_half` pairing (i, i + d/2)) fused with the move to

@@ -15,6 +15,8 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
+use crate::rng::{GOLDEN_GAMMA, mix64};
+
 /// The decoder layers, twice: without gradients (`Module::no_grad`: the forward pass builds no
 /// graph, and dropout still draws its masks) and as they train, with how to run one.
 pub(crate) struct Layers<'a, L, F> {
@@ -79,10 +81,7 @@ pub(crate) fn loss_and_grads<M: Module, L: Module>(
     (loss.detach(), accumulator.grads())
 }
 
-/// Layer `i`'s dropout seed within a micro-batch drawn with `seed` (splitmix64 of both).
+/// Layer `i`'s dropout seed within a micro-batch drawn with `seed`.
 fn layer_seed(seed: u64, i: usize) -> u64 {
-    let mut z = seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix64(seed ^ (i as u64 + 1).wrapping_mul(GOLDEN_GAMMA))
 }
