@@ -1,0 +1,44 @@
+//! One exported function, `run`, that multiplies two matrices `iters` times with gemm on one
+//! thread, for `run.mjs` to time in the browser.
+
+/// `c[m, n] = a[m, k] · b`, where `b` is `[k, n]` row-major, or `[n, k]` row-major (that is,
+/// transposed: how a linear layer's weight is stored) when `b_transposed` is 1. Returns the sum
+/// of `c`, so the work cannot be optimized away.
+#[unsafe(no_mangle)]
+pub extern "C" fn run(m: usize, n: usize, k: usize, iters: usize, b_transposed: u32) -> f32 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; m * n];
+    let (b_cs, b_rs) = if b_transposed == 1 {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    for _ in 0..iters {
+        // SAFETY: the strides describe the three buffers above, each exactly as long as its shape.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    c.iter().sum()
+}
