@@ -74,8 +74,12 @@ def main():
         where_text = where
         if "backend_status" in x:
             where_text += f" ({x['backend_status'].split(':')[0].strip().rstrip('.')})"
+        # A GPU reads the loss back every few steps: its figure is a mean (bench.mjs says why).
+        step = fmt(x['median_step_secs'], 3)
+        if x.get("step_statistic") == "mean":
+            step += " (mean)"
         print(f"| {workload} | {where_text} | {fmt(x['train_tokens_per_sec'])} | "
-              f"{fmt(x['median_step_secs'], 3)} | {'–' if vs is None else f'{vs:.2f}x'} | "
+              f"{step} | {'–' if vs is None else f'{vs:.2f}x'} | "
               f"{mem or '–'} | {fmt(x.get('eval_secs'), 2)} | {fmt(x.get('first_step_secs'), 1)} |")
     print()
     ratios = []

@@ -77,17 +77,27 @@ async function main() {
     await page.waitForSelector("body[data-done='1']", { timeout: ms });
     const points = await page.evaluate(() => window.webtuneState.points);
     const steps = points.map((p) => p.step_secs);
-    const measured = steps.slice(a.warmup);
-    const med = median(measured);
+    // On a GPU the loss is read back only every few steps: a step that reads nothing is timed
+    // when its work is queued and the next read pays for it, so only whole periods add up. The
+    // warm-up then ends at the first read at or after it, and the figure is the mean of the
+    // rest (the last step always reads). Where every step reads (the CPU): the median.
+    const read = points.map((p) => p.train_loss != null);
+    let warmup = Math.min(a.warmup, steps.length);
+    const everyStepReads = read.slice(warmup).every(Boolean);
+    while (!everyStepReads && warmup > 0 && warmup < steps.length && !read[warmup - 1]) warmup++;
+    const measured = steps.slice(warmup);
+    const med = everyStepReads ? median(measured) : measured.reduce((x, y) => x + y, 0) / measured.length;
     const evals = points.filter((p) => p.eval_secs != null).map((p) => p.eval_secs);
     console.log(JSON.stringify({
       browser: "headless " + browser.version(), backend: a.backend, backend_status: backend,
       model: await page.evaluate(() => window.webtuneState.model.name),
       batch: a.batch, seq_len: a.seqLen,
       model_ready_secs: modelSecs, first_step_secs: firstStepSecs,
-      warmup_step_secs: steps.slice(0, a.warmup), step_secs: measured, median_step_secs: med,
+      warmup_step_secs: steps.slice(0, warmup), step_secs: measured, median_step_secs: med,
+      step_statistic: everyStepReads ? "median" : "mean",
       train_tokens_per_sec: (a.batch * a.seqLen) / med, eval_secs: evals.at(-1) ?? null,
-      first_loss: points[0]?.train_loss ?? null, last_loss: points.at(-1)?.train_loss ?? null,
+      first_loss: points.find((p) => p.train_loss != null)?.train_loss ?? null,
+      last_loss: points.at(-1)?.train_loss ?? null,
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
       memory_mb: points.at(-1)?.memory_mb ?? null,
       errors,

@@ -2,7 +2,9 @@
 //! (`tests/bench/run.sh` prints the table). Prints one JSON object on stdout.
 //!
 //! Each figure is a median over several measured steps after warm-up steps; training steps are
-//! timed apart from evaluation (the trainer reports both).
+//! timed apart from evaluation (the trainer reports both). On a GPU, which reads the loss back
+//! only every few steps, it is the mean of the steps after the first read at or after the
+//! warm-up (see [`step_figure`]).
 
 use std::path::PathBuf;
 
@@ -80,7 +82,10 @@ struct Report {
     train_peak_mb: Option<f64>,
     warmup_step_secs: Vec<f64>,
     step_secs: Vec<f64>,
+    /// The median step, or the mean where not every step read the loss back (a GPU): see
+    /// [`step_figure`], which `step_statistic` names.
     median_step_secs: f64,
+    step_statistic: &'static str,
     train_tokens_per_sec: f64,
     eval_windows: usize,
     eval_secs: Option<f64>,
@@ -140,8 +145,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Control::Continue
     })?;
     let train_peak_mb = peak_rss_mb();
-    let measured = steps.split_off(a.warmup.min(steps.len()));
-    let median_step_secs = median(&measured);
+    let read: Vec<bool> = losses.iter().map(Option::is_some).collect();
+    let (warmup, median_step_secs, statistic) = step_figure(&steps, &read, a.warmup);
+    let measured = steps.split_off(warmup);
 
     let (mut gen_base, mut gen_adapted) = (None, None);
     if a.gen_tokens > 0 {
@@ -174,6 +180,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         train_peak_mb,
         warmup_step_secs: steps,
         median_step_secs,
+        step_statistic: statistic,
         train_tokens_per_sec: (a.batch * a.seq_len) as f64 / median_step_secs,
         step_secs: measured,
         eval_windows: trainer.eval_sample_size(),
@@ -191,6 +198,25 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 use webtune::burn;
+
+/// The warm-up steps actually skipped, the step time and how it was figured ("median" or
+/// "mean"), from the steps' times and whether each read the loss back. A step that reads
+/// nothing back (on a GPU) is timed when its work is queued, and the next read waits for it:
+/// such times only add up over whole periods. So the warm-up ends at the first read at or after
+/// `warmup` steps, and the figure is the mean of the rest (the last step always reads). Where
+/// every step reads (the CPU), the median of the steps after `warmup`.
+fn step_figure(steps: &[f64], read: &[bool], warmup: usize) -> (usize, f64, &'static str) {
+    let warmup = warmup.min(steps.len());
+    let measured = |w: usize| &steps[w.min(steps.len())..];
+    if read[warmup..].iter().all(|&r| r) {
+        return (warmup, median(measured(warmup)), "median");
+    }
+    let w = (warmup..steps.len())
+        .find(|&w| w == 0 || read[w - 1])
+        .unwrap_or(warmup);
+    let m = measured(w);
+    (w, m.iter().sum::<f64>() / m.len().max(1) as f64, "mean")
+}
 
 /// Times the parts of a training step, `reps` times each, and prints the medians. On the CPU
 /// backend every op runs when it is called, so wall-clock time between calls is the ops' time.

@@ -14,6 +14,11 @@ pub const VAL_FRACTION: f64 = 0.1;
 pub const SAMPLE_TOKENS: usize = 40;
 /// Optimizer steps between two checkpoints ([`TrainConfig::checkpoint_every`]).
 pub const CHECKPOINT_EVERY: usize = 10;
+/// Steps between two reads of the training loss on a GPU ([`TrainConfig::log_every`]): each
+/// read waits until the GPU has run everything queued, so that the next step's commands are
+/// only recorded once it has gone idle. Half of [`CHECKPOINT_EVERY`], where the loss is read
+/// anyway: the chart still gets a point every few seconds.
+pub const GPU_LOG_EVERY: usize = 5;
 
 /// All defaults, as the page asks for them.
 #[derive(Debug, Clone, Serialize)]

@@ -46,8 +46,12 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// At most this many validation windows per evaluation (0: all).
     pub eval_windows: usize,
-    /// Read the training loss back every this many steps.
-    pub log_every: usize,
+    /// Read the training loss (with the gradients' norm, checked finite) back every this many
+    /// steps (0: only when evaluating, at checkpoints and at the end). None: by the device, every
+    /// step on the CPU, where reading costs nothing, and every [`crate::defaults::GPU_LOG_EVERY`] steps on a GPU,
+    /// where each read waits for the queue to drain. A non-finite step found late still ends the
+    /// run with the adapter from the last step read back finite.
+    pub log_every: Option<usize>,
     /// A checkpoint is due every this many steps (0: only when pausing): [`Trainer::next`] says
     /// so, the caller stores it (a file, the browser's storage).
     pub checkpoint_every: usize,
@@ -75,7 +79,7 @@ impl Default for TrainConfig {
             adam_epsilon: 1e-8,
             eval_every: 25,
             eval_windows: 16,
-            log_every: 1,
+            log_every: None,
             checkpoint_every: crate::defaults::CHECKPOINT_EVERY,
             seed: 0,
             recompute: false,
@@ -110,7 +114,9 @@ impl TrainConfig {
             0,
             MAX_EVAL_WINDOWS,
         )?;
-        range("the logging period", self.log_every, 0, MAX_STEPS)?;
+        if let Some(every) = self.log_every {
+            range("the logging period", every, 0, MAX_STEPS)?;
+        }
         let tokens = self.batch_size.saturating_mul(seq_len);
         if tokens > MAX_BATCH_TOKENS {
             return Err(Error::Invalid(format!(
@@ -383,7 +389,7 @@ fn step_seed(seed: u64, step: usize) -> u64 {
     crate::rng::Rng::new(seed ^ (step as u64).wrapping_mul(crate::rng::GOLDEN_GAMMA)).next_u64()
 }
 
-/// Steps the ETA averages over.
+/// Steps the ETA averages over, at least: [`Trainer::recent_window`].
 const RECENT_STEPS: usize = 5;
 
 /// One run of LoRA training over a dataset.
@@ -408,8 +414,11 @@ pub struct Trainer {
     stopped: bool,
     /// A pause was asked for: the next call of `next` takes no step.
     pause_requested: bool,
-    /// The model before the last step, to go back to when that step is not finite.
+    /// The model before the last step, to go back to when evaluation after it is not finite.
     previous: Option<CausalLM>,
+    /// The model after the last step whose loss and gradients were read back finite (or as the
+    /// run started or resumed), and that step: what a non-finite step found later goes back to.
+    last_good: (usize, CausalLM),
     /// Why the run stopped, when a step was not finite.
     failure: Option<String>,
     pub history: Vec<Progress>,
@@ -445,6 +454,7 @@ impl Trainer {
         );
         let order = BatchOrder::new(data.train.len(), cfg.batch_size, cfg.seed);
         Ok(Self {
+            last_good: (0, model.clone()),
             model: Some(model),
             optim,
             cfg,
@@ -580,6 +590,7 @@ impl Trainer {
         t.optim.moments = moments;
         t.order = st.order.clone();
         t.step = st.step;
+        t.last_good = (st.step, t.model().clone());
         t.tokens_seen = st.tokens_seen;
         t.train_secs = st.train_secs;
         t.eval_secs = st.eval_secs;
@@ -589,7 +600,7 @@ impl Trainer {
             .history
             .iter()
             .rev()
-            .take(RECENT_STEPS)
+            .take(t.recent_window())
             .map(|p| p.step_secs)
             .collect();
         Ok(t)
@@ -667,15 +678,20 @@ impl Trainer {
             clip_global_norm(&mut grads, &self.lora_ids, sum_sq.clone(), max_norm);
         }
         // Parameters are shared handles: keeping the model from before the step copies nothing
-        // but lets a step that turns out non-finite be undone.
+        // but lets a step whose evaluation turns out non-finite be undone.
         self.previous = Some(model.clone());
         let mut model = model;
         self.optim.step(lr, &mut model, &mut grads);
         self.model = Some(model);
         self.step += 1;
 
-        let log_now = self.cfg.log_every > 0 && (self.step.is_multiple_of(self.cfg.log_every))
-            || self.is_finished();
+        // Read back when the period says so, and wherever the model is about to be kept or
+        // judged (an evaluation, a checkpoint, the end): those always follow a checked step.
+        let every = self.log_every();
+        let log_now = every > 0 && self.step.is_multiple_of(every)
+            || self.is_finished()
+            || self.eval_due(self.step)
+            || self.checkpoint_due();
         let train_loss = match (log_now, loss_sum) {
             (true, Some(loss)) => {
                 // One readback for the loss and the gradients' squared norm: NaN or infinity in
@@ -693,8 +709,9 @@ impl Trainer {
                     } else {
                         format!("the training loss is {loss}")
                     };
-                    return Err(self.fail(what, lr));
+                    return Err(self.fail(what, lr, false));
                 }
+                self.last_good = (self.step, self.model().clone());
                 Some(loss)
             }
             _ => None,
@@ -704,7 +721,7 @@ impl Trainer {
         let step_secs = started.elapsed().as_secs_f64();
         self.train_secs += step_secs;
         self.recent_steps.push(step_secs);
-        if self.recent_steps.len() > RECENT_STEPS {
+        if self.recent_steps.len() > self.recent_window() {
             self.recent_steps.remove(0);
         }
 
@@ -712,7 +729,7 @@ impl Trainer {
             let started = Instant::now();
             let loss = self.evaluate().await?;
             if let Some(l) = loss.filter(|l| !l.is_finite()) {
-                return Err(self.fail(format!("the validation loss is {l}"), lr));
+                return Err(self.fail(format!("the validation loss is {l}"), lr, true));
             }
             let secs = started.elapsed().as_secs_f64();
             self.eval_secs += secs;
@@ -726,15 +743,15 @@ impl Trainer {
         Ok(progress)
     }
 
-    /// Ends the run after a non-finite step and puts back the model from before that step (or,
-    /// when evaluation found the fault, before the step just taken). Its weights came from steps
-    /// whose gradients were checked finite (with the default `log_every` of 1); the export checks
-    /// them again.
-    fn fail(&mut self, what: String, lr: f64) -> Error {
+    /// Ends the run after a non-finite step and puts back the model from the last step read
+    /// back finite (or, when evaluation found the fault, from before the step just taken, whose
+    /// own loss and gradients were read back finite: an evaluation always follows a read). Its
+    /// weights came from steps whose gradients were checked finite; the export checks them again.
+    fn fail(&mut self, what: String, lr: f64, in_evaluation: bool) -> Error {
         let failed_step = self.step;
-        let (good_step, model) = match self.previous.take() {
+        let (good_step, model) = match self.previous.take().filter(|_| in_evaluation) {
             Some(model) => (failed_step - 1, model),
-            None => (failed_step, self.model.take().expect("model is present")),
+            None => self.last_good.clone(),
         };
         self.model = Some(model);
         self.stopped = true;
@@ -750,6 +767,35 @@ impl Trainer {
     /// Why the run stopped early, when a step was not finite.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// The period of [`TrainConfig::log_every`] on this run's device.
+    fn log_every(&self) -> usize {
+        self.cfg
+            .log_every
+            .unwrap_or(if crate::device::is_cpu(&self.device) {
+                1
+            } else {
+                crate::defaults::GPU_LOG_EVERY
+            })
+    }
+
+    /// How many recent steps the ETA averages over: [`RECENT_STEPS`] rounded up to whole periods
+    /// of reading back (a step that reads nothing is timed when its work is queued, and the step
+    /// that reads pays for it: only whole periods add up).
+    fn recent_window(&self) -> usize {
+        let period = match self.log_every() {
+            0 => self.cfg.checkpoint_every,
+            every => every,
+        };
+        let period = period.clamp(1, 50);
+        RECENT_STEPS.div_ceil(period) * period
+    }
+
+    /// Whether a checkpoint is due after the step just taken (unless the run is finished).
+    fn checkpoint_due(&self) -> bool {
+        let every = self.cfg.checkpoint_every;
+        every > 0 && self.step.is_multiple_of(every)
     }
 
     /// Whether the model is evaluated after optimizer step `step` (1-based).
@@ -838,11 +884,10 @@ impl Trainer {
             return Ok(self.report(RunStatus::Paused, true));
         }
         let mut progress = self.step().await?;
-        let every = self.cfg.checkpoint_every;
         if self.is_finished() {
             progress.status = RunStatus::Finished;
         } else {
-            progress.checkpoint_due = every > 0 && self.step.is_multiple_of(every);
+            progress.checkpoint_due = self.checkpoint_due();
         }
         if let Some(last) = self.history.last_mut() {
             *last = progress.clone();

@@ -216,9 +216,41 @@ fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 }
 
 // Row 4: a step whose loss is not finite stops the run, says which step and why, and the model
-// (so the adapter) goes back to what it was before that step. No non-finite adapter is written.
+// (so the adapter) goes back to what it was after the last step read back finite: the step
+// before on the CPU, which reads every step. No non-finite adapter is written.
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
+    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(None, 5);
+    let step = t.steps_done();
+    assert_eq!(last_read, step - 1, "the CPU reads back every step");
+    check_stopped_at(t, err, snapshot, step - 1);
+}
+
+// As on a GPU, which reads the loss back only every few steps: the fault is found at the next
+// read, and the run goes back to the last step read back finite, before the faulty step.
+#[test]
+fn a_non_finite_loss_read_back_late_keeps_the_last_adapter_read_back_finite() {
+    const SEED: u64 = 2;
+    let (every_step, ..) = train_until_the_poisoned_window(Some(1), SEED);
+    let fault = every_step.steps_done();
+    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(Some(4), SEED);
+    let found = t.steps_done();
+    assert!(
+        !fault.is_multiple_of(4) && fault > 4,
+        "the fault is at step {fault}: pick another seed"
+    );
+    assert_eq!(found, fault.next_multiple_of(4));
+    assert_eq!(last_read, found - 4);
+    check_stopped_at(t, err, snapshot, last_read);
+}
+
+/// Trains the tiny model with a window whose token is poisoned (its embedding holds infinity)
+/// until the run fails, reading back every `log_every` steps; returns the trainer, the error,
+/// the LoRA tensors after the last step whose loss was read back, and that step.
+fn train_until_the_poisoned_window(
+    log_every: Option<usize>,
+    seed: u64,
+) -> (Trainer, Error, Vec<(String, Vec<f32>)>, usize) {
     let device = webtune::device::cpu().autodiff();
     const POISON: u32 = 90;
     let mut model = poisoned_model(POISON as usize, &device);
@@ -232,7 +264,10 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
         batch_size: 1,
         lr: 1e-2,
         eval_every: 0,
-        seed: 5,
+        log_every,
+        // Checkpoints and evaluations are read back too: none until the end.
+        checkpoint_every: 0,
+        seed,
         ..TrainConfig::default()
     };
     lora::attach(&mut model, &cfg.lora, cfg.seed).unwrap();
@@ -251,24 +286,37 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
     };
     let data = Dataset::split(&docs, Some(2), &split).unwrap();
     assert!(data.train.iter().any(|w| w.contains(&POISON)));
+    let every = log_every.unwrap_or(1);
     let mut t = Trainer::new(model, data, cfg).unwrap();
-
     let mut snapshot = lora_tensors(&t);
+    let mut last_read = 0;
     let err = loop {
         match pollster::block_on(t.step()) {
             Ok(p) => {
-                assert!(p.train_loss.unwrap().is_finite());
-                snapshot = lora_tensors(&t);
+                assert_eq!(p.train_loss.is_some(), p.step.is_multiple_of(every));
+                if let Some(loss) = p.train_loss {
+                    assert!(loss.is_finite());
+                    snapshot = lora_tensors(&t);
+                    last_read = p.step;
+                }
             }
             Err(e) => break e,
         }
     };
+    (t, err, snapshot, last_read)
+}
+
+/// The run stopped with a message naming the failed step and `kept`, the step whose adapter it
+/// keeps; that adapter is `snapshot`, bit for bit, and it exports.
+fn check_stopped_at(mut t: Trainer, err: Error, snapshot: Vec<(String, Vec<f32>)>, kept: usize) {
     let step = t.steps_done();
     let m = err.to_string();
     println!("{m}");
     assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
     assert!(
-        m.contains(&format!("step {step}:")) && m.contains("learning rate"),
+        m.contains(&format!("step {step}:"))
+            && m.contains("learning rate")
+            && m.contains(&format!("as it was after step {kept}.")),
         "{m}"
     );
     assert!(
@@ -280,7 +328,6 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
         pollster::block_on(t.step()),
         Err(Error::Invalid(_))
     ));
-    // The adapter is the one from before the failed step, bit for bit, and it exports.
     assert_eq!(lora_tensors(&t), snapshot);
     let files = pollster::block_on(peft::export(t.model(), "tiny", AdapterDtype::F32)).unwrap();
     assert!(!files.safetensors.is_empty());

@@ -92,7 +92,9 @@ fn data() -> Dataset {
     }
 }
 
-async fn train_tiny(device: Device, steps: usize) {
+/// Trains the tiny model for `steps` steps; the training loss must be read back every
+/// `read_every` steps and after the last (TrainConfig::log_every by the device).
+async fn train_tiny(device: Device, steps: usize, read_every: usize) {
     let device = device.autodiff();
     let config = ModelConfig::from_json("config.json", CONFIG).unwrap();
     let ckpt = SafetensorsCheckpoint::single("model.safetensors", WEIGHTS.to_vec()).unwrap();
@@ -118,7 +120,11 @@ async fn train_tiny(device: Device, steps: usize) {
     let first = trainer.evaluate().await.unwrap().unwrap();
     let mut last = None;
     while !trainer.is_finished() {
-        last = trainer.step().await.unwrap().val_loss.or(last);
+        let p = trainer.step().await.unwrap();
+        let due = p.step.is_multiple_of(read_every) || p.step == steps;
+        assert_eq!(p.train_loss.is_some(), due, "step {}", p.step);
+        assert!(p.train_loss.is_none_or(f32::is_finite));
+        last = p.val_loss.or(last);
     }
     let last = last.expect("the last step evaluates");
     web_sys_log(&format!("val loss {first} -> {last}"));
@@ -153,7 +159,7 @@ fn web_sys_log(s: &str) {
 #[wasm_bindgen_test]
 async fn cpu_backend_trains_lora_in_the_browser() {
     logits_match_transformers(&webtune::device::cpu()).await;
-    train_tiny(webtune::device::cpu(), 12).await;
+    train_tiny(webtune::device::cpu(), 12, 1).await;
 }
 
 #[cfg(feature = "gpu")]
@@ -165,7 +171,8 @@ async fn webgpu_backend_trains_lora_in_the_browser() {
         .await
         .expect("WebGPU (run Chromium with --enable-unsafe-webgpu)");
     logits_match_transformers(&device).await;
-    train_tiny(device, 6).await;
+    // On a GPU the loss is read back every few steps (each read drains the queue).
+    train_tiny(device, 6, webtune::defaults::GPU_LOG_EVERY).await;
 }
 
 #[wasm_bindgen_test]

@@ -15,7 +15,7 @@
 pub mod cpu;
 mod ops;
 
-use burn::backend::{Dispatch, DispatchDevice};
+use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 
@@ -23,10 +23,7 @@ use ops::FusedOps;
 
 /// Whether `device` runs the fused CPU kernels.
 pub fn fused(device: &Device) -> bool {
-    matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::Flex(_)
-    )
+    crate::device::is_cpu(device)
 }
 
 /// x / rms(x) * gamma over the last dimension.
