@@ -207,14 +207,13 @@ use webtune::burn;
 /// every step reads (the CPU), the median of the steps after `warmup`.
 fn step_figure(steps: &[f64], read: &[bool], warmup: usize) -> (usize, f64, &'static str) {
     let warmup = warmup.min(steps.len());
-    let measured = |w: usize| &steps[w.min(steps.len())..];
     if read[warmup..].iter().all(|&r| r) {
-        return (warmup, median(measured(warmup)), "median");
+        return (warmup, median(&steps[warmup..]), "median");
     }
     let w = (warmup..steps.len())
         .find(|&w| w == 0 || read[w - 1])
         .unwrap_or(warmup);
-    let m = measured(w);
+    let m = &steps[w..];
     (w, m.iter().sum::<f64>() / m.len().max(1) as f64, "mean")
 }
 

@@ -13,6 +13,13 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Draw `index` of a counter-based stream seeded with `seed`: [`mix64`] of the index spread over
+/// the seed (dropout's masks, per-layer seeds).
+#[inline(always)]
+pub fn mix_index(seed: u64, index: u64) -> u64 {
+    mix64(seed ^ index.wrapping_mul(GOLDEN_GAMMA))
+}
+
 /// SplitMix64: small, fast, and the same stream on every platform for a given seed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rng(u64);

@@ -47,10 +47,11 @@ pub struct TrainConfig {
     /// At most this many validation windows per evaluation (0: all).
     pub eval_windows: usize,
     /// Read the training loss (with the gradients' norm, checked finite) back every this many
-    /// steps (0: only when evaluating, at checkpoints and at the end). None: by the device, every
-    /// step on the CPU, where reading costs nothing, and every [`crate::defaults::GPU_LOG_EVERY`] steps on a GPU,
-    /// where each read waits for the queue to drain. A non-finite step found late still ends the
-    /// run with the adapter from the last step read back finite.
+    /// steps (0: only when evaluating, at checkpoints and at the end). None: by the device,
+    /// every step on the CPU, where reading costs nothing, and every
+    /// [`crate::defaults::GPU_LOG_EVERY`] steps on a GPU, where each read waits for the queue to
+    /// drain. A non-finite step found late still ends the run with the adapter from the last
+    /// step read back finite.
     pub log_every: Option<usize>,
     /// A checkpoint is due every this many steps (0: only when pausing): [`Trainer::next`] says
     /// so, the caller stores it (a file, the browser's storage).

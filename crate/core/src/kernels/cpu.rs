@@ -4,7 +4,7 @@
 //!
 //! Every function documents its layout; shapes come from the callers (`ops.rs`).
 
-use crate::rng::{GOLDEN_GAMMA, mix64};
+use crate::rng::mix_index;
 
 /// Rows of `row_len` in `out`, each computed by `f(row_index, row)`, in parallel where possible.
 /// `cost` is the number of elements computing one row reads.
@@ -155,7 +155,7 @@ pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], out: &mut [f32], row_
 }
 
 /// Dropout: `y = x / keep` where element i's draw keeps it, else 0. The draw is a hash of
-/// (`seed`, i) ([`mix64`]), so the mask needs no generator state, splits over rows
+/// (`seed`, i) ([`mix_index`]), so the mask needs no generator state, splits over rows
 /// in parallel, and is drawn again, identical, by the backward pass from the same seed.
 /// Rows are `row_len` long.
 pub fn dropout(x: &[f32], keep: f32, seed: u64, y: &mut [f32], row_len: usize) {
@@ -165,7 +165,7 @@ pub fn dropout(x: &[f32], keep: f32, seed: u64, y: &mut [f32], row_len: usize) {
     for_rows(y, row_len, row_len, |i, yr| {
         let s0 = i * row_len;
         for (k, (o, &v)) in yr.iter_mut().zip(&x[s0..]).enumerate() {
-            let draw = mix64(seed ^ ((s0 + k) as u64).wrapping_mul(GOLDEN_GAMMA)) >> 32;
+            let draw = mix_index(seed, (s0 + k) as u64) >> 32;
             *o = if draw < threshold { v * scale } else { 0.0 };
         }
     });

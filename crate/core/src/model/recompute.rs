@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
-use crate::rng::{GOLDEN_GAMMA, mix64};
+use crate::rng::mix_index;
 
 /// The decoder layers, twice: without gradients (`Module::no_grad`: the forward pass builds no
 /// graph, and dropout still draws its masks) and as they train, with how to run one.
@@ -83,5 +83,5 @@ pub(crate) fn loss_and_grads<M: Module, L: Module>(
 
 /// Layer `i`'s dropout seed within a micro-batch drawn with `seed`.
 fn layer_seed(seed: u64, i: usize) -> u64 {
-    mix64(seed ^ (i as u64 + 1).wrapping_mul(GOLDEN_GAMMA))
+    mix_index(seed, i as u64 + 1)
 }
