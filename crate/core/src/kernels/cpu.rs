@@ -37,6 +37,36 @@ pub fn for_rows(
     }
 }
 
+/// [`for_rows`] over two outputs of one shape, row `i` of each filled by one call
+/// `f(i, a_row, b_row)`.
+pub fn for_rows2(
+    a: &mut [f32],
+    b: &mut [f32],
+    row_len: usize,
+    cost: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    if row_len == 0 {
+        return;
+    }
+    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
+    let _ = cost;
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    {
+        use rayon::prelude::*;
+        if a.len() > row_len && (a.len() / row_len) * cost >= 1 << 15 {
+            a.par_chunks_mut(row_len)
+                .zip(b.par_chunks_mut(row_len))
+                .enumerate()
+                .for_each(|(i, (ra, rb))| f(i, ra, rb));
+            return;
+        }
+    }
+    for (i, (ra, rb)) in a.chunks_mut(row_len).zip(b.chunks_mut(row_len)).enumerate() {
+        f(i, ra, rb);
+    }
+}
+
 /// e^x for `f32`, branch-free so that loops over it vectorize (glibc's `expf` is a scalar call
 /// with an error path for underflow, which masked attention scores hit constantly). Cephes'
 /// method: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial; relative error below 2e-7
@@ -51,7 +81,8 @@ pub fn exp(x: f32) -> f32 {
     // Round to nearest by adding and subtracting 1.5 * 2^23: plain float adds, which vectorize on
     // every target (`round` is a library call on wasm and on baseline x86-64).
     const ROUND: f32 = 12_582_912.0;
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let k = xc * LOG2E + ROUND;
+    let n = k - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -60,8 +91,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
-    // 2^n from its exponent bits: n is in [-126, 128) after the clamp.
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from its exponent bits: n is in [-126, 128) after the clamp. k = 1.5 * 2^23 + n holds
+    // n in its low mantissa bits (k's bits are 0x4B40_0000 + n), and 0x4B40_0000 << 23 wraps to
+    // 0, so (k's bits + 127) << 23 is n + 127 in the exponent field. Integer lane ops, where
+    // `n as i32` (Rust's saturating cast) is scalar code on baseline x86-64.
+    let two_n = f32::from_bits(k.to_bits().wrapping_add(127) << 23);
     if x < -87.0 { 0.0 } else { er * two_n }
 }
 
@@ -69,6 +103,63 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
+}
+
+/// Partial sums a reduction keeps. One running f32 sum is a serial chain the compiler may not
+/// reorder (that would change the result), so the whole loop around it, [`exp`] included, stays
+/// scalar; [`LANES`] independent sums let it run in SIMD registers (four 4-lane vectors in wasm
+/// and on baseline x86-64).
+const LANES: usize = 16;
+
+/// The sum of `f(a[i], b[i], c[i])` over slices of one length, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_zip3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (ac, at) = a[..n].as_chunks::<LANES>();
+    let (bc, bt) = b[..n].as_chunks::<LANES>();
+    let (cc, ct) = c[..n].as_chunks::<LANES>();
+    let mut acc = [0.0f32; LANES];
+    for ((ca, cb), ck) in ac.iter().zip(bc).zip(cc) {
+        for j in 0..LANES {
+            acc[j] += f(ca[j], cb[j], ck[j]);
+        }
+    }
+    let tail: f32 = at
+        .iter()
+        .zip(bt)
+        .zip(ct)
+        .map(|((&x, &y), &z)| f(x, y, z))
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The sum of `f(a[i], b[i])`, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    sum_zip3(a, b, a, |x, y, _| f(x, y))
+}
+
+/// The largest element (-inf for none), in [`LANES`] partial maxima: `f32::max` folded over a
+/// slice is a serial chain in wasm, whose `f32.max` treats NaN otherwise than Rust's `max`.
+/// NaN is not propagated (the callers' rows are finite; a NaN loss is caught by the trainer).
+#[inline(always)]
+fn max_lanes(a: &[f32]) -> f32 {
+    let (chunks, tail) = a.as_chunks::<LANES>();
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    acc.iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// The sum of `f(a[i])`, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_map(a: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    sum_zip3(a, a, a, |x, _, _| f(x))
 }
 
 /// y = x / rms(x) * gamma, per row of `d`; also returns 1/rms per row.
@@ -86,7 +177,7 @@ pub fn rms_norm(x: &[f32], gamma: &[f32], eps: f32, y: &mut [f32]) {
 }
 
 fn inv_rms(xr: &[f32], eps: f32) -> f32 {
-    let ss: f32 = xr.iter().map(|v| v * v).sum();
+    let ss = sum_map(xr, |v| v * v);
     1.0 / (ss / xr.len() as f32 + eps).sqrt()
 }
 
@@ -97,12 +188,7 @@ pub fn rms_norm_backward(x: &[f32], gamma: &[f32], eps: f32, dy: &[f32], dx: &mu
         let xr = &x[i * d..(i + 1) * d];
         let dyr = &dy[i * d..(i + 1) * d];
         let rstd = inv_rms(xr, eps);
-        let dot: f32 = xr
-            .iter()
-            .zip(dyr)
-            .zip(gamma)
-            .map(|((&v, &g_), &g)| g_ * g * v * rstd)
-            .sum();
+        let dot = sum_zip3(xr, dyr, gamma, |v, g_, g| g_ * g * v * rstd);
         let mean = dot / d as f32;
         for (((o, &v), &g_), &g) in dxr.iter_mut().zip(xr).zip(dyr).zip(gamma) {
             *o = rstd * (g * g_ - v * rstd * mean);
@@ -137,19 +223,14 @@ pub fn silu_mul(g: &[f32], u: &[f32], y: &mut [f32], row_len: usize) {
 pub fn silu_mul_backward(g: &[f32], u: &[f32], dy: &[f32], out: &mut [f32], row_len: usize) {
     let n = g.len();
     let (dg, du) = out.split_at_mut(n);
-    for_rows(dg, row_len, row_len, |i, dgr| {
+    // One pass for both: sigmoid (an exp and a division) once per element.
+    for_rows2(dg, du, row_len, row_len, |i, dgr, dur| {
         let s0 = i * row_len;
-        for (k, o) in dgr.iter_mut().enumerate() {
-            let (a, b, d) = (g[s0 + k], u[s0 + k], dy[s0 + k]);
+        let inputs = g[s0..].iter().zip(&u[s0..]).zip(&dy[s0..]);
+        for ((og, ou), ((&a, &b), &d)) in dgr.iter_mut().zip(dur.iter_mut()).zip(inputs) {
             let s = sigmoid(a);
-            *o = d * b * s * (1.0 + a * (1.0 - s));
-        }
-    });
-    for_rows(du, row_len, row_len, |i, dur| {
-        let s0 = i * row_len;
-        for (k, o) in dur.iter_mut().enumerate() {
-            let a = g[s0 + k];
-            *o = dy[s0 + k] * a * sigmoid(a);
+            *og = d * b * s * (1.0 + a * (1.0 - s));
+            *ou = d * a * s;
         }
     });
 }
@@ -228,16 +309,11 @@ pub fn causal_softmax(s: &[f32], keys: usize, seq: usize, start: usize, scale: f
         let sr = &s[r * keys..(r + 1) * keys];
         // Row r of any block is query r % seq: blocks hold whole multiples of seq rows.
         let visible = (start + r % seq.max(1) + 1).min(keys);
-        let max = sr[..visible]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0f32;
+        let max = max_lanes(&sr[..visible]);
         for (o, &v) in pr[..visible].iter_mut().zip(&sr[..visible]) {
-            let e = exp((v - max) * scale);
-            *o = e;
-            sum += e;
+            *o = exp((v - max) * scale);
         }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / sum_map(&pr[..visible], |e| e);
         for o in &mut pr[..visible] {
             *o *= inv;
         }
@@ -250,7 +326,7 @@ pub fn causal_softmax_backward(p: &[f32], dp: &[f32], keys: usize, scale: f32, d
     for_rows(ds, keys, keys, |r, dr| {
         let pr = &p[r * keys..(r + 1) * keys];
         let gr = &dp[r * keys..(r + 1) * keys];
-        let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+        let dot = sum_zip(pr, gr, |a, b| a * b);
         for ((o, &pv), &gv) in dr.iter_mut().zip(pr).zip(gr) {
             *o = scale * pv * (gv - dot);
         }
@@ -261,8 +337,8 @@ pub fn causal_softmax_backward(p: &[f32], dp: &[f32], keys: usize, scale: f32, d
 pub fn log_sum_exp(x: &[f32], vocab: usize, out: &mut [f32]) {
     for_rows(out, 1, vocab, |i, o| {
         let row = &x[i * vocab..(i + 1) * vocab];
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let sum: f32 = row.iter().map(|&v| exp(v - max)).sum();
+        let max = max_lanes(row);
+        let sum = sum_map(row, |v| exp(v - max));
         o[0] = max + sum.ln();
     });
 }
@@ -329,5 +405,28 @@ mod tests {
         assert_eq!(exp(-1.0e9), 0.0);
         assert_eq!(exp(-200.0), 0.0);
         assert!(exp(100.0).is_finite());
+    }
+
+    #[test]
+    fn lane_sums_match_a_sum_in_f64_for_every_tail_length() {
+        // Lengths around and between multiples of LANES: the chunked part and the tail.
+        for n in 0..(3 * LANES + 2) {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.01).collect();
+            let c: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+            let want: f64 = (0..n)
+                .map(|i| f64::from(a[i]) * f64::from(b[i]) * f64::from(c[i]))
+                .sum();
+            let got = sum_zip3(&a, &b, &c, |x, y, z| x * y * z);
+            assert!(
+                (f64::from(got) - want).abs() < 1e-5,
+                "n {n}: {got} vs {want}"
+            );
+            let want: f64 = a.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            assert!(
+                (f64::from(sum_map(&a, |x| x * x)) - want).abs() < 1e-5,
+                "n {n}"
+            );
+        }
     }
 }
