@@ -882,6 +882,7 @@ impl Trainer {
             return Ok(self.report(status, false));
         }
         if std::mem::take(&mut self.pause_requested) {
+            self.check_unread_steps().await?;
             return Ok(self.report(RunStatus::Paused, true));
         }
         let mut progress = self.step().await?;
@@ -894,6 +895,30 @@ impl Trainer {
             *last = progress.clone();
         }
         Ok(progress)
+    }
+
+    /// Before a pause, whose checkpoint must not keep a broken adapter: on a GPU the steps since
+    /// the last read back were not checked, so the adapter and its optimizer state are read back
+    /// and checked here. A NaN or infinity in a step's loss or gradients reaches both through
+    /// AdamW's update. Non-finite: the run fails as a step found late does ([`Self::fail`]).
+    async fn check_unread_steps(&mut self) -> Result<()> {
+        if self.last_good.0 == self.step {
+            return Ok(());
+        }
+        let run = checkpoint::read_tensors(self.model(), &self.optim.moments).await?;
+        let broken = run
+            .tensors
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()));
+        if let Some((name, _)) = broken {
+            let what = format!(
+                "a step since step {} left NaN or infinite values in {name} (found at the pause)",
+                self.last_good.0
+            );
+            return Err(self.fail(what, self.cfg.lr_at(self.step), false));
+        }
+        self.last_good = (self.step, self.model().clone());
+        Ok(())
     }
 
     /// The latest progress, for a call of `next` that took no step.

@@ -19,7 +19,7 @@ use webtune::formats::{Checkpoint, HostTensor};
 use webtune::lora::{self, LoraConfig};
 use webtune::model::ModelConfig;
 use webtune::session::Session;
-use webtune::train::{TrainConfig, Trainer};
+use webtune::train::{RunStatus, TrainConfig, Trainer};
 use webtune::{BaseModel, Error, NamedFile};
 
 fn load_gguf(bytes: Vec<u8>) -> Result<BaseModel, Error> {
@@ -220,7 +220,7 @@ fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 // before on the CPU, which reads every step. No non-finite adapter is written.
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
-    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(None, 5);
+    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(None, 5, None);
     let step = t.steps_done();
     assert_eq!(last_read, step - 1, "the CPU reads back every step");
     check_stopped_at(t, err, snapshot, step - 1);
@@ -231,9 +231,9 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_adapter() {
 #[test]
 fn a_non_finite_loss_read_back_late_keeps_the_last_adapter_read_back_finite() {
     const SEED: u64 = 2;
-    let (every_step, ..) = train_until_the_poisoned_window(Some(1), SEED);
+    let (every_step, ..) = train_until_the_poisoned_window(Some(1), SEED, None);
     let fault = every_step.steps_done();
-    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(Some(4), SEED);
+    let (t, err, snapshot, last_read) = train_until_the_poisoned_window(Some(4), SEED, None);
     let found = t.steps_done();
     assert!(
         !fault.is_multiple_of(4) && fault > 4,
@@ -244,12 +244,41 @@ fn a_non_finite_loss_read_back_late_keeps_the_last_adapter_read_back_finite() {
     check_stopped_at(t, err, snapshot, last_read);
 }
 
+// A pause between reads stores a checkpoint: the steps not yet read back are checked first, so
+// that a NaN they left is not kept (a checkpoint with one would not load, and the run be lost).
+#[test]
+fn a_pause_after_an_unread_non_finite_step_keeps_the_last_adapter_read_back_finite() {
+    const SEED: u64 = 2;
+    let (every_step, ..) = train_until_the_poisoned_window(Some(1), SEED, None);
+    let fault = every_step.steps_done();
+    assert!(
+        fault % 4 >= 1 && fault % 4 < 3 && fault > 4,
+        "fault at {fault}: pick another seed"
+    );
+    // Paused one step after the fault, before the next read.
+    let paused_at = fault + 1;
+    let (t, err, snapshot, last_read) =
+        train_until_the_poisoned_window(Some(4), SEED, Some(paused_at));
+    assert_eq!(t.steps_done(), paused_at);
+    assert_eq!(last_read, fault - fault % 4);
+    assert!(err.to_string().contains("found at the pause"), "{err}");
+    check_stopped_at(t, err, snapshot, last_read);
+
+    // Paused before the fault: the unread steps are fine, the run pauses and goes on to the fault.
+    let (t, err, snapshot, last_read) =
+        train_until_the_poisoned_window(Some(4), SEED, Some(fault - 1));
+    assert_eq!(t.steps_done(), fault.next_multiple_of(4));
+    check_stopped_at(t, err, snapshot, last_read);
+}
+
 /// Trains the tiny model with a window whose token is poisoned (its embedding holds infinity)
-/// until the run fails, reading back every `log_every` steps; returns the trainer, the error,
-/// the LoRA tensors after the last step whose loss was read back, and that step.
+/// until the run fails, reading back every `log_every` steps and pausing once after step
+/// `pause_after` (with [`Trainer::next`]); returns the trainer, the error, the LoRA tensors
+/// after the last step whose loss was read back (or that a pause checked), and that step.
 fn train_until_the_poisoned_window(
     log_every: Option<usize>,
     seed: u64,
+    pause_after: Option<usize>,
 ) -> (Trainer, Error, Vec<(String, Vec<f32>)>, usize) {
     let device = webtune::device::cpu().autodiff();
     const POISON: u32 = 90;
@@ -291,6 +320,18 @@ fn train_until_the_poisoned_window(
     let mut snapshot = lora_tensors(&t);
     let mut last_read = 0;
     let err = loop {
+        if pause_after == Some(t.steps_done()) {
+            t.pause();
+            match pollster::block_on(t.next()) {
+                Ok(p) => {
+                    assert_eq!(p.status, RunStatus::Paused);
+                    assert!(p.checkpoint_due);
+                    snapshot = lora_tensors(&t);
+                    last_read = p.step;
+                }
+                Err(e) => break e,
+            }
+        }
         match pollster::block_on(t.step()) {
             Ok(p) => {
                 assert_eq!(p.train_loss.is_some(), p.step.is_multiple_of(every));
