@@ -49,6 +49,20 @@ export function safetensorsHeader(buf) {
   return JSON.parse(buf.toString("utf8", 8, 8 + n));
 }
 
+/** The F32 tensors of a safetensors file: `{ name: { shape, data: Float32Array } }`. */
+export function safetensorsF32(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.toString("utf8", 8, 8 + n));
+  const out = {};
+  for (const [name, t] of Object.entries(header)) {
+    if (name === "__metadata__" || t.dtype !== "F32") continue;
+    const [a, b] = t.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out[name] = { shape: t.shape, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+  }
+  return out;
+}
+
 /** Collects page errors and console errors into the returned array. */
 export function watchErrors(page) {
   const errors = [];

@@ -3,13 +3,22 @@
 // errors, only same-origin GETs, a responsive main thread. Saves tests/out/page.png.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { root, startServer, unzip, safetensorsHeader } from "./helpers.mjs";
+import { root, startServer, unzip, safetensorsHeader, safetensorsF32 } from "./helpers.mjs";
 
 const out = join(root, "tests/out");
 mkdirSync(out, { recursive: true });
+
+// The two text files the first test drops, and the same run from the command line.
+const TEXTS = [
+  ["cats.txt", "the cat sat on the mat and the dog sat on the log. ".repeat(40)],
+  ["market.txt", "a man and a woman went to the market to sell their eggs. ".repeat(40)],
+];
+const RUN = { steps: "8", seq_len: "16", batch_size: "2", lr: "0.02" };
 
 test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, async () => {
   const { server, url } = await startServer();
@@ -60,22 +69,16 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(await page.inputValue("input[name=seq_len]"), "128");
 
     // Two text files, dropped on the drop zone.
-    await page.evaluate(() => {
+    await page.evaluate((texts) => {
       const dt = new DataTransfer();
-      const a = "the cat sat on the mat and the dog sat on the log. ".repeat(40);
-      const b = "a man and a woman went to the market to sell their eggs. ".repeat(40);
-      dt.items.add(new File([a], "cats.txt", { type: "text/plain" }));
-      dt.items.add(new File([b], "market.txt", { type: "text/plain" }));
+      for (const [name, text] of texts) dt.items.add(new File([text], name, { type: "text/plain" }));
       document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-    });
+    }, TEXTS);
     await page.waitForFunction(() => document.querySelectorAll("#text-table tbody tr").length === 2
       && [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].every((td) => td.textContent === "ready"));
 
     // Small settings for a tiny model, then train.
-    await page.fill("input[name=steps]", "8");
-    await page.fill("input[name=seq_len]", "16");
-    await page.fill("input[name=batch_size]", "2");
-    await page.fill("input[name=lr]", "0.02");
+    for (const [name, value] of Object.entries(RUN)) await page.fill(`input[name=${name}]`, value);
     await page.waitForFunction(() => /trainable parameters/.test(document.getElementById("plan").textContent));
     assert.match(await page.textContent("#plan"), /held out for validation/);
     // Before Start, the plan says how long the run should take here (from a measured step).
@@ -114,6 +117,32 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.deepEqual(header["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].shape, [32, 8]);
     assert.deepEqual(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].shape, [16, 8]);
     assert.equal(header["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"].dtype, "F32");
+
+    // The same run natively (the command line, the same defaults): the page's build (on this
+    // machine's CPU, the multi-threaded one) must learn what the native build does, whose
+    // numerics are golden-tested against transformers and PEFT. Not bit for bit: gemm's wasm
+    // kernel multiplies and adds where the native one fuses them (FMA).
+    const dir = mkdtempSync(join(tmpdir(), "webtune-e2e-"));
+    for (const [name, text] of TEXTS) writeFileSync(join(dir, name), text);
+    // The command as `cargo test` builds it (tests/run.sh ran that already: then this is quick;
+    // `cargo build -p webtune-cli` would resolve other features and rebuild the dependencies).
+    execFileSync("cargo", ["test", "--quiet", "--locked", "--no-run"], { cwd: root, stdio: "inherit" });
+    const cli = join(process.env.CARGO_TARGET_DIR || join(homedir(), ".cache/webtune/target"), "debug/webtune");
+    execFileSync(cli, ["train", "--model", join(root, "tests/fixtures/tiny-llama-q.gguf"),
+      "--data", ...TEXTS.map(([name]) => join(dir, name)), "--out", join(dir, "adapter"),
+      "--steps", RUN.steps, "--seq-len", RUN.seq_len, "--batch", RUN.batch_size, "--lr", RUN.lr]);
+    const native = safetensorsF32(readFileSync(join(dir, "adapter/adapter_model.safetensors")));
+    const inPage = safetensorsF32(files["adapter_model.safetensors"]);
+    assert.deepEqual(Object.keys(inPage).sort(), Object.keys(native).sort());
+    let worstRel = 0;
+    for (const [name, t] of Object.entries(native)) {
+      let diff = 0, norm = 0;
+      t.data.forEach((v, i) => { diff += (inPage[name].data[i] - v) ** 2; norm += v * v; });
+      const rel = Math.sqrt(diff / norm);
+      worstRel = Math.max(worstRel, rel);
+      assert.ok(rel < 1e-4, `${name}: the page's tensor differs from the native run's by ${rel} (relative)`);
+    }
+    console.log(`the page's adapter against the native run's: largest relative difference ${worstRel.toExponential(2)}`);
 
     // The llama.cpp adapter: a GGUF file of general.type "adapter" (checked in detail by
     // crate/core/tests/gguf_lora.rs).
