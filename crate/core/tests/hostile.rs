@@ -264,10 +264,14 @@ fn a_pause_after_an_unread_non_finite_step_keeps_the_last_adapter_read_back_fini
     assert!(err.to_string().contains("found at the pause"), "{err}");
     check_stopped_at(t, err, snapshot, last_read);
 
-    // Paused before the fault: the unread steps are fine, the run pauses and goes on to the fault.
+    // Paused before the fault, two steps after a read: those two unread steps are finite, so the
+    // run pauses, goes on, and finds the fault at its next read as without the pause.
+    let paused_early = fault - fault % 4 - 2;
+    assert!(paused_early % 4 != 0);
     let (t, err, snapshot, last_read) =
-        train_until_the_poisoned_window(Some(4), SEED, Some(fault - 1));
+        train_until_the_poisoned_window(Some(4), SEED, Some(paused_early));
     assert_eq!(t.steps_done(), fault.next_multiple_of(4));
+    assert_eq!(last_read, fault - fault % 4);
     check_stopped_at(t, err, snapshot, last_read);
 }
 
