@@ -3,7 +3,9 @@
 // function and by kind of work for each thread.
 //
 //   node tests/bench/page-profile.mjs [--steps 6] [--from 2] [--to 5] [--threads N] [--text A.txt ...]
+//        [--callers REGEX]
 //
+// `--callers REGEX`: also the call paths (up to 6 frames) that lead to the functions matching it.
 // SmolLM2 (the page's "Load SmolLM2"), the page's settings but `--steps`; traces from the end of
 // step `--from` to the end of step `--to`. Without --text: three Shakespeare plays
 // (tests/setup.sh --texts). Function names need a wasm module with its name section, which the
@@ -24,11 +26,12 @@ import { join } from "node:path";
 const { chromium } = createRequire(new URL("../e2e/package.json", import.meta.url))("playwright-core");
 const { startServer } = await import("../e2e/helpers.mjs");
 
-const a = { steps: 6, from: 2, to: 5, threads: null, text: [] };
+const a = { steps: 6, from: 2, to: 5, threads: null, text: [], callers: null };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
   const [k, v] = [argv[i].replace(/^--/, ""), argv[i + 1]];
   if (k === "text") a.text.push(v);
+  else if (k === "callers") a.callers = new RegExp(v);
   else a[k] = Number(v);
 }
 if (!a.text.length) {
@@ -79,10 +82,13 @@ try {
   for (const e of trace.traceEvents ?? trace) {
     if (e.name !== "ProfileChunk") continue;
     const key = `${e.pid}/${e.id}`;
-    if (!threads.has(key)) threads.set(key, { names: new Map(), samples: [] });
+    if (!threads.has(key)) threads.set(key, { names: new Map(), parents: new Map(), samples: [] });
     const t = threads.get(key);
     const p = e.args.data.cpuProfile ?? {};
-    for (const n of p.nodes ?? []) t.names.set(n.id, (n.callFrame.functionName || n.callFrame.url || "?").replace(/\[[0-9a-f]{16}\]/g, ""));
+    for (const n of p.nodes ?? []) {
+      t.names.set(n.id, (n.callFrame.functionName || n.callFrame.url || "?").replace(/\[[0-9a-f]{16}\]/g, ""));
+      if (n.parent !== undefined) t.parents.set(n.id, n.parent);
+    }
     t.samples.push(...(p.samples ?? []));
   }
   console.log(`steps (s): ${steps.map((s) => s.toFixed(2)).join(" ")}; traced steps ${a.from + 1}-${a.to}`);
@@ -97,6 +103,28 @@ try {
     const n = t.samples.length;
     const shares = [...kinds].sort((x, y) => y[1] - x[1]).map(([k, v]) => `${k} ${((100 * v) / n).toFixed(1)}%`);
     console.log(`thread ${key} (${n} samples): ${shares.join(", ")}`);
+  }
+  if (a.callers) {
+    // Call paths into the matching functions, all threads, by samples (inlined frames are not
+    // in the tree: a path names the functions V8 did not inline).
+    const paths = new Map();
+    let matched = 0;
+    for (const t of threads.values()) {
+      for (const s of t.samples) {
+        if (!a.callers.test(t.names.get(s) ?? "")) continue;
+        matched++;
+        const frames = [];
+        for (let id = s; id !== undefined && frames.length < 6; id = t.parents.get(id)) {
+          frames.push((t.names.get(id) ?? "?").replace(/<[^<>]*>/g, "<>").slice(0, 70));
+        }
+        const path = frames.join(" <- ");
+        paths.set(path, (paths.get(path) ?? 0) + 1);
+      }
+    }
+    console.log(`call paths into ${a.callers} (${matched} samples):`);
+    for (const [path, v] of [...paths].sort((x, y) => y[1] - x[1]).slice(0, 15)) {
+      console.log(`  ${String(v).padStart(6)}  ${path}`);
+    }
   }
   const total = [...all.values()].reduce((x, y) => x + y, 0);
   console.log("functions, all threads (self time):");
