@@ -141,7 +141,7 @@ impl CheckpointFile {
             });
         }
         let t = self.file.load(name)?;
-        if t.data.iter().any(|x| !x.is_finite()) {
+        if !t.is_finite() {
             return Err(Error::format(
                 self.file_name(),
                 format!("`{name}` holds NaN or infinite values"),

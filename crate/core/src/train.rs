@@ -906,10 +906,7 @@ impl Trainer {
             return Ok(());
         }
         let run = checkpoint::read_tensors(self.model(), &self.optim.moments).await?;
-        let broken = run
-            .tensors
-            .iter()
-            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()));
+        let broken = run.tensors.iter().find(|(_, t)| !t.is_finite());
         if let Some((name, _)) = broken {
             let what = format!(
                 "a step since step {} left NaN or infinite values in {name} (found at the pause)",

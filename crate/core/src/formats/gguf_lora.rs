@@ -36,7 +36,7 @@ pub async fn export(
     let tensors = lora_tensors(model).await?;
     let mut entries = Vec::with_capacity(tensors.len());
     for (key, t) in tensors {
-        if t.data.iter().any(|x| !x.is_finite()) {
+        if !t.is_finite() {
             return Err(Error::NonFinite(format!(
                 "the adapter's `{key}` holds NaN or infinite values: it is not written"
             )));

@@ -25,6 +25,11 @@ impl HostTensor {
         Self { shape, data }
     }
 
+    /// Whether every value is finite (no NaN, no infinity).
+    pub fn is_finite(&self) -> bool {
+        self.data.iter().all(|x| x.is_finite())
+    }
+
     /// The transpose of a 2-D tensor (HF's [out, in] to burn's [in, out]).
     pub fn transposed(&self) -> HostTensor {
         let (rows, cols) = (self.shape[0], self.shape[1]);

@@ -201,10 +201,7 @@ pub async fn export(
         .ok_or_else(|| Error::Invalid("the model has no LoRA layers to export".into()))?;
     let tensors = lora_tensors(model).await?;
     // An adapter with NaN or infinity in it would load everywhere and break every output.
-    if let Some((name, _)) = tensors
-        .iter()
-        .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
-    {
+    if let Some((name, _)) = tensors.iter().find(|(_, t)| !t.is_finite()) {
         return Err(Error::NonFinite(format!(
             "the adapter's `{name}` holds NaN or infinite values: it is not written"
         )));

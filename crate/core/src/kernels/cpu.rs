@@ -24,8 +24,7 @@ pub fn for_rows(
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         use rayon::prelude::*;
-        // Small tensors are not worth waking the pool for.
-        if out.len() > row_len && (out.len() / row_len) * cost >= 1 << 15 {
+        if worth_splitting(out.len(), row_len, cost) {
             out.par_chunks_mut(row_len)
                 .enumerate()
                 .for_each(|(i, row)| f(i, row));
@@ -35,6 +34,13 @@ pub fn for_rows(
     for (i, row) in out.chunks_mut(row_len).enumerate() {
         f(i, row);
     }
+}
+
+/// Whether rows of `row_len` in `len` values, each reading `cost` elements, are worth splitting
+/// over the pool: more than one row, and enough work that waking the pool pays.
+#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+fn worth_splitting(len: usize, row_len: usize, cost: usize) -> bool {
+    len > row_len && (len / row_len) * cost >= 1 << 15
 }
 
 /// [`for_rows`] over two outputs of one shape, row `i` of each filled by one call
@@ -54,7 +60,7 @@ pub fn for_rows2(
     #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
     {
         use rayon::prelude::*;
-        if a.len() > row_len && (a.len() / row_len) * cost >= 1 << 15 {
+        if worth_splitting(a.len(), row_len, cost) {
             a.par_chunks_mut(row_len)
                 .zip(b.par_chunks_mut(row_len))
                 .enumerate()
