@@ -26,6 +26,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod session;
+mod shards;
 pub mod tokenizer;
 pub mod train;
 

@@ -642,9 +642,10 @@ impl Trainer {
         }
         let started = Instant::now();
         let lr = self.cfg.lr_at(self.step);
-        // Dropout draws from the device's generator: seeded from the run's seed and the step, so
-        // that a run resumed from a checkpoint draws the same masks as one never interrupted. The
-        // generator is shared by the process: reproducibility holds for one run at a time.
+        // Dropout draws from the device's generator (on the CPU, from streams seeded from the
+        // same seed: `shards`): seeded from the run's seed and the step, so that a run resumed
+        // from a checkpoint draws the same masks as one never interrupted. The generator is
+        // shared by the process: reproducibility holds for one run at a time.
         let seed = step_seed(self.cfg.seed, self.step);
         self.device.seed(seed);
         let model = self.model.take().expect("model is present between steps");
@@ -654,11 +655,24 @@ impl Trainer {
         for micro in 0..self.cfg.grad_accum {
             let idx = self.order.next_batch();
             let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
-            let (inputs, targets) = batch_tensors(&refs, &self.device);
-            let (loss, grads) = if self.cfg.recompute {
+            let (loss, grads) = if crate::kernels::fused(&self.device) {
+                // The CPU: the batch in shards on the threads (`shards`), the same results
+                // whatever their number.
+                let seed = seed.wrapping_add(micro as u64);
+                crate::shards::loss_and_grads(
+                    &model,
+                    &refs,
+                    &self.device,
+                    scale,
+                    seed,
+                    self.cfg.recompute,
+                )
+            } else if self.cfg.recompute {
+                let (inputs, targets) = batch_tensors(&refs, &self.device);
                 let seed = seed.wrapping_add(micro as u64);
                 model.loss_recomputed(inputs, targets, scale, seed)
             } else {
+                let (inputs, targets) = batch_tensors(&refs, &self.device);
                 let loss = model
                     .loss(inputs, targets)
                     .div_scalar(self.cfg.grad_accum as f64);

@@ -125,6 +125,33 @@ fn same_seed_same_run_bit_for_bit() {
 }
 
 #[test]
+fn the_number_of_threads_changes_nothing() {
+    // A CPU step runs its batch's shards at once on several threads, each drawing dropout masks
+    // from a stream of its own: on one thread, one after the other, the run must be the same.
+    let _turn = serial();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut t = trainer(4, 7);
+            let mut losses = Vec::new();
+            t.run_blocking(|p| {
+                losses.push(p.train_loss);
+                Control::Continue
+            })
+            .unwrap();
+            (losses, lora_state(&t))
+        })
+    };
+    let one = run(1);
+    let two = run(2);
+    assert_eq!(one.0, two.0, "the training losses differ");
+    assert!(one.1 == two.1, "the adapters differ");
+}
+
+#[test]
 fn pause_and_resume_give_the_same_result_as_one_run() {
     let _turn = serial();
     let mut whole = trainer(6, 9);

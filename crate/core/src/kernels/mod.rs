@@ -15,11 +15,47 @@
 pub mod cpu;
 mod ops;
 
+use std::cell::Cell;
+
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 
 use ops::FusedOps;
+
+std::thread_local! {
+    /// The state of the dropout stream that the work running on this thread draws from, when
+    /// one is set ([`with_dropout_stream`]).
+    static DROPOUT_STREAM: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the fused CPU dropout drawing its seeds from a stream of its own seeded with
+/// `seed`, instead of from the device's generator, and puts back the stream that was set before.
+///
+/// Why: a training step on the CPU runs its batch's shards at once on several threads
+/// ([`crate::train`]); drawn from the device's one generator, their masks would depend on which
+/// thread drew first. A stream per shard gives each the same masks whichever thread runs it, in
+/// parallel or one after the other. The stream belongs to the thread, and nested calls (a shard
+/// run by a thread waiting inside another) put the outer one back when they end.
+pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DROPOUT_STREAM.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(DROPOUT_STREAM.with(|s| s.replace(Some(seed))));
+    f()
+}
+
+/// The next seed of this thread's dropout stream, if [`with_dropout_stream`] set one.
+fn next_dropout_seed() -> Option<u64> {
+    DROPOUT_STREAM.with(|s| {
+        let state = s.get()?.wrapping_add(crate::rng::GOLDEN_GAMMA);
+        s.set(Some(state));
+        Some(crate::rng::mix64(state))
+    })
+}
 
 /// Whether `device` runs the fused CPU kernels.
 pub fn fused(device: &Device) -> bool {
@@ -80,7 +116,8 @@ pub fn rope(
 }
 
 /// Dropout: each element kept with probability `1 - p` and scaled by `1 / (1 - p)`, else 0.
-/// On the CPU one pass, the mask a hash of a seed drawn from the device's generator (burn's
+/// On the CPU one pass, the mask a hash of a seed drawn from the device's generator or from the
+/// thread's stream ([`with_dropout_stream`]) (burn's
 /// Bernoulli draws every element from a ChaCha generator on one thread, then multiplies twice:
 /// ~0.4 s of a 2.7 s SmolLM2 step, measured), and the backward pass draws the same mask from the
 /// seed instead of keeping it; elsewhere burn's ops.

@@ -198,13 +198,20 @@ impl FusedOps for Flex {
     }
 
     fn fused_dropout(x: FlexTensor, keep: f64) -> (FlexTensor, FlexTensor) {
-        // Two 24-bit draws from the generator `Device::seed` sets: runs stay reproducible.
-        let seed = Flex::float_random(
-            Shape::from(vec![2]),
-            Distribution::Uniform(0.0, 16_777_216.0),
-            &Default::default(),
-            FloatDType::F32,
-        );
+        // Two 24-bit draws (exact in f32) from the thread's dropout stream, or else from the
+        // generator `Device::seed` sets: runs stay reproducible.
+        let seed = match super::next_dropout_seed() {
+            Some(s) => out(vec![2], |y| {
+                y[0] = ((s >> 24) & 0xFF_FFFF) as f32;
+                y[1] = (s & 0xFF_FFFF) as f32;
+            }),
+            None => Flex::float_random(
+                Shape::from(vec![2]),
+                Distribution::Uniform(0.0, 16_777_216.0),
+                &Default::default(),
+                FloatDType::F32,
+            ),
+        };
         let y = Self::fused_dropout_with_seed(x, keep, seed.clone());
         (y, seed)
     }

@@ -15,6 +15,7 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
+use crate::kernels;
 use crate::rng::mix_index;
 
 /// The decoder layers, twice: without gradients (`Module::no_grad`: the forward pass builds no
@@ -28,7 +29,8 @@ pub(crate) struct Layers<'a, L, F> {
 /// The loss (times `scale`, detached) and the gradients of the trainable parameters of `model`,
 /// recomputing each layer in the backward pass. `x` is the embedding's output (no graph), `head`
 /// the loss from the last layer's output. Dropout draws, per layer, from a seed derived from
-/// `seed` and the layer, in both passes: the recomputed layer draws the masks the first pass drew.
+/// `seed` and the layer, in both passes (the device's generator, and the CPU's dropout stream,
+/// [`kernels::with_dropout_stream`]): the recomputed layer draws the masks the first pass drew.
 ///
 /// # Shapes
 /// - x: `[tokens, hidden]`; each layer `[tokens, hidden] -> [tokens, hidden]`; head -> `[1]`
@@ -53,7 +55,7 @@ pub(crate) fn loss_and_grads<M: Module, L: Module>(
     for (i, layer) in frozen.iter().enumerate() {
         device.seed(layer_seed(seed, i));
         inputs.push(x.clone());
-        x = forward(layer, x);
+        x = kernels::with_dropout_stream(layer_seed(seed, i), || forward(layer, x));
     }
 
     // The head: the loss, and the gradient at the last layer's output.
@@ -73,7 +75,8 @@ pub(crate) fn loss_and_grads<M: Module, L: Module>(
         };
         device.seed(layer_seed(seed, i));
         let input = input.detach().require_grad();
-        let out = forward(layer, input.clone());
+        let out =
+            kernels::with_dropout_stream(layer_seed(seed, i), || forward(layer, input.clone()));
         let mut grads = (out * g).sum().backward();
         accumulator.accumulate(model, GradientsParams::from_module(&mut grads, layer));
         grad = input.grad(&grads);
