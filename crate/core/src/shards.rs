@@ -86,7 +86,7 @@ pub(crate) fn loss_and_grads(
 
 /// Whether there are threads to run shards on at once: natively, and in the page's
 /// multi-threaded build.
-fn parallel() -> bool {
+pub(crate) fn parallel() -> bool {
     cfg!(any(not(target_arch = "wasm32"), feature = "threads")) && rayon::current_num_threads() > 1
 }
 

@@ -333,19 +333,35 @@ async fn evaluate_in_blocks(
     }
     let model = model.valid();
     let device = model.device();
-    let mut total: Option<Tensor<1>> = None;
-    for chunk in sample.chunks(batch_size.max(1)) {
+    // Weight each chunk by its size so the result is the mean over all windows.
+    let chunk_loss = |chunk: &[&[u32]]| {
         let (inputs, targets) = batch_tensors(chunk, &device);
-        // Weight each chunk by its size so the result is the mean over all windows.
-        let loss = model
+        model
             .loss_in_blocks(inputs, targets, block_rows)
-            .mul_scalar(chunk.len() as f64);
-        total = Some(match total {
-            None => loss,
-            Some(t) => t + loss,
-        });
-    }
-    let sum = read_scalar(total.expect("n > 0 gives a chunk")).await?;
+            .mul_scalar(chunk.len() as f64)
+    };
+    let chunks: Vec<&[&[u32]]> = sample.chunks(batch_size.max(1)).collect();
+    // On the CPU, two chunks at a time on the threads (as a training step's shards: `shards`);
+    // summed in order either way.
+    let losses: Vec<Tensor<1>> = if crate::kernels::fused(&device) && crate::shards::parallel() {
+        chunks
+            .chunks(2)
+            .flat_map(|pair| match pair {
+                [a, b] => {
+                    let (a, b) = rayon::join(|| chunk_loss(a), || chunk_loss(b));
+                    vec![a, b]
+                }
+                _ => pair.iter().map(|c| chunk_loss(c)).collect(),
+            })
+            .collect()
+    } else {
+        chunks.iter().map(|c| chunk_loss(c)).collect()
+    };
+    let total = losses
+        .into_iter()
+        .reduce(|t, loss| t + loss)
+        .expect("n > 0 gives a chunk");
+    let sum = read_scalar(total).await?;
     Ok(Some(sum / n as f32))
 }
 
