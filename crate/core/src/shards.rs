@@ -32,9 +32,12 @@ pub const SHARDS: usize = 2;
 
 /// The mean loss over `windows` times `scale` (detached), and its gradients for the trainable
 /// parameters of `model`, a shard of the windows at a time; each shard's dropout masks are drawn
-/// from a seed derived from `seed` and the shard. `recompute`: activation recomputation
-/// ([`CausalLM::loss_recomputed`]), the shards then one after another, so that the peak memory
-/// stays one shard's.
+/// from a seed derived from `seed` and the shard.
+///
+/// Not for activation recomputation ([`CausalLM::loss_recomputed`], "Save memory"): there a
+/// step stays one pass over the whole batch (dropout streams per layer). Its shards one after
+/// the other measured slower than the whole batch, and at once above the memory target (README,
+/// "Speed").
 ///
 /// # Shapes
 /// - windows: each `seq_len + 1` tokens -> `[1]`
@@ -44,7 +47,6 @@ pub(crate) fn loss_and_grads(
     device: &Device,
     scale: f64,
     seed: u64,
-    recompute: bool,
 ) -> (Tensor<1>, GradientsParams) {
     let rows = windows.len();
     let per_shard = rows.div_ceil(SHARDS).max(1);
@@ -55,9 +57,6 @@ pub(crate) fn loss_and_grads(
         let scale = scale * shard.len() as f64 / rows as f64;
         let seed = mix_index(seed, index as u64);
         let (inputs, targets) = batch_tensors(shard, device);
-        if recompute {
-            return model.loss_recomputed(inputs, targets, scale, seed);
-        }
         kernels::with_dropout_stream(seed, || {
             let model = fresh_leaves(model);
             let loss = model.loss(inputs, targets).mul_scalar(scale);
@@ -65,7 +64,7 @@ pub(crate) fn loss_and_grads(
             (loss.detach(), grads)
         })
     };
-    let results = if recompute || shards.len() != 2 || !parallel() {
+    let results = if shards.len() != 2 || !parallel() {
         (0..shards.len()).map(run).collect::<Vec<_>>()
     } else {
         let (a, b) = rayon::join(|| run(0), || run(1));

@@ -311,16 +311,19 @@ pub async fn evaluate(
     max_windows: usize,
 ) -> Result<Option<f32>> {
     let block_rows = crate::kernels::LOSS_BLOCK_ROWS;
-    evaluate_in_blocks(model, windows, batch_size, max_windows, block_rows).await
+    evaluate_in_blocks(model, windows, batch_size, max_windows, block_rows, true).await
 }
 
-/// [`evaluate`], the LM head's logits `block_rows` rows at a time ([`CausalLM::loss_in_blocks`]).
+/// [`evaluate`], the LM head's logits `block_rows` rows at a time ([`CausalLM::loss_in_blocks`]);
+/// `parallel`: on the CPU, two chunks of windows at once where there are threads (twice the
+/// memory of one).
 async fn evaluate_in_blocks(
     model: &CausalLM,
     windows: &[Vec<u32>],
     batch_size: usize,
     max_windows: usize,
     block_rows: usize,
+    parallel: bool,
 ) -> Result<Option<f32>> {
     let sample = eval_sample(windows, max_windows);
     let n = sample.len();
@@ -343,7 +346,8 @@ async fn evaluate_in_blocks(
     let chunks: Vec<&[&[u32]]> = sample.chunks(batch_size.max(1)).collect();
     // On the CPU, two chunks at a time on the threads (as a training step's shards: `shards`);
     // summed in order either way.
-    let losses: Vec<Tensor<1>> = if crate::kernels::fused(&device) && crate::shards::parallel() {
+    let in_pairs = parallel && crate::kernels::fused(&device) && crate::shards::parallel();
+    let losses: Vec<Tensor<1>> = if in_pairs {
         chunks
             .chunks(2)
             .flat_map(|pair| match pair {
@@ -647,6 +651,7 @@ impl Trainer {
             self.cfg.batch_size,
             self.cfg.eval_windows,
             block_rows,
+            !self.cfg.recompute,
         )
         .await
     }
@@ -671,22 +676,15 @@ impl Trainer {
         for micro in 0..self.cfg.grad_accum {
             let idx = self.order.next_batch();
             let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
-            let (loss, grads) = if crate::kernels::fused(&self.device) {
-                // The CPU: the batch in shards on the threads (`shards`), the same results
-                // whatever their number.
-                let seed = seed.wrapping_add(micro as u64);
-                crate::shards::loss_and_grads(
-                    &model,
-                    &refs,
-                    &self.device,
-                    scale,
-                    seed,
-                    self.cfg.recompute,
-                )
-            } else if self.cfg.recompute {
+            let (loss, grads) = if self.cfg.recompute {
                 let (inputs, targets) = batch_tensors(&refs, &self.device);
                 let seed = seed.wrapping_add(micro as u64);
                 model.loss_recomputed(inputs, targets, scale, seed)
+            } else if crate::kernels::fused(&self.device) {
+                // The CPU: the batch in shards on the threads (`shards`), the same results
+                // whatever their number.
+                let seed = seed.wrapping_add(micro as u64);
+                crate::shards::loss_and_grads(&model, &refs, &self.device, scale, seed)
             } else {
                 let (inputs, targets) = batch_tensors(&refs, &self.device);
                 let loss = model
