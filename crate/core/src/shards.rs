@@ -27,7 +27,7 @@ use crate::rng::mix_index;
 use crate::train::batch_tensors;
 
 /// A batch is cut into at most this many shards, whatever the number of threads, so that a run
-/// gives the same results on any machine.
+/// gives the same results on any machine. Two: the parallel path is one `rayon::join`.
 pub const SHARDS: usize = 2;
 
 /// The mean loss over `windows` times `scale` (detached), and its gradients for the trainable
@@ -64,22 +64,22 @@ pub(crate) fn loss_and_grads(
             (loss.detach(), grads)
         })
     };
-    let results = if shards.len() != 2 || !parallel() {
+    let results = if shards.len() != SHARDS || !parallel() {
         (0..shards.len()).map(run).collect::<Vec<_>>()
     } else {
         let (a, b) = rayon::join(|| run(0), || run(1));
         vec![a, b]
     };
     let mut accumulator = GradientsAccumulator::<CausalLM>::new();
-    let mut loss: Option<Tensor<1>> = None;
+    let mut losses = Vec::with_capacity(results.len());
     for (shard_loss, grads) in results {
         accumulator.accumulate(model, grads);
-        loss = Some(match loss {
-            None => shard_loss,
-            Some(l) => l + shard_loss,
-        });
+        losses.push(shard_loss);
     }
-    let loss = loss.unwrap_or_else(|| Tensor::zeros([1], device));
+    let loss = losses
+        .into_iter()
+        .reduce(|sum, l| sum + l)
+        .unwrap_or_else(|| Tensor::zeros([1], device));
     (loss, accumulator.grads())
 }
 
