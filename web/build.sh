@@ -29,13 +29,28 @@ pack() { # out-dir, then extra cargo args
   local out=$1; shift
   wasm-pack build crate/wasm --target web --release --out-dir "../../web/$out" --out-name webtune \
     --no-typescript --no-pack -- --no-default-features "$@"
-  # Served precompressed (serve.py): the wasm shrinks ~6x.
-  python3 - "web/$out" <<'PY'
+  # shellcheck disable=SC2046 # file names without spaces (wasm-pack's and wasm-bindgen's)
+  compress $(find "web/$out" -name '*.wasm' -o -name '*.js')
+}
+
+# Served precompressed (serve.py): brotli where the browser takes it (the WebGPU build's wasm
+# 23 MB -> 3.0 MB; gzip gives 5.1 MB), else gzip. Brotli at its best and slowest setting (~1 min
+# for that wasm) with its largest standard window (16 MB), which browsers decode; node has brotli.
+compress() {
+  python3 - "$@" <<'PY'
 import gzip, pathlib, sys
-for f in pathlib.Path(sys.argv[1]).iterdir():
-    if f.suffix in (".wasm", ".js"):
-        f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), 9, mtime=0))
+for f in map(pathlib.Path, sys.argv[1:]):
+    f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), 9, mtime=0))
 PY
+  node - "$@" <<'JS'
+const fs = require("fs"), zlib = require("zlib");
+const { BROTLI_PARAM_QUALITY, BROTLI_PARAM_LGWIN, BROTLI_PARAM_SIZE_HINT } = zlib.constants;
+for (const f of process.argv.slice(2)) {
+  const data = fs.readFileSync(f);
+  const params = { [BROTLI_PARAM_QUALITY]: 11, [BROTLI_PARAM_LGWIN]: 24, [BROTLI_PARAM_SIZE_HINT]: data.length };
+  fs.writeFileSync(f + ".br", zlib.brotliCompressSync(data, { params }));
+}
+JS
 }
 
 if [ "$ONLY" != threads ]; then
@@ -47,3 +62,5 @@ if [ "$ONLY" != gpu ]; then
   RUSTFLAGS="$(threads_rustflags)" \
     pack pkg-threads --features threads -Z build-std=panic_abort,std
 fi
+# The page's own files (copies ignored by git; serve.py skips a copy older than its file).
+compress web/*.js web/*.html web/*.css

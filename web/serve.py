@@ -9,8 +9,9 @@
   must send CORS headers, as the page is cross-origin isolated).
 - Cross-origin isolation (COOP same-origin + COEP require-corp): the multi-threaded CPU build
   needs SharedArrayBuffer.
-- `.wasm` and `.js` files are sent gzip-compressed when a `.gz` copy sits beside them (web/build.sh
-  writes those) and the browser accepts gzip.
+- The page's code (`.wasm`, `.js`, `.html`, `.css`) is sent compressed when web/build.sh left a
+  compressed copy beside the file, newer than it: `.br` (brotli) where the browser accepts it,
+  else `.gz`. Brotli makes the WebGPU build's wasm ~40% smaller than gzip does.
 - No folder listings; malformed requests get 400.
 """
 import argparse
@@ -47,20 +48,28 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "Not found")
         return None
 
+    # Compressed copies, best first: (Accept-Encoding token, file suffix).
+    ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+    COMPRESSIBLE = (".wasm", ".js", ".html", ".css")
+
     def send_head(self):
         path = self.translate_path(self.path)
-        gz = path + ".gz"
-        accepts = "gzip" in (self.headers.get("Accept-Encoding") or "")
-        if (accepts and path.endswith((".wasm", ".js")) and os.path.isfile(gz)
-                and os.path.isfile(path) and os.path.getmtime(gz) >= os.path.getmtime(path)):
-            f = open(gz, "rb")
-            self.send_response(200)
-            self.send_header("Content-Type", self.guess_type(path))
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Vary", "Accept-Encoding")
-            self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
-            self.end_headers()
-            return f
+        if os.path.isdir(path):
+            path = os.path.join(path, "index.html")
+        accepted = {t.split(";")[0].strip() for t in (self.headers.get("Accept-Encoding") or "").split(",")}
+        if path.endswith(self.COMPRESSIBLE) and os.path.isfile(path):
+            for token, suffix in self.ENCODINGS:
+                packed = path + suffix
+                if (token in accepted and os.path.isfile(packed)
+                        and os.path.getmtime(packed) >= os.path.getmtime(path)):
+                    f = open(packed, "rb")
+                    self.send_response(200)
+                    self.send_header("Content-Type", self.guess_type(path))
+                    self.send_header("Content-Encoding", token)
+                    self.send_header("Vary", "Accept-Encoding")
+                    self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+                    self.end_headers()
+                    return f
         return super().send_head()
 
     def end_headers(self):

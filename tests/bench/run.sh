@@ -88,7 +88,8 @@ else
   fi
 fi
 
-# Shipped bytes: what the page downloads besides the model.
+# Shipped bytes: what the page downloads besides the model, as serve.py sends it to Chromium
+# (the brotli copies web/build.sh writes), next to the raw and gzip sizes.
 python3 - "$OUT" <<'PY'
 import glob, gzip, json, os, sys
 out = sys.argv[1]
@@ -103,11 +104,12 @@ for build in ("pkg", "pkg-threads"):
         continue
     raw = sum(os.path.getsize(f) for f in files)
     gz = sum(len(gzip.compress(open(f, "rb").read(), 9)) for f in files)
-    try:
-        import brotli  # optional
-        br = sum(len(brotli.compress(open(f, "rb").read())) for f in files)
-    except ImportError:
-        br = None
+    def sent(f):  # serve.py's choice for a browser that accepts brotli
+        for packed in (f + ".br", f + ".gz"):
+            if os.path.isfile(packed) and os.path.getmtime(packed) >= os.path.getmtime(f):
+                return os.path.getsize(packed)
+        return os.path.getsize(f)
+    br = sum(sent(f) for f in files)
     report[build] = {"files": files, "raw": raw, "gzip": gz, "brotli": br}
 json.dump(report, open(f"{out}/shipped.json", "w"))
 PY

@@ -112,7 +112,7 @@ def main():
         ratios.append(f"the page's default run (100 steps, 4x128) on the wasm CPU backend: "
                       f"~{100 * step / 60:.0f} min of training")
     for build, s in (r["shipped"] or {}).items():
-        br = f", {s['brotli'] / 1e6:.2f} MB brotli" if s.get("brotli") else ""
+        br = f", {s['brotli'] / 1e6:.2f} MB as served (brotli)" if s.get("brotli") else ""
         ratios.append(f"shipped with `web/{build}` (wasm + JS + HTML + CSS): {s['raw'] / 1e6:.2f} MB raw, "
                       f"{s['gzip'] / 1e6:.2f} MB gzip{br}")
     for line in ratios:

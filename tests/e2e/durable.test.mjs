@@ -3,11 +3,16 @@
 // crash of the wasm module, on the page's worker or on one of the thread pool's, starts a fresh
 // one that continues the run, and so does a module that hangs (the watchdog), but a crash that
 // repeats before any progress stops the restarts; a pause during the final
-// step still finishes the run; the model and the texts are locked during a run.
+// step still finishes the run; the model and the texts are locked during a run. The server's
+// answers: 400 for a malformed request, no folder listings, the page's code compressed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import net from "node:net";
-import { launch, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors } from "./helpers.mjs";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import zlib from "node:zlib";
+import { launch, root, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors } from "./helpers.mjs";
 
 // Long enough (on the tiny model, wasm CPU) to reload in the middle.
 const LONG = { steps: 400, seq_len: 64, batch_size: 8, lr: 0.02, checkpoint_every: 20 };
@@ -225,6 +230,33 @@ test("the server answers a malformed request with 400 and lists no folder", { ti
     assert.match(await raw("GET /pkg/ HTTP/1.0\r\n\r\n"), /^HTTP\/1\.[01] 40[34]/);
     const listing = await (await fetch(new URL("pkg/", url))).text();
     assert.doesNotMatch(listing, /webtune\.js|Directory listing/);
+  } finally {
+    server.kill();
+  }
+});
+
+test("the server sends the page's code brotli-compressed where the browser takes it, else gzip", { timeout: 60_000 }, async () => {
+  const { server, url } = await startServer();
+  try {
+    const get = (path, encoding) => new Promise((resolve, reject) => {
+      http.get(new URL(path, url), { headers: encoding ? { "Accept-Encoding": encoding } : {} }, (res) => {
+        const chunks = [];
+        res.on("data", (d) => chunks.push(d));
+        res.on("end", () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+      }).on("error", reject);
+    });
+    const decode = { br: zlib.brotliDecompressSync, gzip: zlib.gunzipSync };
+    // web/build.sh leaves compressed copies of both builds and of the page's own files.
+    for (const path of ["pkg/webtune_bg.wasm", "pkg-threads/webtune_bg.wasm", "pkg/webtune.js", "app.js", "/"]) {
+      const file = readFileSync(join(root, "web", path === "/" ? "index.html" : path));
+      for (const [accept, expected] of [["gzip, deflate, br, zstd", "br"], ["gzip, deflate", "gzip"], [null, undefined]]) {
+        const { headers, body } = await get(path, accept);
+        assert.equal(headers["content-encoding"], expected, `${path} for ${accept}`);
+        assert.equal(Number(headers["content-length"]), body.length, path);
+        assert.ok((expected ? decode[expected](body) : body).equals(file), `${path} for ${accept}: not the file`);
+        if (path.endsWith(".wasm")) assert.equal(headers["content-type"], "application/wasm");
+      }
+    }
   } finally {
     server.kill();
   }
