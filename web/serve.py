@@ -23,6 +23,20 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def accepted_codings(header):
+    """The content codings an Accept-Encoding header takes (a q of 0 refuses one)."""
+    taken = set()
+    for item in (header or "").split(","):
+        token, *params = (p.strip().lower() for p in item.split(";"))
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            if float(q) > 0:
+                taken.add(token)
+        except ValueError:
+            pass
+    return taken
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {
         **http.server.SimpleHTTPRequestHandler.extensions_map,
@@ -56,7 +70,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         path = self.translate_path(self.path)
         if os.path.isdir(path):
             path = os.path.join(path, "index.html")
-        accepted = {t.split(";")[0].strip() for t in (self.headers.get("Accept-Encoding") or "").split(",")}
+        accepted = accepted_codings(self.headers.get("Accept-Encoding"))
         if path.endswith(self.COMPRESSIBLE) and os.path.isfile(path):
             for token, suffix in self.ENCODINGS:
                 packed = path + suffix
