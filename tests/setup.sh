@@ -21,6 +21,16 @@ check_sha() { # file expected-sha256
   fi
 }
 
+# --- Node.js: npm fetches GPT-2's BPE files and playwright-core, node compresses the page's wasm
+# (web/build.sh: brotli, which Python's standard library lacks) ---------------------------------
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  say "installing Node.js and npm (Debian packages)"
+  apt-get update -qq
+  # Some nodejs packages (NodeSource's) carry npm; Debian's has it apart.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+  command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+
 # --- Rust targets ---------------------------------------------------------------------------
 if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
   say "adding the wasm32-unknown-unknown target"
