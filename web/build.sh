@@ -37,12 +37,31 @@ pack() { # out-dir, then extra cargo args
 # 23 MB -> 3.0 MB; gzip gives 5.1 MB), else gzip. Brotli at its best and slowest setting (~1 min
 # for that wasm) with its largest standard window (16 MB), which browsers decode; node has brotli.
 compress() {
-  python3 - "$@" <<'PY'
-import gzip, pathlib, sys
+  # wasm-pack rewrites its output on every build, the same bytes when nothing changed (the bench
+  # builds the page again after tests/run.sh did): a file whose .gz still holds its bytes keeps
+  # its copies, made fresh again for serve.py; the others lose their .br first, so an
+  # interrupted run cannot leave a stale one.
+  local changed
+  changed=$(python3 - "$@" <<'PY'
+import gzip, os, pathlib, sys, zlib
+def holds(gz, data):
+    try:
+        return gzip.decompress(gz.read_bytes()) == data
+    except (OSError, EOFError, zlib.error):  # missing, truncated or not gzip
+        return False
 for f in map(pathlib.Path, sys.argv[1:]):
-    f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes(), 9, mtime=0))
+    data, gz, br = f.read_bytes(), f.with_name(f.name + ".gz"), f.with_name(f.name + ".br")
+    if br.is_file() and holds(gz, data):
+        os.utime(gz), os.utime(br)
+        continue
+    br.unlink(missing_ok=True)
+    gz.write_bytes(gzip.compress(data, 9, mtime=0))
+    print(f)
 PY
-  node - "$@" <<'JS'
+  )
+  [ -n "$changed" ] || return 0
+  # shellcheck disable=SC2086 # one file name per line, without spaces
+  node - $changed <<'JS'
 const fs = require("fs"), zlib = require("zlib");
 const { BROTLI_PARAM_QUALITY, BROTLI_PARAM_LGWIN, BROTLI_PARAM_SIZE_HINT } = zlib.constants;
 for (const f of process.argv.slice(2)) {

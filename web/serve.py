@@ -37,6 +37,24 @@ def accepted_codings(header):
     return taken
 
 
+# Compressed copies, best first: (Accept-Encoding token, file suffix).
+ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+COMPRESSIBLE = (".wasm", ".js", ".html", ".css")
+
+
+def compressed_copy(path, accepted):
+    """(coding, copy) to send for `path` to a browser that takes the codings `accepted`: the
+    best copy web/build.sh left beside it, unless older than the file; None to send the file.
+    tests/bench/run.sh counts the page's bytes with it."""
+    if path.endswith(COMPRESSIBLE) and os.path.isfile(path):
+        for token, suffix in ENCODINGS:
+            packed = path + suffix
+            if (token in accepted and os.path.isfile(packed)
+                    and os.path.getmtime(packed) >= os.path.getmtime(path)):
+                return token, packed
+    return None
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {
         **http.server.SimpleHTTPRequestHandler.extensions_map,
@@ -62,29 +80,22 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "Not found")
         return None
 
-    # Compressed copies, best first: (Accept-Encoding token, file suffix).
-    ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
-    COMPRESSIBLE = (".wasm", ".js", ".html", ".css")
-
     def send_head(self):
         path = self.translate_path(self.path)
         if os.path.isdir(path):
             path = os.path.join(path, "index.html")
-        accepted = accepted_codings(self.headers.get("Accept-Encoding"))
-        if path.endswith(self.COMPRESSIBLE) and os.path.isfile(path):
-            for token, suffix in self.ENCODINGS:
-                packed = path + suffix
-                if (token in accepted and os.path.isfile(packed)
-                        and os.path.getmtime(packed) >= os.path.getmtime(path)):
-                    f = open(packed, "rb")
-                    self.send_response(200)
-                    self.send_header("Content-Type", self.guess_type(path))
-                    self.send_header("Content-Encoding", token)
-                    self.send_header("Vary", "Accept-Encoding")
-                    self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
-                    self.end_headers()
-                    return f
-        return super().send_head()
+        copy = compressed_copy(path, accepted_codings(self.headers.get("Accept-Encoding")))
+        if copy is None:
+            return super().send_head()
+        token, packed = copy
+        f = open(packed, "rb")
+        self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Encoding", token)
+        self.send_header("Vary", "Accept-Encoding")
+        self.send_header("Content-Length", str(os.fstat(f.fileno()).st_size))
+        self.end_headers()
+        return f
 
     def end_headers(self):
         self.send_header("Content-Security-Policy", self.csp)

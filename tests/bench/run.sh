@@ -92,6 +92,9 @@ fi
 # (the brotli copies web/build.sh writes), next to the raw and gzip sizes.
 python3 - "$OUT" <<'PY'
 import glob, gzip, json, os, sys
+sys.dont_write_bytecode = True  # no __pycache__ in web/
+sys.path.insert(0, "web")
+from serve import compressed_copy  # what serve.py sends
 out = sys.argv[1]
 page = sorted(glob.glob("web/*.js") + glob.glob("web/*.html") + glob.glob("web/*.css"))
 report = {}
@@ -104,12 +107,8 @@ for build in ("pkg", "pkg-threads"):
         continue
     raw = sum(os.path.getsize(f) for f in files)
     gz = sum(len(gzip.compress(open(f, "rb").read(), 9)) for f in files)
-    def sent(f):  # serve.py's choice for a browser that accepts brotli
-        for packed in (f + ".br", f + ".gz"):
-            if os.path.isfile(packed) and os.path.getmtime(packed) >= os.path.getmtime(f):
-                return os.path.getsize(packed)
-        return os.path.getsize(f)
-    br = sum(sent(f) for f in files)
+    sent = [compressed_copy(f, {"br", "gzip"}) for f in files]  # as to Chromium
+    br = sum(os.path.getsize(c[1] if c else f) for f, c in zip(files, sent))
     report[build] = {"files": files, "raw": raw, "gzip": gz, "brotli": br}
 json.dump(report, open(f"{out}/shipped.json", "w"))
 PY
