@@ -29,8 +29,11 @@ echo "== tests (native)"
 cargo test --locked
 
 echo "== browser tests (wasm-pack, headless Chromium: WebGPU on SwiftShader and the CPU backend)"
+# With the WebGPU build's profile (web/build.sh --gpu-config): the page's build below then reuses
+# these dependencies instead of building burn for wasm32 once more (a cold run: ~12 min).
 CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
-  wasm-pack test --headless --chrome --release crate/wasm --features gpu
+  wasm-pack test --headless --chrome --release crate/wasm --features gpu \
+  --config "$(bash web/build.sh --gpu-config)"
 
 echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh

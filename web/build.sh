@@ -25,6 +25,14 @@ threads_rustflags() {
 }
 if [ "${1:-}" = "--threads-rustflags" ]; then threads_rustflags; exit 0; fi
 
+# The WebGPU build's dependencies for size at opt-level "z" instead of Cargo.toml's "s" (the CPU
+# backend's crates stay at 3): the GPU runtime's host code is most of this wasm, and "z" takes 3%
+# off what the page downloads (README, "Speed"). Only this build: the threaded CPU build and
+# native code keep "s". `--gpu-config` prints it: tests/run.sh builds the browser tests with it,
+# so that they and this build share their dependencies (one wasm32 build of burn, not two).
+GPU_CONFIG='profile.release.package."*".opt-level="z"'
+if [ "${1:-}" = "--gpu-config" ]; then echo "$GPU_CONFIG"; exit 0; fi
+
 pack() { # out-dir, then extra cargo args
   local out=$1; shift
   wasm-pack build crate/wasm --target web --release --out-dir "../../web/$out" --out-name webtune \
@@ -73,11 +81,7 @@ JS
 }
 
 if [ "$ONLY" != threads ]; then
-  # The WebGPU build's dependencies for size at opt-level "z" instead of Cargo.toml's "s" (the
-  # CPU backend's crates stay at 3): the GPU runtime's host code is most of this wasm, and "z"
-  # takes 3% off what the page downloads (README, "Speed"). Only here: the threaded CPU build
-  # and native code keep "s".
-  pack pkg --features gpu --config 'profile.release.package."*".opt-level="z"'
+  pack pkg --features gpu --config "$GPU_CONFIG"
 fi
 if [ "$ONLY" != gpu ]; then
   # A separate build folder: other flags and another compiler would otherwise rebuild each other.
