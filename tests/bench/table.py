@@ -35,7 +35,8 @@ def fmt(x, digits=1):
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "tests/out/bench"
     r = {n: load(folder, n) for n in [
-        "native-smollm2", "native-smollm2-recompute", "native-tiny", "torch-smollm2",
+        "native-smollm2", "native-smollm2-recompute", "native-smollm2-f16",
+        "native-smollm2-recompute-f16", "native-tiny", "torch-smollm2",
         "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -52,6 +53,11 @@ def main():
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32)", native),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU, f32), layers recomputed (`--recompute`)",
          r["native-smollm2-recompute"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune native (CPU), base in f16 (`--base-f16`)",
+         r["native-smollm2-f16"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128",
+         "webtune native (CPU), layers recomputed, base in f16 (`--recompute --base-f16`)",
+         r["native-smollm2-recompute-f16"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
@@ -96,6 +102,8 @@ def main():
         # Peak memory (VmHWM, MiB) against the base model's f32 size.
         base_mib = native["base_parameters"] * 4 / 2**20
         for name, label in (("native-smollm2", "native"), ("native-smollm2-recompute", "native, layers recomputed"),
+                            ("native-smollm2-f16", "native, base in f16"),
+                            ("native-smollm2-recompute-f16", "native, layers recomputed, base in f16"),
                             ("browser-cpu-smollm2", "page, wasm memory"),
                             ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory")):
             x = r[name]

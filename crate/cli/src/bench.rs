@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// in the backward pass, keeping only its input.
     #[arg(long)]
     recompute: bool,
+    /// The frozen base kept in f16 (`TrainConfig::base_f16`): half the base's memory.
+    #[arg(long)]
+    base_f16: bool,
     /// Instead of the workloads, time the parts of one training step (forward, loss, backward)
     /// on stderr: where a step's time goes.
     #[arg(long)]
@@ -76,6 +79,8 @@ struct Report {
     base_parameters: usize,
     /// Activation recomputation on (`--recompute`).
     recompute: bool,
+    /// The base kept in f16 (`--base-f16`).
+    base_f16: bool,
     load_secs: f64,
     /// Peak resident memory while loading, and while training (MB; Linux only).
     load_peak_mb: Option<f64>,
@@ -103,7 +108,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         device
     };
     let started = Instant::now();
-    let base = BaseModel::from_path(&a.model, &device)?;
+    // The f16 base as it loads: the f32 model never exists whole (peak memory).
+    let base = BaseModel::from_path_with(&a.model, &device, a.base_f16)?;
     let load_secs = started.elapsed().as_secs_f64();
     let load_peak_mb = peak_rss_mb();
     reset_peak_rss();
@@ -120,6 +126,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         eval_every: 0,
         eval_windows: a.eval_windows,
         recompute: a.recompute,
+        base_f16: a.base_f16,
         ..TrainConfig::default()
     };
     let data = crate::cli::read_data(&a.data, &base, a.seq_len, 0.1, 0)?;
@@ -175,6 +182,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         trainable_parameters,
         base_parameters,
         recompute: a.recompute,
+        base_f16: a.base_f16,
         load_secs,
         load_peak_mb,
         train_peak_mb,

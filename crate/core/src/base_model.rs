@@ -41,6 +41,16 @@ pub struct BaseModel {
 impl BaseModel {
     /// From the bytes of a GGUF file.
     pub fn from_gguf(file_name: &str, bytes: Vec<u8>, device: &Device) -> Result<Self> {
+        Self::from_gguf_with(file_name, bytes, device, false)
+    }
+
+    /// [`Self::from_gguf`]; with `base_f16`, the frozen matrices kept in f16 as they are read.
+    pub fn from_gguf_with(
+        file_name: &str,
+        bytes: Vec<u8>,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<Self> {
         let gguf = GgufFile::parse(file_name, bytes)?;
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
@@ -57,7 +67,7 @@ impl BaseModel {
                 .collect(),
         );
         let ckpt = GgufCheckpoint::new(gguf, config.gguf_map());
-        let model = config.load(&ckpt, device)?;
+        let model = config.load_with(&ckpt, device, base_f16)?;
         Ok(Self {
             name,
             config,
@@ -71,6 +81,16 @@ impl BaseModel {
     /// `tokenizer_config.json`), and `model.safetensors` or `model.safetensors.index.json` with
     /// its shards. `name` is what to call the model (e.g. the folder name).
     pub fn from_hf_files(name: &str, files: Vec<NamedFile>, device: &Device) -> Result<Self> {
+        Self::from_hf_files_with(name, files, device, false)
+    }
+
+    /// [`Self::from_hf_files`]; with `base_f16`, the frozen matrices kept in f16 as they are read.
+    pub fn from_hf_files_with(
+        name: &str,
+        files: Vec<NamedFile>,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<Self> {
         let mut files: Vec<Option<NamedFile>> = files.into_iter().map(Some).collect();
         let mut take = |file: &str| -> Option<NamedFile> {
             files
@@ -117,7 +137,7 @@ impl BaseModel {
         } else {
             return Err(missing("model.safetensors"));
         };
-        let model = config.load(&ckpt, device)?;
+        let model = config.load_with(&ckpt, device, base_f16)?;
         Ok(Self {
             name: name.to_string(),
             config,
@@ -130,6 +150,12 @@ impl BaseModel {
     /// From a path: a `.gguf` file, or a folder of Hugging Face files.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_path(path: &std::path::Path, device: &Device) -> Result<Self> {
+        Self::from_path_with(path, device, false)
+    }
+
+    /// [`Self::from_path`]; with `base_f16`, the frozen matrices kept in f16 as they are read.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_path_with(path: &std::path::Path, device: &Device, base_f16: bool) -> Result<Self> {
         let shown = path.display().to_string();
         let read = |p: &std::path::Path| {
             std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))
@@ -151,13 +177,13 @@ impl BaseModel {
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or(shown);
-            Self::from_hf_files(&name, files, device)
+            Self::from_hf_files_with(&name, files, device, base_f16)
         } else {
             let file_name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or(shown);
-            Self::from_gguf(&file_name, read(path)?, device)
+            Self::from_gguf_with(&file_name, read(path)?, device, base_f16)
         }
     }
 

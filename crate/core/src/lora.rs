@@ -5,7 +5,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 /// The trainable low-rank branch.
 ///
@@ -116,9 +116,31 @@ impl LoraLinear {
     /// - x: `[..., d_in]` -> `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
-            None => self.base.forward(x),
-            Some(lora) => self.base.forward(x.clone()) + lora.forward(x),
+            None => self.base_forward(x),
+            Some(lora) => self.base_forward(x.clone()) + lora.forward(x),
         }
+    }
+
+    /// The frozen base alone: burn's Linear, or with a base kept in f16 the product that widens
+    /// the weight for itself ([`crate::kernels::frozen_matmul`]).
+    ///
+    /// # Shapes
+    /// - x: `[..., d_in]` -> `[..., d_out]`
+    fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let w = self.base.weight.val();
+        if w.dtype() == DType::F32 {
+            return self.base.forward(x);
+        }
+        let mut shape = x.dims();
+        let [d_in, d_out] = w.dims();
+        let rows = shape[..D - 1].iter().product();
+        let y = crate::kernels::frozen_matmul(x.reshape([rows, d_in]), w);
+        let y = match &self.base.bias {
+            Some(bias) => y + bias.val().unsqueeze(),
+            None => y,
+        };
+        shape[D - 1] = d_out;
+        y.reshape(shape)
     }
 
     /// `[d_in, d_out]`.
@@ -298,7 +320,9 @@ pub fn merge(model: &mut crate::model::CausalLM) {
         if let Some(lora) = proj.lora.take() {
             let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale());
             // Detached: on an autodiff device the sum is not a leaf, and a frozen weight must be.
-            let merged = (proj.base.weight.val() + delta).detach();
+            // In f32 whatever the base's type (a base kept in f16 is widened: the merged model
+            // is what an export writes).
+            let merged = (crate::kernels::f32(proj.base.weight.val()) + delta).detach();
             proj.base.weight = Param::from_tensor(merged).set_require_grad(false);
         }
     }

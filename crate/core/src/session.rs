@@ -226,6 +226,8 @@ impl Session {
             steps: 2,
             batch_size: 1,
             grad_accum: 1,
+            // On the base as it is: an f16 copy beside it would be memory for nothing.
+            base_f16: false,
             ..cfg.clone()
         };
         let mut trainer = Trainer::new(model, data, probe)?;
@@ -236,9 +238,17 @@ impl Session {
     }
 
     /// Starts a new run (LoRA freshly attached to a copy of the base model).
-    pub fn start(&mut self, cfg: TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
+    pub fn start(
+        &mut self,
+        mut cfg: TrainConfig,
+        seq_len: usize,
+        val_fraction: f64,
+    ) -> Result<Plan> {
         let plan = self.plan(&cfg, seq_len, val_fraction)?;
         let data = self.dataset(&cfg, seq_len, val_fraction)?;
+        // The base as it was loaded: converting it here would not lower the peak (the f32
+        // model has been whole in memory; README, "Speed"), so a run says what it trains on.
+        cfg.base_f16 = self.base()?.model.base_in_f16();
         // Parameters are shared handles: the copy costs no weight memory.
         let mut model = self.base()?.model.clone();
         crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;

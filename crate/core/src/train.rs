@@ -61,6 +61,12 @@ pub struct TrainConfig {
     /// and run the layer again in the backward pass. Less memory (one layer's activations
     /// instead of all of them), for one more forward pass of the layers.
     pub recompute: bool,
+    /// The frozen base kept in f16 ([`CausalLM::with_base_in_f16`]; the CPU backend): half the
+    /// base's memory; every product still runs in f32, from the weights rounded to f16. Load
+    /// the model so (`BaseModel::from_path_with` and the like): converted later, the f32 model
+    /// has been whole in memory and the peak does not go down. The trainer converts a model
+    /// given in f32 (the run then computes what was asked, for memory on top of the f32 base).
+    pub base_f16: bool,
 }
 
 impl Default for TrainConfig {
@@ -84,6 +90,7 @@ impl Default for TrainConfig {
             checkpoint_every: crate::defaults::CHECKPOINT_EVERY,
             seed: 0,
             recompute: false,
+            base_f16: false,
         }
     }
 }
@@ -456,6 +463,11 @@ impl Trainer {
         }
         cfg.validate(data.seq_len)?;
         model.check_length(data.seq_len)?;
+        let model = if cfg.base_f16 {
+            model.with_base_in_f16().0
+        } else {
+            model
+        };
         let lora_ids: Vec<ParamId> = model
             .projections()
             .into_iter()

@@ -393,9 +393,62 @@ pub fn cross_entropy_grad_in_place(
     });
 }
 
+/// IEEE half-precision bits to f32, exactly (every f16 value is an f32 value; NaNs stay NaN).
+///
+/// Branch-free, so that a loop over a slice vectorizes (wasm's SIMD has no f16 conversion, and
+/// `half`'s portable path branches per element): the 15 exponent and mantissa bits move up 13
+/// places and the exponent is rebiased (127 - 15); infinity and NaN get the rest of the f32
+/// exponent range; subnormals (and zero) are a multiply by 2^-24 of their mantissa, an integer.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let bits = h & 0x7fff;
+    let exponent = bits & 0x7c00;
+    let normal = f32::from_bits((bits << 13) + ((127 - 15) << 23));
+    let inf_nan = f32::from_bits((bits << 13) | 0x7f80_0000);
+    let subnormal = (bits & 0x03ff) as f32 * (1.0 / 16_777_216.0);
+    let magnitude = if exponent == 0x7c00 {
+        inf_nan
+    } else if exponent == 0 {
+        subnormal
+    } else {
+        normal
+    };
+    f32::from_bits(magnitude.to_bits() | sign)
+}
+
+/// [`f16_to_f32`] over a slice, in parallel where threads exist.
+pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
+    const CHUNK: usize = 1 << 14;
+    let widen = |i: usize, out: &mut [f32]| {
+        let src = &src[i * CHUNK..i * CHUNK + out.len()];
+        for (o, h) in out.iter_mut().zip(src) {
+            *o = f16_to_f32(h.to_bits());
+        }
+    };
+    for_rows(dst, CHUNK, CHUNK, widen);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_widening_matches_half_for_every_bit_pattern() {
+        let all: Vec<half::f16> = (0..=u16::MAX).map(half::f16::from_bits).collect();
+        let mut wide = vec![0.0f32; all.len()];
+        widen_f16(&all, &mut wide);
+        for (&h, &got) in all.iter().zip(&wide) {
+            let want = h.to_f32();
+            let h = h.to_bits();
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}: {got} is not NaN");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
+            }
+        }
+    }
 
     #[test]
     fn exp_matches_std_within_2e_7_relative() {

@@ -19,7 +19,7 @@ use std::cell::Cell;
 
 use burn::backend::Dispatch;
 use burn::tensor::activation::{log_softmax, silu, softmax};
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Distribution, FloatDType, Int, Tensor, TensorData};
 
 use ops::FusedOps;
 
@@ -202,6 +202,35 @@ pub fn linear_cross_entropy(
         ));
     }
     cross_entropy(h.matmul(w.transpose()), targets)
+}
+
+/// x · w for a frozen w stored in any float type (a base kept in f16, `CausalLM::with_base_in_f16`):
+/// on the CPU backend one product that widens w into a temporary f32 copy and keeps only w
+/// itself for the backward pass; elsewhere w widened and burn's matmul. An f32 w is burn's matmul
+/// as before.
+///
+/// # Shapes
+/// - x: `[rows, k]`, w: `[k, n]` -> `[rows, n]`
+pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if w.dtype() == DType::F32 {
+        return x.matmul(w);
+    }
+    if fused(&x.device()) && !w.is_require_grad() {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_frozen_matmul(
+            x.into_dispatch(),
+            w.into_dispatch(),
+        ));
+    }
+    x.matmul(w.cast(FloatDType::F32))
+}
+
+/// t in f32 (t itself when it is): rows looked up in a table kept in f16.
+pub fn f32(t: Tensor<2>) -> Tensor<2> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
 }
 
 /// The same operations composed from burn's ops: what runs on other devices, and the reference

@@ -115,6 +115,13 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// x times the one value of `g` (`[1]`): a gradient times its upstream scalar.
     fn fused_scale(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// x `[rows, k]` times a frozen w `[k, n]` stored in any float type -> `[rows, n]` in f32:
+    /// an f16 base is widened for the product into a temporary f32 copy, so the model keeps two
+    /// bytes a weight. Only x is differentiated.
+    fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// x `[rows, n]` times wᵀ for w `[k, n]`: [`Self::fused_frozen_matmul`]'s backward pass.
+    fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 // ---- the CPU backend ------------------------------------------------------------------------
@@ -355,6 +362,33 @@ impl FusedOps for Flex {
             }
         })
     }
+
+    fn fused_frozen_matmul(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        Flex::float_matmul(widen(&x), widen(&w))
+    }
+
+    fn fused_frozen_matmul_t(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        Flex::float_matmul(widen(&x), Flex::float_transpose(widen(&w)))
+    }
+}
+
+/// t in f32 (t itself when it is). An f16 tensor that spans its storage (the model's weight, or a
+/// transposed view of it) is widened whole and keeps its layout, so that a view stays the same
+/// view (gemm reads strides); a part of one is copied out first.
+fn widen(t: &FlexTensor) -> FlexTensor {
+    match t.dtype() {
+        DType::F32 => t.clone(),
+        DType::F16 if t.storage::<half::f16>().len() != t.layout().num_elements() => {
+            widen(&t.to_contiguous())
+        }
+        DType::F16 => {
+            let src = t.storage::<half::f16>();
+            let mut wide = FlexTensor::empty(Shape::from(vec![src.len()]), DType::F32);
+            cpu::widen_f16(src, wide.storage_mut());
+            wide.with_layout(t.layout().clone())
+        }
+        _ => FlexTensor::from_data(t.clone().into_data().convert::<f32>()),
+    }
 }
 
 /// The mean cross-entropy of h · wᵀ against `targets`, a block of rows at a time, and with
@@ -369,19 +403,17 @@ fn linear_cross_entropy(
 ) -> (f32, Option<FlexTensor>) {
     let block_rows = block_rows.max(1);
     let h = f32s(&h);
-    // The matmuls read w with its strides: a transposed Linear head is not copied each step.
-    let w = if w.dtype() == DType::F32 { w } else { f32s(&w) };
+    let head = Head::new(w);
     let [rows, d] = [dims(&h)[0], dims(&h)[1]];
     let targets = indices(targets);
-    let wt = Flex::float_transpose(w.clone());
     let mut total = 0.0f64;
     let mut dh = with_grad.then(|| vec![0.0f32; rows * d]);
     for r0 in (0..rows).step_by(block_rows) {
         let n = block_rows.min(rows - r0);
         let block = h.storage::<f32>()[r0 * d..(r0 + n) * d].to_vec();
         let block = FlexTensor::from_data(TensorData::new(block, [n, d]));
-        let mut logits = f32s(&Flex::float_matmul(block, wt.clone()));
-        let vocab = *dims(&logits).last().unwrap_or(&1);
+        let mut logits = head.logits(block);
+        let vocab = head.vocab;
         let block_targets = &targets[r0..r0 + n];
         let mut lse = vec![0.0f32; n];
         cpu::log_sum_exp(logits.storage(), vocab, &mut lse);
@@ -399,13 +431,78 @@ fn linear_cross_entropy(
                 &lse,
                 1.0 / rows as f32,
             );
-            let g = f32s(&Flex::float_matmul(logits, w.clone()));
+            let g = head.grad(logits);
             dh[r0 * d..(r0 + n) * d].copy_from_slice(g.storage());
         }
     }
     let loss = (total / rows.max(1) as f64) as f32;
     let dh = dh.map(|dh| FlexTensor::from_data(TensorData::new(dh, [rows, d])));
     (loss, dh)
+}
+
+/// Vocabulary rows of an f16 head widened at a time: `[4096, 576]` is 9 MiB of f32 for SmolLM2,
+/// where its whole head would be 108 MiB (once per shard running the loss).
+const HEAD_CHUNK: usize = 4096;
+
+/// The LM head w `[vocab, d]` in the fused loss: an f32 head is used whole, as it is stored
+/// (a transposed Linear weight is read with its strides, not copied each step); an f16 head is
+/// widened [`HEAD_CHUNK`] vocabulary rows at a time, so that it never exists whole in f32.
+struct Head {
+    w: FlexTensor,
+    vocab: usize,
+}
+
+impl Head {
+    fn new(w: FlexTensor) -> Self {
+        let vocab = dims(&w)[0];
+        Self { w, vocab }
+    }
+
+    /// block `[n, d]` · wᵀ -> `[n, vocab]`, contiguous.
+    fn logits(&self, block: FlexTensor) -> FlexTensor {
+        if self.w.dtype() == DType::F32 {
+            return f32s(&Flex::float_matmul(
+                block,
+                Flex::float_transpose(self.w.clone()),
+            ));
+        }
+        let (n, vocab) = (dims(&block)[0], self.vocab);
+        let mut logits = FlexTensor::empty(Shape::from(vec![n, vocab]), DType::F32);
+        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(vocab - v0);
+            let wc = widen(&self.w.narrow(0, v0, len));
+            let part = f32s(&Flex::float_matmul(
+                block.clone(),
+                Flex::float_transpose(wc),
+            ));
+            let dst = logits.storage_mut::<f32>();
+            for (r, src) in part.storage::<f32>().chunks(len).enumerate() {
+                dst[r * vocab + v0..r * vocab + v0 + len].copy_from_slice(src);
+            }
+        }
+        logits
+    }
+
+    /// g `[n, vocab]` · w -> `[n, d]`, contiguous.
+    fn grad(&self, g: FlexTensor) -> FlexTensor {
+        if self.w.dtype() == DType::F32 {
+            return f32s(&Flex::float_matmul(g, self.w.clone()));
+        }
+        let vocab = self.vocab;
+        let mut sum: Option<FlexTensor> = None;
+        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(vocab - v0);
+            let wc = widen(&self.w.narrow(0, v0, len));
+            let part = Flex::float_matmul(g.narrow(1, v0, len), wc);
+            sum = Some(match sum {
+                None => part,
+                Some(sum) => Flex::float_add(sum, part),
+            });
+        }
+        f32s(&sum.unwrap_or_else(|| {
+            FlexTensor::zeros(Shape::from(vec![dims(&g)[0], dims(&self.w)[1]]), DType::F32)
+        }))
+    }
 }
 
 // ---- autodiff over it -------------------------------------------------------------------------
@@ -541,6 +638,22 @@ impl<B: Backend + FusedOps> Backward<B, 1> for LinearCrossEntropyBackward {
         let dloss = grads.consume::<B>(&ops.node);
         if let Some(node) = ph {
             grads.register::<B>(node.id, B::fused_scale(ops.state, dloss));
+        }
+    }
+}
+
+/// A product with a frozen weight: the gradient for x is dy · wᵀ, w widened again.
+#[derive(Debug)]
+struct FrozenMatmulBackward;
+
+impl<B: Backend + FusedOps> Backward<B, 1> for FrozenMatmulBackward {
+    type State = P<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(node) = px {
+            grads.register::<B>(node.id, B::fused_frozen_matmul_t(dy, ops.state));
         }
     }
 }
@@ -789,6 +902,28 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             block_rows,
         );
         (constant::<B, C>(loss), constant::<B, C>(dh))
+    }
+
+    fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        // w is frozen (the caller checks): the state keeps the model's own tensor, in its
+        // own type, and no widened copy outlives the product.
+        let w = w.into_primitive();
+        let out = B::fused_frozen_matmul(x.primitive().clone(), w.clone());
+        match FrozenMatmulBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(w, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        constant::<B, C>(B::fused_frozen_matmul_t(
+            x.into_primitive(),
+            w.into_primitive(),
+        ))
     }
 
     fn fused_scale(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self> {

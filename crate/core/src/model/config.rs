@@ -42,7 +42,13 @@ pub trait FamilyConfig {
     /// The config's end-of-sequence ids.
     fn eos_token_ids(&self) -> Vec<u32>;
     /// The model with its weights from `ckpt` (HF names), every weight frozen.
-    fn load(&self, ckpt: &dyn Checkpoint, device: &Device) -> Result<CausalLM>;
+    fn load(&self, ckpt: &dyn Checkpoint, device: &Device) -> Result<CausalLM> {
+        self.load_with(ckpt, device, false)
+    }
+    /// [`Self::load`]; with `base_f16`, each frozen matrix kept in f16 as it is read (on the CPU
+    /// backend: `CausalLM::with_base_in_f16`), so that the f32 model never exists whole.
+    fn load_with(&self, ckpt: &dyn Checkpoint, device: &Device, base_f16: bool)
+    -> Result<CausalLM>;
     /// How this family's tensors are named and laid out in GGUF.
     fn gguf_map(&self) -> Box<dyn GgufTensorMap>;
     /// `config.json` for this config.

@@ -173,8 +173,13 @@ impl CausalLM {
         self.family().default_targets()
     }
 
+    /// See [`CausalLanguageModel::hf_tensors`]; always f32 (a base kept in f16 is widened).
     pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
-        self.family().hf_tensors()
+        self.family()
+            .hf_tensors()
+            .into_iter()
+            .map(|(name, shape, t)| (name, shape, crate::kernels::f32(t)))
+            .collect()
     }
 
     pub fn num_layers(&self) -> usize {
@@ -205,6 +210,28 @@ impl CausalLM {
 
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.num_layers())
+    }
+
+    /// The model with its frozen matrices kept in f16 (projections, embeddings, the LM head:
+    /// half the bytes of the base, 257 of SmolLM2's 513 MiB), and the bytes saved. Products
+    /// widen a weight to f32 for themselves ([`crate::kernels::frozen_matmul`]), so everything
+    /// is still computed in f32 from the rounded weights; LoRA's branches, the norms and biases
+    /// stay f32. Only on the CPU backend, whose products widen in one pass: elsewhere the model
+    /// comes back as it was, with 0.
+    pub fn with_base_in_f16(self) -> (Self, usize) {
+        if !crate::kernels::fused(&self.device()) {
+            return (self, 0);
+        }
+        let mut mapper = weights::BaseToF16::default();
+        let model = self.map(&mut mapper);
+        (model, mapper.saved)
+    }
+
+    /// Whether the frozen base is kept in f16 ([`Self::with_base_in_f16`]).
+    pub fn base_in_f16(&self) -> bool {
+        self.projections()
+            .iter()
+            .any(|(_, _, p)| p.base.weight.val().dtype() == burn::tensor::DType::F16)
     }
 
     /// Parameters in the LoRA branches (the trainable ones).

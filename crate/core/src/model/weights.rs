@@ -1,8 +1,8 @@
 //! What every family's loader and head use: frozen parameters from host tensors, 1-D weights in
 //! the `hf_tensors` form, and the LM head (its own, or tied to the token embedding).
 
-use burn::module::Param;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::module::{ModuleMapper, Param};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::formats::HostTensor;
 use crate::lora::LoraLinear;
@@ -11,6 +11,18 @@ use crate::lora::LoraLinear;
 pub(crate) fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
     let shape = [t.shape[0], t.shape[1]];
     Tensor::<2>::from_data(TensorData::new(t.data, shape), device)
+}
+
+/// A frozen matrix of the base on `device`: with `f16` (on the CPU backend, and when every value
+/// is within f16's range) kept in f16, converted as it is read, so that the model never holds
+/// it in f32 beside its other matrices ([`crate::model::CausalLM::with_base_in_f16`]).
+pub(crate) fn matrix(t: HostTensor, device: &Device, f16: bool) -> Tensor<2> {
+    let fits = |t: &HostTensor| t.data.iter().all(|x| x.abs() <= 65_504.0);
+    if f16 && crate::kernels::fused(device) && fits(&t) {
+        to_tensor2(t, device).cast(FloatDType::F16)
+    } else {
+        to_tensor2(t, device)
+    }
 }
 
 /// A 1-D host tensor of `n` values on `device`.
@@ -42,7 +54,7 @@ pub(crate) fn lm_logits(
 ) -> Tensor<3> {
     let logits = match head {
         Some(head) => head.forward(h),
-        None => h.matmul(embedding.val().transpose()),
+        None => crate::kernels::frozen_matmul(h, embedding.val().transpose()),
     };
     let [_, vocab] = logits.dims();
     logits.reshape([b, t, vocab])
@@ -73,4 +85,51 @@ pub(crate) fn lm_loss(
         None => embedding.val(),
     };
     crate::kernels::linear_cross_entropy(h, w, targets, block_rows)
+}
+
+/// Turns every frozen matrix of a model (projections, embeddings, the LM head) into f16, and
+/// leaves the rest as it is: 1-D weights (norms, biases: small, and added or multiplied
+/// element-wise in f32), LoRA's branches (trained in f32), and a matrix with a value beyond
+/// f16's range (65,504), which would become infinite.
+#[derive(Default)]
+pub(crate) struct BaseToF16 {
+    /// How deep inside a LoRA branch the mapper is (its `lora` field).
+    in_lora: usize,
+    /// Bytes the model no longer holds.
+    pub saved: usize,
+}
+
+impl ModuleMapper for BaseToF16 {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        if name == "lora" || self.in_lora > 0 {
+            self.in_lora += 1;
+        }
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.in_lora = self.in_lora.saturating_sub(1);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if D != 2 || self.in_lora > 0 || param.is_require_grad() {
+            return param;
+        }
+        let t = param.val();
+        if t.dtype() != DType::F32 {
+            return param;
+        }
+        let largest = t
+            .abs()
+            .max()
+            .into_data()
+            .iter::<f32>()
+            .next()
+            .unwrap_or(0.0);
+        // NaN too: it stays where it was, and the run's finiteness checks report it.
+        if largest.is_nan() || largest > 65_504.0 {
+            return param;
+        }
+        self.saved += param.shape().num_elements() * 2;
+        param.map(|t| t.cast(FloatDType::F16))
+    }
 }

@@ -235,8 +235,13 @@ impl FamilyConfig for Gpt2Config {
             .unwrap_or_default()
     }
 
-    fn load(&self, ckpt: &dyn Checkpoint, device: &Device) -> Result<CausalLM> {
-        Gpt2LMHeadModel::load(self, ckpt, device).map(CausalLM::Gpt2)
+    fn load_with(
+        &self,
+        ckpt: &dyn Checkpoint,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<CausalLM> {
+        Gpt2LMHeadModel::load(self, ckpt, device, base_f16).map(CausalLM::Gpt2)
     }
 
     fn gguf_map(&self) -> Box<dyn GgufTensorMap> {

@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::recompute::{self, Layers};
-use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
+use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, matrix, to_tensor1};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::{Checkpoint, HostTensor};
@@ -172,9 +172,10 @@ impl Gpt2LMHeadModel {
         let [b, t] = input_ids.dims();
         let tok = self.transformer.wte.forward(input_ids); // [b, t, d]
         let [_, _, d] = tok.dims();
+        let tok = crate::kernels::f32(tok.reshape([b * t, d]));
         // Callers keep start + t within n_positions (`max_positions`).
-        let pos = self.transformer.wpe.val().narrow(0, start, t); // [t, d]
-        (tok + pos.unsqueeze_dim(0)).reshape([b * t, d])
+        let pos = crate::kernels::f32(self.transformer.wpe.val().narrow(0, start, t)); // [t, d]
+        (tok.reshape([b, t, d]) + pos.unsqueeze_dim(0)).reshape([b * t, d])
     }
 
     /// The loss from final hidden rows (after `ln_f`).
@@ -191,7 +192,13 @@ impl Gpt2LMHeadModel {
     /// Builds the model from a checkpoint that holds HF tensor names, with or without the
     /// `transformer.` prefix (`GPT2LMHeadModel` / `GPT2Model` files). Every weight is frozen;
     /// the `attn.bias` causal-mask buffers some files carry are not read.
-    pub fn load(config: &Gpt2Config, ckpt: &dyn Checkpoint, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &Gpt2Config,
+        ckpt: &dyn Checkpoint,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<Self> {
+        let to_tensor2 = |t, device: &Device| matrix(t, device, base_f16);
         let (d, i, v, p) = (
             config.n_embd,
             config.n_inner(),

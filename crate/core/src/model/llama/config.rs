@@ -296,8 +296,13 @@ impl FamilyConfig for LlamaConfig {
             .unwrap_or_default()
     }
 
-    fn load(&self, ckpt: &dyn Checkpoint, device: &Device) -> Result<CausalLM> {
-        LlamaForCausalLM::load(self, ckpt, device).map(CausalLM::Llama)
+    fn load_with(
+        &self,
+        ckpt: &dyn Checkpoint,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<CausalLM> {
+        LlamaForCausalLM::load(self, ckpt, device, base_f16).map(CausalLM::Llama)
     }
 
     fn gguf_map(&self) -> Box<dyn GgufTensorMap> {

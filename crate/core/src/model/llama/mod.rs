@@ -14,7 +14,7 @@ pub mod rope;
 pub use config::LlamaConfig;
 
 use super::recompute::{self, Layers};
-use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, to_tensor1, to_tensor2};
+use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, matrix, to_tensor1};
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::Checkpoint;
@@ -203,10 +203,12 @@ impl LlamaForCausalLM {
     /// - input_ids: `[batch, seq]` -> `[batch * seq, hidden]`
     fn embed_rows(&self, input_ids: Tensor<2, Int>) -> Tensor<2> {
         let [b, t] = input_ids.dims();
-        self.model
-            .embed_tokens
-            .forward(input_ids.reshape([1, b * t]))
-            .squeeze_dim(0)
+        crate::kernels::f32(
+            self.model
+                .embed_tokens
+                .forward(input_ids.reshape([1, b * t]))
+                .squeeze_dim(0),
+        )
     }
 
     /// The loss from final hidden rows (after the final norm).
@@ -221,7 +223,13 @@ impl LlamaForCausalLM {
     }
 
     /// Builds the model from a checkpoint that holds HF tensor names. Every weight is frozen.
-    pub fn load(config: &LlamaConfig, ckpt: &dyn Checkpoint, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: &LlamaConfig,
+        ckpt: &dyn Checkpoint,
+        device: &Device,
+        base_f16: bool,
+    ) -> Result<Self> {
+        let to_tensor2 = |t, device: &Device| matrix(t, device, base_f16);
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
