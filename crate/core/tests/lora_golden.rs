@@ -247,6 +247,34 @@ fn a_base_in_f16_computes_what_f32_computes_from_the_rounded_weights() {
     }
 }
 
+/// `--base-f16` converts each matrix as the loader reads it (so the f32 model never exists
+/// whole): the same model as the loaded f32 one converted afterwards.
+#[test]
+fn a_base_loaded_in_f16_is_the_loaded_base_converted() {
+    use webtune::model::ModelConfig;
+    for base in ["tiny-llama-tied", "tiny-gpt2"] {
+        let device = webtune::device::cpu();
+        let dir = fixtures().join(base);
+        let config_text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let config = ModelConfig::from_json("config.json", &config_text).unwrap();
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let ckpt = webtune::formats::safetensors::SafetensorsCheckpoint::single(
+            "model.safetensors",
+            bytes,
+        )
+        .unwrap();
+        let loaded = config.load_with(&ckpt, &device, true).unwrap();
+        assert!(loaded.base_in_f16(), "{base}: loaded in f32");
+        let converted = load_base(base, &device).with_base_in_f16().0;
+        let ids = ids_tensor(&[2, 5], &[1, 5, 9, 2, 7, 3, 3, 8, 0, 4], &device);
+        assert_eq!(
+            to_vec(loaded.forward(ids.clone(), None)),
+            to_vec(converted.forward(ids, None)),
+            "{base}"
+        );
+    }
+}
+
 #[test]
 fn qv_loss_and_gradients_match_torch_autograd() {
     gradients_match_torch("qv", "tiny-llama-untied");
