@@ -1,6 +1,7 @@
 //! Fused operations for the model's memory-bound steps: RMSNorm, SwiGLU's gate, rotary
 //! embedding, causal softmax and the cross-entropy loss (also fused with the LM head), forward
-//! and backward.
+//! and backward; and the products with a frozen weight kept in f16 ([`frozen_matmul`]), which
+//! widen it for themselves.
 //!
 //! Why: on the CPU a training step spent more time in element-wise ops than in its matmuls. burn
 //! builds each of these from five to ten generic ops, each a pass over memory into a fresh tensor
