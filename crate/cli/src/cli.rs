@@ -507,23 +507,22 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     }
     prepare_out(&a.out, a.force)?;
     let device = pick_device(a.device)?.autodiff();
-    // A resumed run keeps its own setting: read from its checkpoint before the model loads.
-    let base_f16 = match &a.resume {
+    // Read before the model loads: a resumed run keeps its own setting of `base_f16`.
+    let resumed = match &a.resume {
         Some(dir) => {
             let path = dir.join(checkpoint::FILE_NAME);
             let shown = path.display().to_string();
             let bytes = std::fs::read(&path).map_err(|e| webtune::Error::io(&shown, e))?;
-            CheckpointFile::parse(&shown, bytes)?.state.config.base_f16
+            Some(CheckpointFile::parse(&shown, bytes)?)
         }
-        None => a.base_f16,
+        None => None,
     };
+    let base_f16 = resumed
+        .as_ref()
+        .map_or(a.base_f16, |f| f.state.config.base_f16);
     let mut base = BaseModel::from_path_with(&a.model, &device, base_f16)?;
-    let (mut trainer, val_fraction) = match &a.resume {
-        Some(dir) => {
-            let path = dir.join(checkpoint::FILE_NAME);
-            let shown = path.display().to_string();
-            let bytes = std::fs::read(&path).map_err(|e| webtune::Error::io(&shown, e))?;
-            let file = CheckpointFile::parse(&shown, bytes)?;
+    let (mut trainer, val_fraction) = match &resumed {
+        Some(file) => {
             let st = &file.state;
             let data = read_data(&a.data, &base, st.seq_len, st.val_fraction, st.config.seed)?;
             eprintln!(
@@ -532,7 +531,7 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
             );
             let val_fraction = st.val_fraction;
             (
-                Trainer::resume(base.model, data, &file, &base.name)?,
+                Trainer::resume(base.model, data, file, &base.name)?,
                 val_fraction,
             )
         }

@@ -56,6 +56,15 @@ fn lora_values(model: &CausalLM) -> BTreeMap<String, Tensor<2>> {
     out
 }
 
+/// The golden case's `input_ids` as training windows (labels = input_ids in transformers:
+/// predict token i+1 from tokens 0..=i).
+fn golden_windows(g: &Golden) -> Vec<Vec<u32>> {
+    let (shape, ids) = g.i64("input_ids");
+    ids.chunks(shape[1])
+        .map(|r| r.iter().map(|&x| x as u32).collect())
+        .collect()
+}
+
 fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
     max_abs_diff(got, want) / scale
@@ -127,13 +136,7 @@ fn gradients_match_torch_with(case: &str, base: &str, recompute: bool, base_f16:
         (1e-3, 1e-3)
     };
     let g = golden(case);
-    let (shape, ids) = g.i64("input_ids");
-    let t = shape[1];
-    // labels = input_ids in transformers: predict token i+1 from tokens 0..=i.
-    let windows: Vec<Vec<u32>> = ids
-        .chunks(t)
-        .map(|r| r.iter().map(|&x| x as u32).collect())
-        .collect();
+    let windows = golden_windows(&g);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
     let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
     // The training path: the LM head fused with the loss on the CPU backend.
@@ -206,11 +209,7 @@ fn a_base_in_f16_computes_what_f32_computes_from_the_rounded_weights() {
         let rounded = half.clone().map(&mut AllF32);
         let g = golden(case);
         let (shape, ids) = g.i64("input_ids");
-        let t = shape[1];
-        let windows: Vec<Vec<u32>> = ids
-            .chunks(t)
-            .map(|r| r.iter().map(|&x| x as u32).collect())
-            .collect();
+        let windows = golden_windows(&g);
         let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
         let run = |model: &CausalLM| {
             let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);

@@ -468,9 +468,7 @@ impl Head {
         }
         let (n, vocab) = (dims(&block)[0], self.vocab);
         let mut logits = FlexTensor::empty(Shape::from(vec![n, vocab]), DType::F32);
-        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
-            let len = HEAD_CHUNK.min(vocab - v0);
-            let wc = widen(&self.w.narrow(0, v0, len));
+        for (v0, len, wc) in self.chunks() {
             let part = f32s(&Flex::float_matmul(
                 block.clone(),
                 Flex::float_transpose(wc),
@@ -483,16 +481,21 @@ impl Head {
         logits
     }
 
+    /// The head's rows `v0..v0 + len`, [`HEAD_CHUNK`] at a time, each widened to f32.
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize, FlexTensor)> + '_ {
+        (0..self.vocab).step_by(HEAD_CHUNK).map(|v0| {
+            let len = HEAD_CHUNK.min(self.vocab - v0);
+            (v0, len, widen(&self.w.narrow(0, v0, len)))
+        })
+    }
+
     /// g `[n, vocab]` · w -> `[n, d]`, contiguous.
     fn grad(&self, g: FlexTensor) -> FlexTensor {
         if self.w.dtype() == DType::F32 {
             return f32s(&Flex::float_matmul(g, self.w.clone()));
         }
-        let vocab = self.vocab;
         let mut sum: Option<FlexTensor> = None;
-        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
-            let len = HEAD_CHUNK.min(vocab - v0);
-            let wc = widen(&self.w.narrow(0, v0, len));
+        for (v0, len, wc) in self.chunks() {
             let part = Flex::float_matmul(g.narrow(1, v0, len), wc);
             sum = Some(match sum {
                 None => part,

@@ -17,13 +17,17 @@ pub(crate) fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
 /// is within f16's range) kept in f16, converted as it is read, so that the model never holds
 /// it in f32 beside its other matrices ([`crate::model::CausalLM::with_base_in_f16`]).
 pub(crate) fn matrix(t: HostTensor, device: &Device, f16: bool) -> Tensor<2> {
-    let fits = |t: &HostTensor| t.data.iter().all(|x| x.abs() <= 65_504.0);
+    // A NaN compares false: it stays f32, and the run's finiteness checks report it.
+    let fits = |t: &HostTensor| t.data.iter().all(|x| x.abs() <= F16_MAX);
     if f16 && crate::kernels::fused(device) && fits(&t) {
         to_tensor2(t, device).cast(FloatDType::F16)
     } else {
         to_tensor2(t, device)
     }
 }
+
+/// f16's largest finite value: a matrix with a larger one stays f32 (it would become infinite).
+const F16_MAX: f32 = 65_504.0;
 
 /// A 1-D host tensor of `n` values on `device`.
 pub(crate) fn to_tensor1(t: HostTensor, n: usize, device: &Device) -> Tensor<1> {
@@ -126,7 +130,7 @@ impl ModuleMapper for BaseToF16 {
             .next()
             .unwrap_or(0.0);
         // NaN too: it stays where it was, and the run's finiteness checks report it.
-        if largest.is_nan() || largest > 65_504.0 {
+        if largest.is_nan() || largest > F16_MAX {
             return param;
         }
         self.saved += param.shape().num_elements() * 2;
