@@ -28,6 +28,12 @@ const handlers = {
       : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
     document.body.dataset.ready = "1";
+    if (reloadingModel) {
+      // A fresh worker for the same model in the other precision (16-bit weights changed).
+      reloadingModel = false;
+      loadModelFrom(state.modelSource);
+      return;
+    }
     const run = await store.loadRun();
     if (run && recovering) {
       recovering = false;
@@ -72,6 +78,7 @@ const handlers = {
       ["Layers", info.layers],
       ["Vocabulary", info.vocab_size.toLocaleString()],
       ["Context", info.context_length.toLocaleString()],
+      ["Frozen weights", info.base_f16 ? "16-bit" : "32-bit"],
     ].flatMap(([k, v]) => [el("dt", k), el("dd", String(v))]));
     // Texts were tokenized for the previous model: add them again.
     const texts = [...state.texts.values()].filter((t) => t.buffer);
@@ -296,7 +303,11 @@ function applyDefaults(d) {
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
   // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
-  if (form.recompute) form.recompute.checked = !!t.recompute || (navigator.deviceMemory ?? 8) <= 2;
+  const little = (navigator.deviceMemory ?? 8) <= 2;
+  if (form.recompute) form.recompute.checked = !!t.recompute || little;
+  // The frozen weights in 16-bit too there (~250 MB less for SmolLM2): the model reads the box
+  // as it loads, and the defaults arrive before any model does.
+  if (form.base_f16) form.base_f16.checked = !!t.base_f16 || little;
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
 }
 
@@ -484,17 +495,34 @@ function switchBackend(backend) {
 }
 let switchAfterPause = null;
 
-// The model, by source: "default", { url }, or the files picked.
-function loadModelFrom(src) {
+// The model, by source: "default", { url }, or the files picked; its frozen weights in 16-bit
+// as the settings say (the CPU backend keeps them so; WebGPU loads 32-bit regardless), or as a
+// saved run being resumed had them.
+function loadModelFrom(src, baseF16 = wantsBaseF16()) {
   state.pendingModelSource = src;
-  if (src.source === "default") worker.postMessage({ type: "loadModel", source: "default" });
-  else if (src.source === "url") worker.postMessage({ type: "loadModel", source: "url", url: src.url });
-  else loadModelFiles(src.files, src.name);
+  if (src.source === "default") worker.postMessage({ type: "loadModel", source: "default", baseF16 });
+  else if (src.source === "url") worker.postMessage({ type: "loadModel", source: "url", url: src.url, baseF16 });
+  else loadModelFiles(src.files, src.name, baseF16);
+}
+const wantsBaseF16 = () => !!$("settings").elements.base_f16?.checked;
+
+async function loadModelFiles(files, modelName, baseF16) {
+  const payload = await Promise.all(files.map(async (f) => ({ name: f.name, buffer: await f.arrayBuffer() })));
+  worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName, baseF16 }, payload.map((p) => p.buffer));
 }
 
-async function loadModelFiles(files, modelName) {
-  const payload = await Promise.all(files.map(async (f) => ({ name: f.name, buffer: await f.arrayBuffer() })));
-  worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName }, payload.map((p) => p.buffer));
+// "16-bit weights" changed with a model loaded on the CPU and nothing trained on it yet: the
+// model loads again, in a fresh worker, since a wasm memory never shrinks (the same worker
+// would keep the 32-bit weights' pages). A run or an adapter holds the model as it is: the
+// setting then applies to the next model loaded.
+let reloadingModel = false;
+function reloadForBaseF16() {
+  if (!state.model || !state.modelSource || state.training || state.adapter || state.resuming) return;
+  if (document.body.dataset.backend !== "cpu" || !!state.model.base_f16 === wantsBaseF16()) return;
+  reloadingModel = true;
+  startWorker(state.backend);
+  updateButtons();
+  showStatus("model", `Loading the model again with ${wantsBaseF16() ? "16" : "32"}-bit weights…`);
 }
 
 // Continue a saved run: its settings, its model, its texts, then its checkpoint.
@@ -518,7 +546,8 @@ function resumeRun(run) {
   state.resuming = run;
   renderTexts();
   updateButtons();
-  loadModelFrom(setup.model);
+  // The base as the run trained on it (runs saved before the setting existed: 32-bit).
+  loadModelFrom(setup.model, !!setup.baseF16);
 }
 
 function formValues() {
@@ -560,6 +589,7 @@ zone.ondragleave = () => zone.classList.remove("over");
 zone.ondrop = async (e) => { e.preventDefault(); zone.classList.remove("over"); await addFiles([...e.dataTransfer.files]); };
 zone.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("text-files").click(); } };
 $("settings").oninput = () => requestPlan();
+$("settings").elements.base_f16.onchange = () => reloadForBaseF16();
 $("start").onclick = async () => {
   if (state.paused) { state.paused = false; worker.postMessage({ type: "resume" }); updateButtons(); return; }
   // Read before the form is locked (disabled fields are not in FormData).
@@ -571,7 +601,7 @@ $("start").onclick = async () => {
   await store.clearRun();
   try {
     const texts = [...state.texts.values()].filter((t) => t.tokens && t.buffer).map((t) => ({ name: t.name, buffer: t.buffer }));
-    await store.saveSetup({ model: state.modelSource, texts, settings: run, form, samplePrompt });
+    await store.saveSetup({ model: state.modelSource, baseF16: !!state.model?.base_f16, texts, settings: run, form, samplePrompt });
   } catch (e) {
     showNotice(`This run cannot be saved in this browser (${e?.message ?? e}): a reload will lose it.`);
   }

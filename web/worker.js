@@ -122,18 +122,18 @@ async function loadModel(msg) {
   if (msg.source === "files") {
     const gguf = msg.files.find((f) => f.name.toLowerCase().endsWith(".gguf"));
     if (gguf) {
-      info = session.loadGguf(gguf.name, new Uint8Array(gguf.buffer));
+      info = session.loadGguf(gguf.name, new Uint8Array(gguf.buffer), !!msg.baseF16);
     } else {
       const names = msg.files.map((f) => f.name);
       const buffers = msg.files.map((f) => new Uint8Array(f.buffer));
-      info = session.loadHfFiles(msg.modelName || "model", names, buffers);
+      info = session.loadHfFiles(msg.modelName || "model", names, buffers, !!msg.baseF16);
     }
   } else {
     const url = msg.source === "url" ? msg.url : DEFAULT_MODEL.url;
     const name = msg.source === "url" ? decodeURIComponent(new URL(url, self.location).pathname.split("/").pop() || "model.gguf") : DEFAULT_MODEL.name;
     const bytes = await fetchModel(url, name);
     post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
-    info = session.loadGguf(name, bytes);
+    info = session.loadGguf(name, bytes, !!msg.baseF16);
   }
   post({ type: "model", info });
 }

@@ -3,7 +3,7 @@
 // step times from the page. Prints one JSON object per line:
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
-//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute] [--base-f16]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // `first_step_secs` is page open -> first finished training step, model download included;
@@ -17,6 +17,7 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
     if (k === "--recompute") { a.recompute = true; continue; } // "Save memory" (no value)
+    if (k === "--base-f16") { a.baseF16 = true; continue; } // "16-bit weights" (no value)
     if (k === "--backend") a.backend = v;
     else if (k === "--model") a.model = v;
     else if (k === "--text") a.text.push(v);
@@ -58,6 +59,8 @@ async function main() {
     await page.goto(`${url}?backend=${a.backend}${a.threads ? `&threads=${a.threads}` : ""}`);
     await page.waitForSelector("body[data-ready='1']", { timeout: ms });
     const backend = await page.textContent("#backend-status");
+    // Before the model loads, which reads it (checked later, it would load the model again).
+    if (a.baseF16) await page.check("input[name=base_f16]");
     if (a.model) await page.setInputFiles("#model-files", a.model);
     else await page.click("#load-default");
     await page.waitForFunction(() => window.webtuneState.model, null, { timeout: ms, polling: 100 });
@@ -91,6 +94,7 @@ async function main() {
     console.log(JSON.stringify({
       browser: "headless " + browser.version(), backend: a.backend, backend_status: backend,
       model: await page.evaluate(() => window.webtuneState.model.name),
+      base_f16: await page.evaluate(() => window.webtuneState.model.base_f16),
       batch: a.batch, seq_len: a.seqLen,
       model_ready_secs: modelSecs, first_step_secs: firstStepSecs,
       warmup_step_secs: steps.slice(0, warmup), step_secs: measured, median_step_secs: med,
@@ -99,7 +103,7 @@ async function main() {
       first_loss: points.find((p) => p.train_loss != null)?.train_loss ?? null,
       last_loss: points.at(-1)?.train_loss ?? null,
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
-      memory_mb: points.at(-1)?.memory_mb ?? null,
+      memory_mb: points.at(-1)?.memory_mb ?? null, memory_steps: points.map((p) => p.memory_mb),
       errors,
     }));
   } finally {

@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { root, startServer, unzip, safetensorsHeader, safetensorsF32 } from "./helpers.mjs";
+import { root, startServer, unzip, safetensorsHeader, safetensorsF32, launch, tinyModelAndText, settings, watchErrors } from "./helpers.mjs";
 
 const out = join(root, "tests/out");
 mkdirSync(out, { recursive: true });
@@ -230,6 +230,58 @@ test("Save memory starts on where the browser reports 2 GB of memory or less", {
       await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
       assert.equal(await page.isChecked("input[name=recompute]"), on, `${gb} GB`);
     }
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test("16-bit weights: the model loads again with its frozen weights in f16, trains, and resumes on them after a reload", { timeout: 600_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  const RUN16 = { steps: 60, seq_len: 16, batch_size: 2, lr: 0.02, checkpoint_every: 10 };
+  const firstLoss = async (page) => {
+    await settings(page, RUN16);
+    await page.click("#start");
+    await page.waitForFunction(() => window.webtuneState.points.some((p) => p.train_loss != null), null, { timeout: 120_000 });
+    return page.evaluate(() => window.webtuneState.points.find((p) => p.train_loss != null).train_loss);
+  };
+  try {
+    // The reference: the same run on the 32-bit weights (the default above 2 GB of memory).
+    const ref = await (await browser.newContext()).newPage();
+    await ref.goto(`${url}?backend=cpu`);
+    await tinyModelAndText(ref);
+    assert.match(await ref.textContent("#model-info"), /Frozen weights\s*32-bit/);
+    const loss32 = await firstLoss(ref);
+    await ref.context().close();
+
+    const page = await (await browser.newContext()).newPage();
+    page.on("dialog", (d) => d.accept()); // "leave the page?" while training
+    const errors = watchErrors(page);
+    await page.goto(`${url}?backend=cpu`);
+    await tinyModelAndText(page);
+    assert.match(await page.textContent("#model-info"), /Frozen weights\s*32-bit/);
+    // Checked with the model loaded and nothing trained: the model loads again, in 16-bit, and
+    // the text comes back with it.
+    await page.check("input[name=base_f16]");
+    await page.waitForFunction(() => window.webtuneState.model?.base_f16 === true, null, { timeout: 120_000 });
+    assert.match(await page.textContent("#model-info"), /Frozen weights\s*16-bit/);
+    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+    // The same run on the rounded weights: the first loss within f16's tolerance of the 32-bit
+    // run's (the core's golden tests hold both to PyTorch's; here: the page really used them).
+    const loss16 = await firstLoss(page);
+    assert.ok(Math.abs(loss16 - loss32) <= 1e-3 * Math.abs(loss32), `first loss ${loss16} (16-bit) against ${loss32} (32-bit)`);
+    // A reload mid-run: the run resumes on the weights it trained on, whatever the box says now.
+    await page.waitForFunction(() => Number(document.body.dataset.checkpoint) >= 20, null, { timeout: 300_000 });
+    await page.reload();
+    await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 120_000 });
+    await page.uncheck("input[name=base_f16]");
+    await page.click("#resume-run");
+    await page.waitForFunction(() => document.body.dataset.resumedAt, null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => window.webtuneState.model.base_f16), true);
+    await page.waitForSelector("body[data-done='1']", { timeout: 300_000 });
+    assert.match(await page.textContent("#train-status"), /Finished after 60 steps/);
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
     server.kill();

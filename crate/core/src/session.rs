@@ -29,6 +29,9 @@ pub struct ModelInfo {
     pub targets: Vec<&'static str>,
     /// The ones a run targets unless told otherwise.
     pub default_targets: Vec<&'static str>,
+    /// Whether the frozen base is kept in f16 (loaded with `base_f16` on the CPU backend): the
+    /// runs on this model train on its rounded weights.
+    pub base_f16: bool,
 }
 
 /// A text file as added: its token count, or why it was skipped.
@@ -108,6 +111,7 @@ impl Session {
             family: c.model_type(),
             targets: base.model.lora_targets().to_vec(),
             default_targets: base.model.default_targets().to_vec(),
+            base_f16: base.model.base_in_f16(),
         };
         self.base = Some(base);
         info

@@ -574,6 +574,14 @@ impl Trainer {
         file.check_matches(base_model, &data)?;
         let st = &file.state;
         let cfg = st.config.clone();
+        // A base in f32 can be rounded to the run's f16 (Trainer::new does), not the reverse.
+        if model.base_in_f16() && !cfg.base_f16 {
+            return Err(Error::Invalid(format!(
+                "{}: this run trained on the base's f32 weights, and the model is loaded with \
+                 its weights in f16: load it in f32 (without base_f16) to resume the run",
+                file.file_name()
+            )));
+        }
         let targets = cfg.lora.resolve_targets(&model)?;
         let device = model.device();
         let r = cfg.lora.r;

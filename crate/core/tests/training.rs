@@ -467,6 +467,13 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("`another`"), "{err}");
+    // Nor on a base loaded in f16 when it trained on the f32 weights (the reverse, an f16 run on
+    // a base loaded in f32, rounds the base: `Trainer::new`).
+    let (in_f16, _) = tiny(&device).with_base_in_f16();
+    let err = Trainer::resume(in_f16, data(), &file, "tiny")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("f32 weights"), "{err}");
 
     // A damaged checkpoint is an error, never a panic.
     let mut rng = webtune::rng::Rng::new(3);

@@ -7,6 +7,7 @@
 //! const s = await WebSession.create("auto");            // "auto" | "webgpu" | "cpu"
 //! s.backend();                                            // { kind, adapter, reason, ... }
 //! s.loadGguf("model.gguf", bytes);                        // -> ModelInfo
+//! s.loadGguf("model.gguf", bytes, true);                  // the frozen weights kept in f16 (CPU)
 //! s.addText("notes.txt", bytes);                          // -> { name, tokens } or { name, skipped }
 //! s.plan(settings);                                       // -> Plan (trainable parameters, adapter size, split)
 //! s.start(settings);                                      // -> Plan; then the training loop, a call at a time:
@@ -178,22 +179,32 @@ impl WebSession {
         to_js(&self.backend)
     }
 
-    /// Loads a GGUF model from its bytes; returns ModelInfo.
+    /// Loads a GGUF model from its bytes; returns ModelInfo. With `baseF16` (the CPU backend;
+    /// ignored on WebGPU) its frozen weights are kept in f16 as they load: half the base's
+    /// memory, at some speed (`TrainConfig::base_f16`; `ModelInfo.base_f16` says what was done).
     #[wasm_bindgen(js_name = loadGguf)]
-    pub fn load_gguf(&self, name: String, bytes: Vec<u8>) -> Result<JsValue, JsError> {
+    pub fn load_gguf(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        base_f16: Option<bool>,
+    ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
-        let base = BaseModel::from_gguf(&name, bytes, &s.device().clone()).map_err(err)?;
+        let device = s.device().clone();
+        let base = BaseModel::from_gguf_with(&name, bytes, &device, base_f16.unwrap_or(false))
+            .map_err(err)?;
         to_js(&s.set_model(base))
     }
 
     /// Loads a Hugging Face model from files (`config.json`, `tokenizer.json`, safetensors...):
-    /// `names[i]` is the name of `files[i]` (a Uint8Array).
+    /// `names[i]` is the name of `files[i]` (a Uint8Array); `baseF16` as for `loadGguf`.
     #[wasm_bindgen(js_name = loadHfFiles)]
     pub fn load_hf_files(
         &self,
         model_name: String,
         names: Vec<String>,
         files: Array,
+        base_f16: Option<bool>,
     ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
         if names.len() != files.length() as usize {
@@ -204,8 +215,10 @@ impl WebSession {
             .zip(files.iter())
             .map(|(n, f)| NamedFile::new(n, Uint8Array::new(&f).to_vec()))
             .collect();
+        let device = s.device().clone();
         let base =
-            BaseModel::from_hf_files(&model_name, files, &s.device().clone()).map_err(err)?;
+            BaseModel::from_hf_files_with(&model_name, files, &device, base_f16.unwrap_or(false))
+                .map_err(err)?;
         to_js(&s.set_model(base))
     }
 

@@ -117,8 +117,9 @@ pub trait FusedOps: Backend {
     fn fused_scale(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// x `[rows, k]` times a frozen w `[k, n]` stored in any float type -> `[rows, n]` in f32:
-    /// an f16 base is widened for the product into a temporary f32 copy, so the model keeps two
-    /// bytes a weight. Only x is differentiated.
+    /// an f16 base is widened for the product into a temporary f32 copy (an LM head's a few
+    /// thousand of its `n` columns at a time), so the model keeps two bytes a weight. Only x is
+    /// differentiated.
     fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// x `[rows, n]` times wᵀ for w `[k, n]`: [`Self::fused_frozen_matmul`]'s backward pass.
     fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -364,11 +365,11 @@ impl FusedOps for Flex {
     }
 
     fn fused_frozen_matmul(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        Flex::float_matmul(widen(&x), widen(&w))
+        Head::new(Flex::float_transpose(w)).logits(widen(&x))
     }
 
     fn fused_frozen_matmul_t(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        Flex::float_matmul(widen(&x), Flex::float_transpose(widen(&w)))
+        Head::new(w).logits(widen(&x))
     }
 }
 
@@ -441,12 +442,15 @@ fn linear_cross_entropy(
 }
 
 /// Vocabulary rows of an f16 head widened at a time: `[4096, 576]` is 9 MiB of f32 for SmolLM2,
-/// where its whole head would be 108 MiB (once per shard running the loss).
-const HEAD_CHUNK: usize = 4096;
+/// where its whole head would be 108 MiB (once per shard running the loss, or per token
+/// generated: the page's first sample had put 216 MiB on its peak).
+pub(super) const HEAD_CHUNK: usize = 4096;
 
-/// The LM head w `[vocab, d]` in the fused loss: an f32 head is used whole, as it is stored
-/// (a transposed Linear weight is read with its strides, not copied each step); an f16 head is
-/// widened [`HEAD_CHUNK`] vocabulary rows at a time, so that it never exists whole in f32.
+/// A frozen weight w `[vocab, d]` in a product h · wᵀ: the LM head in the fused loss, and every
+/// [`FusedOps::fused_frozen_matmul`] (w a transposed view there). An f32 w is used whole, as it
+/// is stored (a transposed Linear weight is read with its strides, not copied each step); an f16
+/// w is widened [`HEAD_CHUNK`] rows at a time, so that a head never exists whole in f32 (a
+/// projection's weight, fewer rows, is one chunk).
 struct Head {
     w: FlexTensor,
     vocab: usize,
@@ -467,6 +471,10 @@ impl Head {
             ));
         }
         let (n, vocab) = (dims(&block)[0], self.vocab);
+        if vocab <= HEAD_CHUNK {
+            let w = widen(&self.w);
+            return f32s(&Flex::float_matmul(block, Flex::float_transpose(w)));
+        }
         let mut logits = FlexTensor::empty(Shape::from(vec![n, vocab]), DType::F32);
         for (v0, len, wc) in self.chunks() {
             let part = f32s(&Flex::float_matmul(

@@ -202,6 +202,49 @@ fn linear_cross_entropy_matches_the_logits_then_the_loss() {
 }
 
 #[test]
+fn f16_weights_in_chunks_give_the_products_of_their_rounded_f32_values() {
+    // More rows than the widening's chunk, and a partial last chunk: the head's case (tied as
+    // `[vocab, d]`, or a Linear `[d, vocab]`), in the loss and in plain products with their
+    // backward pass (generation's logits, a head without the fused loss).
+    let (rows, d, vocab) = (70, 24, 2 * ops::HEAD_CHUNK + 37);
+    let frozen = |t: Tensor<2>| Tensor::<2>::from_data(t.to_data(), &device());
+    let tied16 = frozen(random([vocab, d], 21, 1.0)).cast(FloatDType::F16);
+    let linear16 = frozen(random([d, vocab], 22, 1.0)).cast(FloatDType::F16);
+    let rounded = |w: &Tensor<2>| w.clone().cast(FloatDType::F32);
+    let x = random([rows, d], 23, 2.0);
+    for (name, w16) in [("tied", tied16.transpose()), ("linear", linear16)] {
+        let w32 = rounded(&w16);
+        let run = |w: &Tensor<2>| {
+            let x = Tensor::<2>::from_data(x.to_data(), &device()).require_grad();
+            let y = frozen_matmul(x.clone(), w.clone());
+            // A weighting, so that the gradient of x is not the same in every row.
+            let weights = random([rows, vocab], 24, 1.0).detach();
+            let grads = (y.clone() * weights).sum().backward();
+            (host(y), host(x.grad(&grads).expect("x gets a gradient")))
+        };
+        let (y16, dx16) = run(&w16);
+        let (y32, dx32) = run(&w32);
+        assert_close(&format!("{name} product"), &y16, &y32, 1e-6);
+        assert_close(&format!("{name} gradient of x"), &dx16, &dx32, 1e-5);
+
+        let targets: Vec<i64> = (0..rows as i64)
+            .map(|i| (i * 997 + 3) % vocab as i64)
+            .collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [rows]), &device());
+        let loss = |w: &Tensor<2>| {
+            let h = Tensor::<2>::from_data(x.to_data(), &device()).require_grad();
+            let loss = linear_cross_entropy(h.clone(), w.clone().transpose(), targets.clone(), 32);
+            let grads = loss.clone().backward();
+            (host(loss), host(h.grad(&grads).expect("h gets a gradient")))
+        };
+        let (loss16, dh16) = loss(&w16);
+        let (loss32, dh32) = loss(&w32);
+        assert_close(&format!("{name} loss"), &loss16, &loss32, 1e-6);
+        assert_close(&format!("{name} loss's gradient of h"), &dh16, &dh32, 1e-5);
+    }
+}
+
+#[test]
 fn the_cpu_backend_takes_the_fused_path_and_not_others() {
     assert!(fused(&crate::device::cpu()));
     assert!(fused(&crate::device::cpu().autodiff()));
