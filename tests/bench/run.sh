@@ -85,6 +85,8 @@ else
     browser smollm2 cpu 4 1
     browser smollm2-1t cpu 4 1 --threads 1
     browser smollm2-recompute cpu 4 1 --recompute
+    browser smollm2-f16 cpu 4 1 --base-f16
+    browser smollm2-recompute-f16 cpu 4 1 --recompute --base-f16
     browser tiny cpu 20 5 --model "$TINY"
     browser tiny webgpu 5 2 --model "$TINY"
   fi

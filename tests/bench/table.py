@@ -38,6 +38,7 @@ def main():
         "native-smollm2", "native-smollm2-recompute", "native-smollm2-f16",
         "native-smollm2-recompute-f16", "native-tiny", "torch-smollm2",
         "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
+        "browser-cpu-smollm2-f16", "browser-cpu-smollm2-recompute-f16",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -62,6 +63,10 @@ def main():
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
          r["browser-cpu-smollm2-recompute"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"16-bit weights\"",
+         r["browser-cpu-smollm2-f16"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\" + \"16-bit weights\"",
+         r["browser-cpu-smollm2-recompute-f16"]),
         ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),
@@ -105,7 +110,10 @@ def main():
                             ("native-smollm2-f16", "native, base in f16"),
                             ("native-smollm2-recompute-f16", "native, layers recomputed, base in f16"),
                             ("browser-cpu-smollm2", "page, wasm memory"),
-                            ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory")):
+                            ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory"),
+                            ("browser-cpu-smollm2-f16", "page with \"16-bit weights\", wasm memory"),
+                            ("browser-cpu-smollm2-recompute-f16",
+                             "page with \"Save memory\" + \"16-bit weights\", wasm memory")):
             x = r[name]
             peak = x and (x.get("train_peak_mb") or x.get("memory_mb"))
             if peak:

@@ -182,11 +182,12 @@ async fn javascript_api_runs_a_whole_session() {
     let backend: serde_json::Value = serde_wasm_bindgen::from_value(s.backend().unwrap()).unwrap();
     assert_eq!(backend["kind"], "cpu");
     let info: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec())
+        s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec(), None)
             .unwrap(),
     )
     .unwrap();
     assert_eq!(info["layers"], 2);
+    assert_eq!(info["base_f16"], false);
     // The tiny GGUF's vocabulary is byte-level symbols: plain lowercase text tokenizes.
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
     let t: serde_json::Value =
@@ -229,14 +230,15 @@ async fn javascript_api_runs_a_whole_session() {
     // Errors are values with a message, not panics.
     let refused = s.add_text("c.txt".into(), b"ok".to_vec());
     assert!(refused.is_ok());
-    let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec());
+    let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec(), None);
     assert!(err.is_err());
 }
 
 #[wasm_bindgen_test]
 async fn javascript_api_fine_tunes_a_gpt2_model() {
     // The GPT-2 family through the page's API: Hugging Face files with GPT-2's own tokenizer
-    // files, LoRA on its default target (c_attn), a PEFT adapter with fan_in_fan_out.
+    // files, LoRA on its default target (c_attn), a PEFT adapter with fan_in_fan_out; the model
+    // loaded with its frozen weights in f16, as the page's "16-bit weights" loads it.
     use webtune_wasm::WebSession;
     let files: [(&str, &[u8]); 4] = [
         (
@@ -263,10 +265,13 @@ async fn javascript_api_fine_tunes_a_gpt2_model() {
         buffers.push(&js_sys::Uint8Array::from(bytes));
     }
     let info: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.load_hf_files("tiny-gpt2".into(), names, buffers).unwrap(),
+        s.load_hf_files("tiny-gpt2".into(), names, buffers, Some(true))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(info["family"], "gpt2");
+    // Its frozen weights kept in f16 (the CPU backend), and the run below trains on them.
+    assert_eq!(info["base_f16"], true);
     assert_eq!(info["default_targets"], serde_json::json!(["c_attn"]));
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
     s.add_text("a.txt".into(), text.into_bytes()).unwrap();
