@@ -305,7 +305,7 @@ function applyDefaults(d) {
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
   const little = (navigator.deviceMemory ?? 8) <= 2;
   if (form.recompute) form.recompute.checked = !!t.recompute || little;
-  // The frozen weights in 16-bit too there (~250 MB less for SmolLM2): the model reads the box
+  // The frozen weights in 16-bit too there (~260 MB less for SmolLM2): the model reads the box
   // as it loads, and the defaults arrive before any model does.
   if (form.base_f16) form.base_f16.checked = !!t.base_f16 || little;
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);

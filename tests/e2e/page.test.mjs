@@ -219,7 +219,7 @@ test("the one-thread CPU build trains in the page (?threads=1; the default is on
   }
 });
 
-test("Save memory starts on where the browser reports 2 GB of memory or less", { timeout: 300_000 }, async () => {
+test("Save memory and 16-bit weights start on where the browser reports 2 GB of memory or less", { timeout: 300_000 }, async () => {
   const { server, url } = await startServer();
   const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
   try {
@@ -229,6 +229,7 @@ test("Save memory starts on where the browser reports 2 GB of memory or less", {
       await page.goto(`${url}?backend=cpu`);
       await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
       assert.equal(await page.isChecked("input[name=recompute]"), on, `${gb} GB`);
+      assert.equal(await page.isChecked("input[name=base_f16]"), on, `${gb} GB: 16-bit weights`);
     }
   } finally {
     await browser.close();
