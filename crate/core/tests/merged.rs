@@ -112,6 +112,17 @@ fn merged_gives_the_adapted_logits(fixture: &str) {
     let scale = adapted.iter().fold(0f32, |m, x| m.max(x.abs()));
     println!("merged GGUF F16 logits differ by {d} (largest logit {scale})");
     assert!(d < 2e-3 * scale, "merged (GGUF F16) logits differ by {d}");
+
+    // A base loaded with its frozen weights in f16 (the page's "16-bit weights"): the merge
+    // folds the adapter into those rounded weights, in f32, as its own logits have them.
+    let bytes = std::fs::read(fixtures().join(fixture)).unwrap();
+    let mut base16 = BaseModel::from_gguf_with(fixture, bytes, &device, true).unwrap();
+    assert!(base16.model.base_in_f16());
+    adapt(&mut base16, 0.2);
+    let adapted16 = logits(&base16.model, &ids);
+    let reloaded = hf_reload(&base16);
+    let d = max_abs_diff(&logits(&reloaded.model, &ids), &adapted16);
+    assert!(d < 1e-4, "merged (HF) logits of the f16 base differ by {d}");
 }
 
 #[test]
