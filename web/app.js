@@ -28,6 +28,7 @@ const handlers = {
       : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
     document.body.dataset.ready = "1";
+    updateButtons();
     if (reloadingModel) {
       // A fresh worker for the same model in the other precision (16-bit weights changed).
       reloadingModel = false;
@@ -436,7 +437,9 @@ function updateButtons() {
   $("model-url-form").querySelector("button").disabled = locked;
   $("drop-zone").setAttribute("aria-disabled", String(locked));
   for (const b of document.querySelectorAll("#text-table button")) b.disabled = locked;
-  for (const input of $("settings").elements) input.disabled = locked;
+  // "16-bit weights" is the CPU backend's (WebGPU loads the model in 32-bit).
+  const gpu = document.body.dataset.backend === "webgpu";
+  for (const input of $("settings").elements) input.disabled = locked || (gpu && input.name === "base_f16");
   const hasText = [...state.texts.values()].some((t) => t.tokens);
   $("start").disabled = !state.model || !hasText || (state.training && !state.paused);
   $("start").textContent = state.paused ? "Resume" : "Start";

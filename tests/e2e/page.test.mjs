@@ -221,7 +221,7 @@ test("the one-thread CPU build trains in the page (?threads=1; the default is on
 
 test("Save memory and 16-bit weights start on where the browser reports 2 GB of memory or less", { timeout: 300_000 }, async () => {
   const { server, url } = await startServer();
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  const browser = await launch();
   try {
     for (const [gb, on] of [[2, true], [8, false]]) {
       const page = await (await browser.newContext()).newPage();
@@ -230,7 +230,14 @@ test("Save memory and 16-bit weights start on where the browser reports 2 GB of 
       await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
       assert.equal(await page.isChecked("input[name=recompute]"), on, `${gb} GB`);
       assert.equal(await page.isChecked("input[name=base_f16]"), on, `${gb} GB: 16-bit weights`);
+      assert.equal(await page.isDisabled("input[name=base_f16]"), false);
     }
+    // On WebGPU (SwiftShader here) the model loads in 32-bit: the box is not offered.
+    const gpu = await (await browser.newContext()).newPage();
+    await gpu.goto(`${url}?backend=webgpu`);
+    await gpu.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+    assert.equal(await gpu.getAttribute("body", "data-backend"), "webgpu");
+    assert.equal(await gpu.isDisabled("input[name=base_f16]"), true);
   } finally {
     await browser.close();
     server.kill();
