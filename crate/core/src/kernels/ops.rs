@@ -464,17 +464,11 @@ impl Head {
 
     /// block `[n, d]` · wᵀ -> `[n, vocab]`, contiguous.
     fn logits(&self, block: FlexTensor) -> FlexTensor {
-        if self.w.dtype() == DType::F32 {
-            return f32s(&Flex::float_matmul(
-                block,
-                Flex::float_transpose(self.w.clone()),
-            ));
+        if self.whole() {
+            let w = Flex::float_transpose(widen(&self.w));
+            return f32s(&Flex::float_matmul(block, w));
         }
         let (n, vocab) = (dims(&block)[0], self.vocab);
-        if vocab <= HEAD_CHUNK {
-            let w = widen(&self.w);
-            return f32s(&Flex::float_matmul(block, Flex::float_transpose(w)));
-        }
         let mut logits = FlexTensor::empty(Shape::from(vec![n, vocab]), DType::F32);
         for (v0, len, wc) in self.chunks() {
             let part = f32s(&Flex::float_matmul(
@@ -489,6 +483,11 @@ impl Head {
         logits
     }
 
+    /// Whether w is used in one piece: f32 as it is, or f16 of at most one chunk, widened whole.
+    fn whole(&self) -> bool {
+        self.w.dtype() == DType::F32 || self.vocab <= HEAD_CHUNK
+    }
+
     /// The head's rows `v0..v0 + len`, [`HEAD_CHUNK`] at a time, each widened to f32.
     fn chunks(&self) -> impl Iterator<Item = (usize, usize, FlexTensor)> + '_ {
         (0..self.vocab).step_by(HEAD_CHUNK).map(|v0| {
@@ -499,8 +498,8 @@ impl Head {
 
     /// g `[n, vocab]` · w -> `[n, d]`, contiguous.
     fn grad(&self, g: FlexTensor) -> FlexTensor {
-        if self.w.dtype() == DType::F32 {
-            return f32s(&Flex::float_matmul(g, self.w.clone()));
+        if self.whole() {
+            return f32s(&Flex::float_matmul(g, widen(&self.w)));
         }
         let mut sum: Option<FlexTensor> = None;
         for (v0, len, wc) in self.chunks() {
