@@ -2,7 +2,7 @@
 //! backend in the `Device`.
 
 use burn::backend::DispatchDevice;
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 
 /// burn's `flex` CPU backend: measured faster than `ndarray` on this project's CPU workloads
 /// (README, "Speed"; `webtune bench`).
@@ -10,12 +10,18 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
-/// The default GPU through wgpu (Vulkan / Metal / DX12 natively).
+/// The default GPU through wgpu (Vulkan / Metal / DX12 natively). Started once per process
+/// (burn registers a device's runtime once: a second `init` fails), then the same device.
 #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 pub fn gpu() -> crate::Result<Device> {
-    Device::wgpu_options()
-        .init()
-        .map_err(|e| crate::Error::Device(format!("no usable GPU: {e:?}")))
+    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| {
+        Device::wgpu_options()
+            .init()
+            .map_err(|e| format!("no usable GPU: {e:?}"))
+    })
+    .clone()
+    .map_err(crate::Error::Device)
 }
 
 /// Whether `device` is burn's CPU backend (with or without autodiff).
@@ -24,4 +30,12 @@ pub fn is_cpu(device: &Device) -> bool {
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)
     )
+}
+
+/// Whether `device` can keep the frozen base in f16 (`base_f16`): the CPU backend always (its
+/// products widen the weight for themselves); a GPU when its shaders take f16 (WebGPU's
+/// `shader-f16`, Vulkan's `shaderFloat16` with 16-bit storage), where the frozen products then
+/// run in f16 ([`crate::kernels::frozen_matmul`]). Elsewhere the base stays f32.
+pub fn holds_f16(device: &Device) -> bool {
+    is_cpu(device) || device.supports_dtype(DType::F16)
 }

@@ -491,3 +491,59 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
         assert!(CheckpointFile::parse(checkpoint::FILE_NAME, bytes[..len].to_vec()).is_err());
     }
 }
+
+/// A run on a GPU (`--features gpu`; Mesa's lavapipe in CI) with its base kept in f16, whose
+/// frozen products run in f16: the CPU's f32 run, step for step, within f16's tolerance (the
+/// golden tests' 1.5e-2 on gradients; AdamW's steps follow them).
+#[cfg(feature = "gpu")]
+#[test]
+fn a_run_on_the_gpu_with_its_base_in_f16_follows_the_cpu_run_in_f32() {
+    let _turn = serial();
+    let run = |device: Device, base_f16: bool| {
+        let mut model = tiny(&device);
+        let mut cfg = config(10, 4);
+        // No dropout: the devices draw different masks.
+        cfg.lora.dropout = 0.0;
+        cfg.base_f16 = base_f16;
+        cfg.log_every = Some(1);
+        lora::attach(&mut model, &cfg.lora, 4).unwrap();
+        let mut t = Trainer::new(model, data(), cfg).unwrap();
+        assert_eq!(t.model().base_in_f16(), base_f16, "base in f16");
+        let mut losses = Vec::new();
+        let end = t
+            .run_blocking(|p| {
+                losses.push((p.train_loss, p.val_loss));
+                Control::Continue
+            })
+            .unwrap();
+        assert_eq!(end, RunEnd::Finished);
+        losses
+    };
+    let gpu = match webtune::device::gpu() {
+        Ok(device) => device.autodiff(),
+        Err(e) => panic!("{e} (tests/setup.sh installs Mesa's lavapipe for this test)"),
+    };
+    let cpu = run(webtune::device::cpu().autodiff(), false);
+    let half = run(gpu, true);
+    assert_eq!(cpu.len(), 10);
+    assert_eq!(cpu.len(), half.len());
+    for (step, (want, got)) in cpu.iter().zip(&half).enumerate() {
+        println!("step {}: CPU f32 {want:?}, GPU f16 {got:?}", step + 1);
+        for (want, got) in [(want.0, got.0), (want.1, got.1)] {
+            assert_eq!(want.is_some(), got.is_some(), "step {}", step + 1);
+            if let (Some(want), Some(got)) = (want, got) {
+                assert!(
+                    (want - got).abs() <= 1e-2 * want.abs(),
+                    "step {}: loss {got} on the GPU in f16 against {want} on the CPU",
+                    step + 1
+                );
+            }
+        }
+    }
+    // And it learned: the last validation loss below the first.
+    let vals: Vec<f32> = half.iter().filter_map(|l| l.1).collect();
+    assert!(
+        vals.len() >= 2 && vals[vals.len() - 1] < vals[0],
+        "{vals:?}"
+    );
+}

@@ -214,12 +214,12 @@ impl CausalLM {
 
     /// The model with its frozen matrices kept in f16 (projections, embeddings, the LM head:
     /// half the bytes of the base, 257 of SmolLM2's 513 MiB), and the bytes saved. Products
-    /// widen a weight to f32 for themselves ([`crate::kernels::frozen_matmul`]), so everything
-    /// is still computed in f32 from the rounded weights; LoRA's branches, the norms and biases
-    /// stay f32. Only on the CPU backend, whose products widen in one pass: elsewhere the model
-    /// comes back as it was, with 0.
+    /// with a frozen weight run as [`crate::kernels::frozen_matmul`] says (on the CPU backend in
+    /// f32 from the rounded weights; on a GPU in f16); LoRA's branches, the norms and biases
+    /// stay f32. Only where the device holds f16 ([`crate::device::holds_f16`]): elsewhere the
+    /// model comes back as it was, with 0.
     pub fn with_base_in_f16(self) -> (Self, usize) {
-        if !crate::kernels::fused(&self.device()) {
+        if !crate::device::holds_f16(&self.device()) {
             return (self, 0);
         }
         let mut mapper = weights::BaseToF16::default();

@@ -13,13 +13,14 @@ pub(crate) fn to_tensor2(t: HostTensor, device: &Device) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(t.data, shape), device)
 }
 
-/// A frozen matrix of the base on `device`: with `f16` (on the CPU backend, and when every value
-/// is within f16's range) kept in f16, converted as it is read, so that the model never holds
-/// it in f32 beside its other matrices ([`crate::model::CausalLM::with_base_in_f16`]).
+/// A frozen matrix of the base on `device`: with `f16` (where the device holds f16,
+/// [`crate::device::holds_f16`], and when every value is within f16's range) kept in f16,
+/// converted as it is read, so that the model never holds it in f32 beside its other matrices
+/// ([`crate::model::CausalLM::with_base_in_f16`]).
 pub(crate) fn matrix(t: HostTensor, device: &Device, f16: bool) -> Tensor<2> {
     // A NaN compares false: it stays f32, and the run's finiteness checks report it.
     let fits = |t: &HostTensor| t.data.iter().all(|x| x.abs() <= F16_MAX);
-    if f16 && crate::kernels::fused(device) && fits(&t) {
+    if f16 && crate::device::holds_f16(device) && fits(&t) {
         to_tensor2(t, device).cast(FloatDType::F16)
     } else {
         to_tensor2(t, device)
