@@ -27,6 +27,8 @@ const handlers = {
       ? `Running on WebGPU: ${backend.adapter}.`
       : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
+    // Whether "16-bit weights" applies here: the CPU, or a GPU with 16-bit shaders (shader-f16).
+    document.body.dataset.f16 = backend.f16_weights ? "1" : "0";
     document.body.dataset.ready = "1";
     updateButtons();
     if (reloadingModel) {
@@ -437,9 +439,10 @@ function updateButtons() {
   $("model-url-form").querySelector("button").disabled = locked;
   $("drop-zone").setAttribute("aria-disabled", String(locked));
   for (const b of document.querySelectorAll("#text-table button")) b.disabled = locked;
-  // "16-bit weights" is the CPU backend's (WebGPU loads the model in 32-bit).
-  const gpu = document.body.dataset.backend === "webgpu";
-  for (const input of $("settings").elements) input.disabled = locked || (gpu && input.name === "base_f16");
+  // "16-bit weights" needs a backend that holds f16: the CPU, or WebGPU with shader-f16 (a GPU
+  // without it loads the model in 32-bit).
+  const noF16 = document.body.dataset.f16 === "0";
+  for (const input of $("settings").elements) input.disabled = locked || (noF16 && input.name === "base_f16");
   const hasText = [...state.texts.values()].some((t) => t.tokens);
   $("start").disabled = !state.model || !hasText || (state.training && !state.paused);
   $("start").textContent = state.paused ? "Resume" : "Start";
@@ -514,14 +517,14 @@ async function loadModelFiles(files, modelName, baseF16) {
   worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName, baseF16 }, payload.map((p) => p.buffer));
 }
 
-// "16-bit weights" changed with a model loaded on the CPU and nothing trained on it yet: the
-// model loads again, in a fresh worker, since a wasm memory never shrinks (the same worker
-// would keep the 32-bit weights' pages). A run or an adapter holds the model as it is: the
+// "16-bit weights" changed with a model loaded and nothing trained on it yet: the model loads
+// again, in a fresh worker, since a wasm memory never shrinks (on the CPU the same worker would
+// keep the 32-bit weights' pages; on WebGPU a fresh device starts without the old buffers). A run or an adapter holds the model as it is: the
 // setting then applies to the next model loaded.
 let reloadingModel = false;
 function reloadForBaseF16() {
   if (!state.model || !state.modelSource || state.training || state.adapter || state.resuming) return;
-  if (document.body.dataset.backend !== "cpu" || !!state.model.base_f16 === wantsBaseF16()) return;
+  if (document.body.dataset.f16 !== "1" || !!state.model.base_f16 === wantsBaseF16()) return;
   reloadingModel = true;
   startWorker(state.backend);
   updateButtons();

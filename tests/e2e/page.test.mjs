@@ -232,11 +232,15 @@ test("Save memory and 16-bit weights start on where the browser reports 2 GB of 
       assert.equal(await page.isChecked("input[name=base_f16]"), on, `${gb} GB: 16-bit weights`);
       assert.equal(await page.isDisabled("input[name=base_f16]"), false);
     }
-    // On WebGPU (SwiftShader here) the model loads in 32-bit: the box is not offered.
+    // On WebGPU without shader-f16 (SwiftShader here) the model loads in 32-bit: the box is not
+    // offered. (With shader-f16 it is: the native GPU tests check that path, lora_golden.rs.)
     const gpu = await (await browser.newContext()).newPage();
     await gpu.goto(`${url}?backend=webgpu`);
     await gpu.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
     assert.equal(await gpu.getAttribute("body", "data-backend"), "webgpu");
+    const features = await gpu.evaluate(async () => [...(await navigator.gpu.requestAdapter()).features]);
+    assert.ok(!features.includes("shader-f16"), `this adapter has shader-f16: ${features}`);
+    assert.equal(await gpu.getAttribute("body", "data-f16"), "0");
     assert.equal(await gpu.isDisabled("input[name=base_f16]"), true);
   } finally {
     await browser.close();

@@ -26,6 +26,9 @@ pub struct BackendInfo {
     /// The adapter's buffer limits in bytes (burn requests all of them for its device).
     pub max_storage_buffer_binding_size: Option<u64>,
     pub max_buffer_size: Option<u64>,
+    /// Whether the frozen weights can be kept in f16 here (`baseF16`): always on the CPU; on
+    /// WebGPU when the adapter has `shader-f16` ([`webtune::device::holds_f16`]).
+    pub f16_weights: bool,
 }
 
 /// CPU threads this module computes with: the pool `initThreadPool` started in the
@@ -63,6 +66,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
             threads: cpu_threads(),
             max_storage_buffer_binding_size: None,
             max_buffer_size: None,
+            f16_weights: true,
         },
     ))
 }
@@ -85,6 +89,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
                     .as_ref()
                     .map(|l| l.max_storage_buffer_binding_size),
                 max_buffer_size: limits.as_ref().map(|l| l.max_buffer_size),
+                f16_weights: true,
             },
         )
     };
@@ -117,6 +122,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
         .init_async()
         .await
         .map_err(|e| format!("WebGPU could not start: {e:?}"))?;
+    let f16_weights = webtune::device::holds_f16(&device);
     Ok((
         device,
         BackendInfo {
@@ -131,6 +137,7 @@ pub async fn select(preference: &str) -> Result<(Device, BackendInfo), String> {
             },
             max_storage_buffer_binding_size: Some(limits.max_storage_buffer_binding_size),
             max_buffer_size: Some(limits.max_buffer_size),
+            f16_weights,
         },
     ))
 }

@@ -7,7 +7,7 @@
 //! const s = await WebSession.create("auto");            // "auto" | "webgpu" | "cpu"
 //! s.backend();                                            // { kind, adapter, reason, ... }
 //! s.loadGguf("model.gguf", bytes);                        // -> ModelInfo
-//! s.loadGguf("model.gguf", bytes, true);                  // the frozen weights kept in f16 (CPU)
+//! s.loadGguf("model.gguf", bytes, true);                  // the frozen weights kept in f16
 //! s.addText("notes.txt", bytes);                          // -> { name, tokens } or { name, skipped }
 //! s.plan(settings);                                       // -> Plan (trainable parameters, adapter size, split)
 //! s.start(settings);                                      // -> Plan; then the training loop, a call at a time:
@@ -179,9 +179,10 @@ impl WebSession {
         to_js(&self.backend)
     }
 
-    /// Loads a GGUF model from its bytes; returns ModelInfo. With `baseF16` (the CPU backend;
-    /// ignored on WebGPU) its frozen weights are kept in f16 as they load: half the base's
-    /// memory, at some speed (`TrainConfig::base_f16`; `ModelInfo.base_f16` says what was done).
+    /// Loads a GGUF model from its bytes; returns ModelInfo. With `baseF16` (the CPU backend, or
+    /// WebGPU with `shader-f16`: `BackendInfo.f16_weights`; ignored elsewhere) its frozen weights
+    /// are kept in f16 as they load: half the base's memory (`TrainConfig::base_f16`;
+    /// `ModelInfo.base_f16` says what was done).
     #[wasm_bindgen(js_name = loadGguf)]
     pub fn load_gguf(
         &self,

@@ -181,6 +181,8 @@ async fn javascript_api_runs_a_whole_session() {
     let s = WebSession::create("cpu".into()).await.unwrap();
     let backend: serde_json::Value = serde_wasm_bindgen::from_value(s.backend().unwrap()).unwrap();
     assert_eq!(backend["kind"], "cpu");
+    // The CPU backend holds f16 weights ("16-bit weights" is offered).
+    assert_eq!(backend["f16_weights"], true);
     let info: serde_json::Value = serde_wasm_bindgen::from_value(
         s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec(), None)
             .unwrap(),
