@@ -110,6 +110,13 @@ if [[ " $* " == *" --browser "* ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   fi
+  # The GPU tests' GPU: Mesa's lavapipe, Vulkan computed on the CPU, with shaderFloat16 (the
+  # f16 base's GPU path: crate/core/tests/lora_golden.rs, `mod gpu`).
+  if [ ! -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] && [ ! -e /usr/share/vulkan/icd.d/lvp_icd.json ]; then
+    say "installing Mesa's lavapipe (Vulkan on the CPU, for the GPU tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  fi
   if [ ! -d tests/e2e/node_modules/playwright-core ]; then
     say "installing playwright-core (npm)"
     (cd tests/e2e && npm ci --no-audit --no-fund --silent)
