@@ -69,6 +69,8 @@ pub struct BenchArgs {
 #[derive(Serialize)]
 struct Report {
     model: String,
+    /// Where it ran: "CPU", or the GPU's adapter as wgpu names it.
+    device: String,
     threads: usize,
     batch: usize,
     seq_len: usize,
@@ -174,6 +176,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
     let report = Report {
         model: base.name.clone(),
+        device: device_name(a.device),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         batch: a.batch,
         seq_len: a.seq_len,
@@ -206,6 +209,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 }
 
 use webtune::burn;
+
+fn device_name(choice: crate::cli::DeviceChoice) -> String {
+    match choice {
+        crate::cli::DeviceChoice::Cpu => "CPU".to_string(),
+        #[cfg(feature = "gpu")]
+        crate::cli::DeviceChoice::Gpu => {
+            webtune::device::gpu_adapter().unwrap_or_else(|| "GPU".to_string())
+        }
+        #[cfg(not(feature = "gpu"))]
+        crate::cli::DeviceChoice::Gpu => "GPU".to_string(),
+    }
+}
 
 /// The warm-up steps actually skipped, the step time and how it was figured ("median" or
 /// "mean"), from the steps' times and whether each read the loss back. A step that reads

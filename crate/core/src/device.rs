@@ -14,14 +14,34 @@ pub fn cpu() -> Device {
 /// (burn registers a device's runtime once: a second `init` fails), then the same device.
 #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 pub fn gpu() -> crate::Result<Device> {
-    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    gpu_started()
+        .clone()
+        .map(|(device, _)| device)
+        .map_err(crate::Error::Device)
+}
+
+/// Which adapter [`gpu`] runs on ("NVIDIA H200 (Vulkan, DiscreteGpu, driver ...)"), once started:
+/// a benchmark's figures mean little without it (wgpu may also pick a CPU rasterizer such as
+/// lavapipe where the GPU's driver is missing).
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub fn gpu_adapter() -> Option<String> {
+    gpu_started().as_ref().ok().map(|(_, name)| name.clone())
+}
+
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+fn gpu_started() -> &'static Result<(Device, String), String> {
+    static GPU: std::sync::OnceLock<Result<(Device, String), String>> = std::sync::OnceLock::new();
     GPU.get_or_init(|| {
-        Device::wgpu_options()
-            .init()
-            .map_err(|e| format!("no usable GPU: {e:?}"))
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| format!("no usable GPU: {e:?}"))?;
+        let info = setup.adapter.get_info();
+        let name = format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            info.name, info.backend, info.device_type, info.driver, info.driver_info
+        );
+        Ok((device, name))
     })
-    .clone()
-    .map_err(crate::Error::Device)
 }
 
 /// Whether `device` is burn's CPU backend (with or without autodiff).

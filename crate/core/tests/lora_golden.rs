@@ -545,6 +545,18 @@ mod gpu {
         }
     }
 
+    /// The bench names the adapter it ran on (`tests/bench/gpu.sh` skips SmolLM2 on a CPU
+    /// rasterizer by it): once the GPU is started, wgpu's name, backend and device type.
+    #[test]
+    fn the_started_gpu_names_its_adapter() {
+        gpu();
+        let name = webtune::device::gpu_adapter().expect("the GPU started");
+        assert!(
+            name.contains("Vulkan") && name.contains(", driver "),
+            "adapter described as {name:?}"
+        );
+    }
+
     const CASES: [(&str, &str); 3] = [
         ("qv", "tiny-llama-untied"),
         ("all_rslora", "tiny-llama-tied"),

