@@ -15,8 +15,8 @@
 # `--cpu` runs the second half on the CPU instead (to check the kit here, or to compare with the
 # same machine's cores); STEPS and WARMUP change the steps (default 20 after 5), ONLY="tiny
 # smollm2-f16" picks runs (tiny, smollm2, smollm2-f16, smollm2-recompute, smollm2-recompute-f16;
-# default all). Results: JSON in
-# $OUT (the device tool's output folder) or tests/out/gpu-bench.
+# default all). Results: JSON, logs and diagnostics.txt in $OUT (the device tool's output folder)
+# or tests/out/gpu-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIT="${GPU_KIT:-tests/out/gpu-kit}"
@@ -63,7 +63,7 @@ if [ "${1:-}" = "--cpu" ]; then DEVICE=cpu; fi
 RESULTS="${OUT:-tests/out/gpu-bench}"
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem
-WORK=$(mktemp -d)
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT  # the unpacked CLI and the 257 MiB model
 WEBTUNE="$WORK/webtune"
 gunzip -c "$KIT/webtune.gz" > "$WEBTUNE" && chmod +x "$WEBTUNE"
 STEPS="${STEPS:-20}"; WARMUP="${WARMUP:-5}"
