@@ -13,6 +13,7 @@ the real one; its losses mean nothing. Python's standard library only (the GPU m
 package registry).
 """
 import json
+import math
 import os
 import random
 import shutil
@@ -35,11 +36,10 @@ def main():
     block = struct.pack(f"<{block_len}e", *(rng.gauss(0.0, 0.02) for _ in range(block_len)))
     ones = struct.pack("<e", 1.0)
 
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
     header, offset = {}, 0
     for name, shape in shapes.items():
-        n = 1
-        for d in shape:
-            n *= d
+        n = sizes[name]
         header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + 2 * n]}
         offset += 2 * n
     header["__metadata__"] = {"format": "pt", "note": "synthetic weights (tests/bench/synthetic_model.py)"}
@@ -50,9 +50,7 @@ def main():
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for name, shape in shapes.items():
-            n = 1
-            for d in shape:
-                n *= d
+            n = sizes[name]
             if len(shape) == 1:  # norms (and biases): ones keep the activations' scale
                 f.write(ones * n)
                 continue

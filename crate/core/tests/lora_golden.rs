@@ -34,6 +34,17 @@ fn with_adapter(case: &str, base: &str, device: &Device) -> CausalLM {
     model
 }
 
+/// [`with_adapter`], its frozen base kept in f16 when `base_f16` (and then checked to be).
+fn with_adapter_on_base(case: &str, base: &str, device: &Device, base_f16: bool) -> CausalLM {
+    let model = with_adapter(case, base, device);
+    if !base_f16 {
+        return model;
+    }
+    let (model, saved) = model.with_base_in_f16();
+    assert!(saved > 0, "{case}: nothing was kept in f16");
+    model
+}
+
 fn golden(case: &str) -> Golden {
     Golden::open(&fixtures().join(format!("peft/{case}-golden.safetensors")))
 }
@@ -103,12 +114,7 @@ fn logits_match_peft(case: &str, base: &str) {
 }
 
 fn logits_match_peft_on(device: &Device, case: &str, base: &str, base_f16: bool, tol: Tolerances) {
-    let mut model = with_adapter(case, base, device);
-    if base_f16 {
-        let (m, saved) = model.with_base_in_f16();
-        assert!(saved > 0, "{case}: nothing was kept in f16");
-        model = m;
-    }
+    let model = with_adapter_on_base(case, base, device, base_f16);
     let g = golden(case);
     let (shape, ids) = g.i64("input_ids");
     let (_, want) = g.f32("logits");
@@ -151,13 +157,7 @@ fn gradients_match_torch_on(
     base_f16: bool,
     tol: Tolerances,
 ) {
-    let mut model = with_adapter(case, base, device);
-    if base_f16 {
-        let (m, saved) = model.with_base_in_f16();
-        assert!(saved > 0, "{case}: nothing was kept in f16");
-        model = m;
-    }
-    let (loss_tolerance, gradient_tolerance) = (tol.loss, tol.gradients);
+    let model = with_adapter_on_base(case, base, device, base_f16);
     let g = golden(case);
     let windows = golden_windows(&g);
     let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
@@ -176,7 +176,7 @@ fn gradients_match_torch_on(
         "{case} (recompute: {recompute}, base in f16: {base_f16}): loss webtune {got_loss} torch {}",
         want_loss[0]
     );
-    assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < loss_tolerance);
+    assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < tol.loss);
 
     let lora = lora_values(&model);
     // Only A and B get gradients: the base is frozen.
@@ -197,7 +197,7 @@ fn gradients_match_torch_on(
                 println!("{case} (base in f16): gradient of {key} differs by {d:e} (relative)");
             }
             assert!(
-                d < gradient_tolerance,
+                d < tol.gradients,
                 "{case} (recompute: {recompute}, base in f16: {base_f16}): gradient of {key} \
                  differs by {d} (relative)"
             );
