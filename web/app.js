@@ -229,7 +229,10 @@ function startWorker(backend) {
   // sets the pool's size, ?threads=1 the one-thread build.
   const threads = Number(new URLSearchParams(location.search).get("threads"))
     || Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
-  worker.postMessage({ type: "init", backend, threads, crashChannel: channelName });
+  // ?products=widened: the 16-bit weights' products widened to f32 instead of in 16-bit
+  // integers (a comparison for developers; README, "Speed").
+  const products = new URLSearchParams(location.search).get("products");
+  worker.postMessage({ type: "init", backend, threads, products, crashChannel: channelName });
 }
 
 // The step the last automatic restart resumed from: a crash before the run saved a later step

@@ -225,6 +225,7 @@ async function handle(msg) {
       case "init": {
         const { WebSession, reportCrashesTo } = await loadModule(msg.backend || "auto", msg.threads || 1);
         if (msg.crashChannel && reportCrashesTo) reportCrashesTo(msg.crashChannel); // pkg-threads only
+        if (msg.products) WebSession.setInt16Products(msg.products !== "widened");
         memoryBytes = () => WebSession.memoryBytes();
         session = await WebSession.create(msg.backend || "auto");
         defaults = WebSession.defaults();

@@ -3,7 +3,9 @@
 // function and by kind of work for each thread.
 //
 //   node tests/bench/page-profile.mjs [--steps 6] [--from 2] [--to 5] [--threads N] [--text A.txt ...]
-//        [--callers REGEX]
+//        [--callers REGEX] [--base-f16 1] [--products widened|int16]
+//
+// `--base-f16 1`: with "16-bit weights"; `--products`: their products (`?products=`).
 //
 // `--callers REGEX`: also the call paths (up to 6 frames) that lead to the functions matching it.
 // SmolLM2 (the page's "Load SmolLM2"), the page's settings but `--steps`; traces from the end of
@@ -26,12 +28,13 @@ import { join } from "node:path";
 const { chromium } = createRequire(new URL("../e2e/package.json", import.meta.url))("playwright-core");
 const { startServer } = await import("../e2e/helpers.mjs");
 
-const a = { steps: 6, from: 2, to: 5, threads: null, text: [], callers: null };
+const a = { steps: 6, from: 2, to: 5, threads: null, text: [], callers: null, products: null };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i += 2) {
   const [k, v] = [argv[i].replace(/^--/, ""), argv[i + 1]];
   if (k === "text") a.text.push(v);
   else if (k === "callers") a.callers = new RegExp(v);
+  else if (k === "products") a.products = v;
   else a[k] = Number(v);
 }
 if (!a.text.length) {
@@ -42,6 +45,8 @@ if (!a.text.length) {
 // Kinds of work, by the function a sample was in (the first that matches).
 const KINDS = [
   ["gemm (matmul)", /gemm/],
+  ["int16 products' kernel", /int16::simd128::kernel|int16::kernel|int16::matmul/],
+  ["int16 products' packing and quantizing", /int16|f16_scale/],
   ["webtune's fused kernels", /webtune::kernels::cpu/],
   ["waiting (pool, locks, idle)", /\(idle\)|\(program\)|Condvar|futex|Atomics|wait|sleep/i],
   ["copies and fills", /memcpy|memset|memmove|copy_from_slice|into_contiguous|copy_2d/],
@@ -59,8 +64,10 @@ const browser = await chromium.launch({
 });
 try {
   const page = await (await browser.newContext()).newPage();
-  await page.goto(`${url}?backend=cpu${a.threads ? `&threads=${a.threads}` : ""}`);
+  await page.goto(`${url}?backend=cpu${a.threads ? `&threads=${a.threads}` : ""}`
+    + (a.products ? `&products=${a.products}` : ""));
   await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+  if (a["base-f16"]) await page.check("input[name=base_f16]");
   await page.click("#load-default");
   await page.waitForFunction(() => window.webtuneState.model, null, { timeout: 300_000, polling: 100 });
   await page.setInputFiles("#text-files", a.text);

@@ -4,6 +4,7 @@
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
 //        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute] [--base-f16]
+//        [--products widened|int16]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // `first_step_secs` is page open -> first finished training step, model download included;
@@ -27,6 +28,7 @@ function parseArgs(argv) {
     else if (k === "--seq-len") a.seqLen = Number(v);
     else if (k === "--timeout") a.timeout = Number(v);
     else if (k === "--threads") a.threads = v;
+    else if (k === "--products") a.products = v;
     else throw new Error(`unknown argument ${k}`);
     i++;
   }
@@ -56,7 +58,8 @@ async function main() {
     page.on("pageerror", (e) => errors.push(String(e)));
     page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") errors.push(`${m.type()}: ${m.text()}`); });
     const t0 = Date.now();
-    await page.goto(`${url}?backend=${a.backend}${a.threads ? `&threads=${a.threads}` : ""}`);
+    await page.goto(`${url}?backend=${a.backend}${a.threads ? `&threads=${a.threads}` : ""}`
+      + (a.products ? `&products=${a.products}` : ""));
     await page.waitForSelector("body[data-ready='1']", { timeout: ms });
     const backend = await page.textContent("#backend-status");
     // Before the model loads, which reads it (checked later, it would load the model again).

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// The frozen base kept in f16 (`TrainConfig::base_f16`): half the base's memory.
     #[arg(long)]
     base_f16: bool,
+    /// With `--base-f16`: its products in 16-bit integers (`kernels::FrozenProducts::Int16`, the
+    /// page's way in wasm) instead of widened to f32. Natively a portable reference, not fast.
+    #[arg(long, requires = "base_f16")]
+    int16: bool,
     /// Instead of the workloads, time the parts of one training step (forward, loss, backward)
     /// on stderr: where a step's time goes.
     #[arg(long)]
@@ -83,6 +87,8 @@ struct Report {
     recompute: bool,
     /// The base kept in f16 (`--base-f16`).
     base_f16: bool,
+    /// Its products in 16-bit integers (`--int16`).
+    int16: bool,
     load_secs: f64,
     /// Peak resident memory while loading, and while training (MB; Linux only).
     load_peak_mb: Option<f64>,
@@ -109,6 +115,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         device
     };
+    if a.int16 {
+        webtune::kernels::set_frozen_products(webtune::kernels::FrozenProducts::Int16);
+    }
     let started = Instant::now();
     // The f16 base as it loads: the f32 model never exists whole (peak memory).
     let base = BaseModel::from_path_with(&a.model, &device, a.base_f16)?;
@@ -186,6 +195,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         base_parameters,
         recompute: a.recompute,
         base_f16: a.base_f16,
+        int16: a.int16,
         load_secs,
         load_peak_mb,
         train_peak_mb,

@@ -174,6 +174,20 @@ impl WebSession {
         })
     }
 
+    /// How the CPU backend multiplies by the frozen base kept in f16 ("16-bit weights"): in
+    /// 16-bit integers (`true`, the default in wasm: `kernels::FrozenProducts::Int16`) or with
+    /// the weights widened to f32 (`false`). For the whole module; the page's `?products=widened`
+    /// (a comparison for developers, README "Speed").
+    #[wasm_bindgen(js_name = setInt16Products)]
+    pub fn set_int16_products(on: bool) {
+        use webtune::kernels::{FrozenProducts, set_frozen_products};
+        set_frozen_products(if on {
+            FrozenProducts::Int16
+        } else {
+            FrozenProducts::Widened
+        });
+    }
+
     /// Which backend runs, and why: `{ kind: "webgpu" | "cpu", adapter, reason, limits }`.
     pub fn backend(&self) -> Result<JsValue, JsError> {
         to_js(&self.backend)

@@ -1,6 +1,6 @@
 // Times wasm-gemm-bench's `run` in headless Chromium, for each wasm file given, alternately
 // (this machine's speed moves): GFLOP/s per matmul shape, best of 3, each shape ~3 GFLOP.
-// node run.mjs A.wasm B.wasm [rounds]
+// node run.mjs A.wasm B.wasm[:export] [rounds] (the export timed: `run` unless named)
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
 
@@ -9,7 +9,7 @@ const { chromium } = createRequire(new URL("../../e2e/package.json", import.meta
   "playwright-core",
 );
 
-const files = process.argv.slice(2).filter((a) => a.endsWith(".wasm"));
+const files = process.argv.slice(2).filter((a) => /\.wasm(:\w+)?$/.test(a));
 const rounds = Number(process.argv.slice(2).find((a) => /^\d+$/.test(a)) ?? 3);
 // SmolLM2-135M's products for 4 x 128 tokens: q/o (576 -> 576), k/v (576 -> 192), MLP up and
 // gate (576 -> 1536), down (1536 -> 576), weight-gradient-shaped and the LM head's (a 3072-row
@@ -29,12 +29,12 @@ const browser = await chromium.launch({
   args: ["--no-sandbox"],
 });
 const page = await browser.newPage();
-const measure = (b64) =>
+const measure = (b64, name) =>
   page.evaluate(
-    async ({ b64, shapes }) => {
+    async ({ b64, name, shapes }) => {
       const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
       const { instance } = await WebAssembly.instantiate(bytes, {});
-      const run = instance.exports.run;
+      const run = instance.exports[name];
       const out = [];
       for (const [m, n, k, t] of shapes) {
         const flop = 2 * m * n * k;
@@ -50,15 +50,16 @@ const measure = (b64) =>
       }
       return out;
     },
-    { b64, shapes },
+    { b64, name, shapes },
   );
 
-const wasm = files.map((f) => readFileSync(f).toString("base64"));
+const wasm = files.map((f) => readFileSync(f.replace(/:\w+$/, "")).toString("base64"));
+const exportOf = (f) => f.match(/:(\w+)$/)?.[1] ?? "run";
 const header = shapes.map(([m, n, k, t]) => `${m}x${n}x${k}${t ? "ᵀ" : ""}`);
 console.log(["file", ...header, "mean"].join(" | "));
 for (let r = 0; r < rounds; r++) {
   for (let i = 0; i < files.length; i++) {
-    const g = await measure(wasm[i]);
+    const g = await measure(wasm[i], exportOf(files[i]));
     const mean = g.reduce((a, b) => a + b, 0) / g.length;
     console.log([files[i], ...g.map((x) => x.toFixed(1)), mean.toFixed(1)].join(" | "));
   }

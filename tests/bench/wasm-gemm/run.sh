@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # gemm's wasm f32 matmul, stock gemm-f32 0.19 against webtune's vendored one
-# (crate/vendor/gemm-f32: another microkernel tile), one thread in headless Chromium.
+# (crate/vendor/gemm-f32: another microkernel tile), and webtune's 16-bit integer product
+# (crate/core/src/kernels/int16.rs), one thread in headless Chromium.
 # Needs tests/setup.sh (the e2e tests' playwright-core and Chromium). Prints GFLOP/s per shape.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,4 +17,4 @@ build() {
 build stock
 build vendored --config "patch.crates-io.gemm-f32.path=\"$root/crate/vendor/gemm-f32\""
 cd "$out"
-node "$here/run.mjs" stock.wasm vendored.wasm "${1:-3}"
+node "$here/run.mjs" stock.wasm vendored.wasm vendored.wasm:run_int16 "${1:-3}"

@@ -36,6 +36,45 @@ pub fn for_rows(
     }
 }
 
+/// `f(first_row, rows, block)` over `out` (rows of `row_len`) cut into blocks of `block_rows`
+/// rows (the last one shorter), on the pool where there is one: for work so large per row (a
+/// matrix product's) that a block of rows is the unit worth a task. `out` may end inside its
+/// last row (a slice of a wider matrix's columns that starts inside its first row).
+pub fn for_row_blocks(
+    out: &mut [f32],
+    row_len: usize,
+    block_rows: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync + Send,
+) {
+    if row_len == 0 || block_rows == 0 {
+        return;
+    }
+    for_chunks(out, row_len * block_rows, |i, c| {
+        f(i * block_rows, c.len().div_ceil(row_len), c)
+    });
+}
+
+/// `f(i, chunk)` over `out` cut into chunks of `len` (the last one shorter), on the pool where
+/// there is one and there is more than one chunk.
+pub fn for_chunks<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    if len == 0 {
+        return;
+    }
+    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
+    {
+        use rayon::prelude::*;
+        if out.len() > len {
+            out.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c));
+            return;
+        }
+    }
+    for (i, c) in out.chunks_mut(len).enumerate() {
+        f(i, c);
+    }
+}
+
 /// Whether rows of `row_len` in `len` values, each reading `cost` elements, are worth splitting
 /// over the pool: more than one row, and enough work that waking the pool pays.
 #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]

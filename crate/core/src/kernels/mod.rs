@@ -14,6 +14,7 @@
 //! paths against each other and against PyTorch (the golden tests).
 
 pub mod cpu;
+pub mod int16;
 mod ops;
 
 use std::cell::Cell;
@@ -56,6 +57,49 @@ fn next_dropout_seed() -> Option<u64> {
         s.set(Some(state));
         Some(crate::rng::mix64(state))
     })
+}
+
+/// How the CPU backend multiplies by a frozen matrix kept in f16 (the frozen base of
+/// `CausalLM::with_base_in_f16`, the page's "16-bit weights"): the product of an f32 matrix
+/// is always gemm's in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrozenProducts {
+    /// The weight widened to f32 a piece at a time, gemm's f32 product: natively, where f32
+    /// fused multiply-adds on 256- or 512-bit vectors are the fastest arithmetic there is.
+    Widened,
+    /// Both factors rounded to 16-bit integers and multiplied exactly in i32 ([`int16`]): in wasm,
+    /// where an `i32x4.dot_i16x8_s` does twice the multiply-adds of 128-bit f32 SIMD without
+    /// fused multiply-add (README, "Speed"). Rows of fewer than [`INT16_MIN_ROWS`] (a generated
+    /// token's) stay [`Self::Widened`]: quantizing the weight would cost more than its product.
+    Int16,
+}
+
+/// Products with fewer rows than this stay widened under [`FrozenProducts::Int16`].
+pub const INT16_MIN_ROWS: usize = 16;
+
+/// 0: the platform's default ([`frozen_products`]); 1: widened; 2: int16.
+static FROZEN_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// How this process multiplies by a frozen f16 matrix on the CPU: what
+/// [`set_frozen_products`] chose, else [`FrozenProducts::Int16`] in wasm with SIMD and
+/// [`FrozenProducts::Widened`] elsewhere. One choice for the whole process, like the backend:
+/// the page's worker runs one model.
+pub fn frozen_products() -> FrozenProducts {
+    match FROZEN_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => FrozenProducts::Widened,
+        2 => FrozenProducts::Int16,
+        _ if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) => FrozenProducts::Int16,
+        _ => FrozenProducts::Widened,
+    }
+}
+
+/// Chooses [`frozen_products`] for this process (the CLI's `--int16`, the tests).
+pub fn set_frozen_products(p: FrozenProducts) {
+    let v = match p {
+        FrozenProducts::Widened => 1,
+        FrozenProducts::Int16 => 2,
+    };
+    FROZEN_PRODUCTS.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether `device` runs the fused CPU kernels.

@@ -13,7 +13,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
 
-use super::cpu;
+use super::{FrozenProducts, INT16_MIN_ROWS, cpu, int16};
 
 /// Shapes and constants the kernels need besides their tensors.
 #[backend_extension(Autodiff, Flex)]
@@ -464,6 +464,9 @@ impl Head {
 
     /// block `[n, d]` · wᵀ -> `[n, vocab]`, contiguous.
     fn logits(&self, block: FlexTensor) -> FlexTensor {
+        if self.int16(dims(&block)[0]) {
+            return self.int16_logits(&f32s(&block));
+        }
         if self.whole() {
             let w = Flex::float_transpose(widen(&self.w));
             return f32s(&Flex::float_matmul(block, w));
@@ -498,6 +501,9 @@ impl Head {
 
     /// g `[n, vocab]` · w -> `[n, d]`, contiguous.
     fn grad(&self, g: FlexTensor) -> FlexTensor {
+        if self.int16(dims(&g)[0]) {
+            return self.int16_grad(&f32s(&g));
+        }
         if self.whole() {
             return f32s(&Flex::float_matmul(g, widen(&self.w)));
         }
@@ -513,6 +519,91 @@ impl Head {
             FlexTensor::zeros(Shape::from(vec![dims(&g)[0], dims(&self.w)[1]]), DType::F32)
         }))
     }
+}
+
+/// Rows of a's block per task in the int16 products: a multiple of the kernel's 4-row tile, and
+/// 16 tasks for a batch of 4 x 128 tokens (the pool's threads balance them).
+const INT16_BLOCK_ROWS: usize = 32;
+
+impl Head {
+    /// Whether this product runs in 16-bit integers ([`FrozenProducts::Int16`]).
+    fn int16(&self, rows: usize) -> bool {
+        self.w.dtype() == DType::F16
+            && rows >= INT16_MIN_ROWS
+            && super::frozen_products() == FrozenProducts::Int16
+    }
+
+    /// [`Self::logits`] in 16-bit integers, [`HEAD_CHUNK`] of w's rows at a time.
+    fn int16_logits(&self, x: &FlexTensor) -> FlexTensor {
+        let (n, d, vocab) = (dims(x)[0], dims(x)[1], self.vocab);
+        let mut logits = FlexTensor::empty(Shape::from(vec![n, vocab]), DType::F32);
+        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(vocab - v0);
+            let b = Flex::float_transpose(self.w.narrow(0, v0, len));
+            let a = (x.storage::<f32>(), d);
+            int16_product(a, &b, &mut logits.storage_mut()[v0..], vocab, false);
+        }
+        logits
+    }
+
+    /// [`Self::grad`] in 16-bit integers, [`HEAD_CHUNK`] of w's rows at a time, summed.
+    fn int16_grad(&self, g: &FlexTensor) -> FlexTensor {
+        let (n, vocab) = (dims(g)[0], self.vocab);
+        let d = dims(&self.w)[1];
+        let mut dh = FlexTensor::zeros(Shape::from(vec![n, d]), DType::F32);
+        for v0 in (0..vocab).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(vocab - v0);
+            let a = (&g.storage::<f32>()[v0..], vocab);
+            int16_product(a, &self.w.narrow(0, v0, len), dh.storage_mut(), d, v0 > 0);
+        }
+        dh
+    }
+}
+
+/// c = a · b in 16-bit integers ([`int16`]): a `[m, k]` f32 rows (`a.0`, row i at `i * a.1`;
+/// m is c's rows), b `[k, n]` an f16 matrix or a view of one with a unit stride along either
+/// dimension. b is quantized per row of its storage and packed (a panel per task), then a is
+/// multiplied a block of rows per task, into c (row i at `i * c_stride`; added to what is there
+/// with `accumulate`). Reading b along its storage's rows keeps every read contiguous.
+fn int16_product(
+    a: (&[f32], usize),
+    b: &FlexTensor,
+    c: &mut [f32],
+    c_stride: usize,
+    accumulate: bool,
+) {
+    let b = if b.layout().strides().contains(&1) {
+        b.clone()
+    } else {
+        b.to_contiguous()
+    };
+    let ([k, n], layout) = ([dims(&b)[0], dims(&b)[1]], b.layout());
+    let (s0, s1) = (layout.strides()[0] as usize, layout.strides()[1] as usize);
+    // w, the matrix packed: b itself ([k, n], rows along s0) or bᵀ ([n, k], rows along s1).
+    let transposed = s1 != 1;
+    let (rows, cols, stride) = if transposed { (n, k, s1) } else { (k, n, s0) };
+    let src = {
+        use half::slice::HalfFloatSliceExt;
+        b.storage::<half::f16>().reinterpret_cast()
+    };
+    let start = layout.start_offset();
+    let row = |r: usize| &src[start + r * stride..start + r * stride + cols];
+    let mut scales = vec![0f32; rows];
+    cpu::for_rows(&mut scales, 1, cols, |r, s| s[0] = int16::f16_scale(row(r)));
+    let packer = int16::Packer::new(rows, cols, transposed, scales);
+    let mut data = vec![0i16; packer.panels() * packer.panel_len()];
+    cpu::for_chunks(&mut data, packer.panel_len(), |p, panel| {
+        packer.fill_f16(p, panel, row)
+    });
+    let (packed, a_scale) = packer.finish(data);
+    let lhs = int16::Lhs {
+        data: a.0,
+        stride: a.1,
+        scale: &a_scale,
+    };
+    cpu::for_row_blocks(c, c_stride, INT16_BLOCK_ROWS, |r0, rows, c| {
+        int16::matmul(&lhs, &packed, r0..r0 + rows, c, c_stride, accumulate)
+    });
 }
 
 // ---- autodiff over it -------------------------------------------------------------------------
