@@ -281,8 +281,9 @@ pub struct Lhs<'a> {
     pub scale: &'a [f32],
 }
 
-/// `a` quantized: per row, its k as pairs of i16 (one u32 each, the kernel's broadcast), and a
-/// scale per block.
+/// `a` quantized: its k as pairs of i16 (one u32 each, the kernel's broadcast), the rows of each
+/// tile of `MR` interleaved (pair p of its rows side by side: the kernel's `MR` broadcasts load
+/// from one address and constant offsets), and a scale per row and block.
 struct QuantizedA {
     pairs: Vec<u32>,
     scale: Vec<f32>,
@@ -298,12 +299,13 @@ fn quantize_a(a: &Lhs, k: usize, rows: std::ops::Range<usize>) -> QuantizedA {
         scale: vec![0.0; m * blocks],
     };
     let mut buf = [0f32; BLOCK];
+    let mut row_q = vec![0u32; kp];
     for (i, r) in rows.enumerate() {
         let row = &a.data[r * a.stride..r * a.stride + k];
         for b in 0..blocks {
             let start = b * BLOCK;
             let end = (start + BLOCK).min(k);
-            let out = &mut q.pairs[i * kp + b * PAIRS..i * kp + (b + 1) * PAIRS];
+            let out = &mut row_q[b * PAIRS..(b + 1) * PAIRS];
             let scale = if a.scale.is_empty() {
                 &[] as &[f32]
             } else {
@@ -319,6 +321,10 @@ fn quantize_a(a: &Lhs, k: usize, rows: std::ops::Range<usize>) -> QuantizedA {
                 ones[..scale.len()].copy_from_slice(scale);
                 quantize_block(&buf, if scale.is_empty() { &[] } else { &ones }, out)
             };
+        }
+        let tile = &mut q.pairs[i / MR * MR * kp..(i / MR + 1) * MR * kp];
+        for (p, &pair) in row_q.iter().enumerate() {
+            tile[p * MR + i % MR] = pair;
         }
     }
     q
@@ -425,7 +431,7 @@ fn portable_kernel(ap: &[u32], sp: &[f32], bp: &[i16], kp: usize, out: &mut [[f3
         for p in b * PAIRS..(b + 1) * PAIRS {
             let bv = &bp[p * NR * 2..(p + 1) * NR * 2];
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = ap[r * kp + p];
+                let a = ap[p * MR + r];
                 let (lo, hi) = (a as u16 as i16 as i32, (a >> 16) as u16 as i16 as i32);
                 for (j, acc) in acc.iter_mut().enumerate() {
                     *acc += lo * bv[2 * j] as i32 + hi * bv[2 * j + 1] as i32;
@@ -592,12 +598,12 @@ mod simd128 {
         for blk in 0..blocks {
             let mut acc = [[i32x4_splat(0); NV]; MR];
             for p in blk * PAIRS..(blk + 1) * PAIRS {
-                // SAFETY: p < kp, and the lengths asserted above cover MR rows of kp pairs of a
+                // SAFETY: p < kp, and the lengths asserted above cover kp pairs of MR rows of a
                 // and kp · NV vectors of b (unaligned loads).
                 unsafe {
                     let bv: [v128; NV] = core::array::from_fn(|v| v128_load(b.add(p * NV + v)));
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let a = v128_load32_splat(ap.as_ptr().add(r * kp + p));
+                        let a = v128_load32_splat(ap.as_ptr().add(p * MR + r));
                         for (acc, &b) in acc.iter_mut().zip(&bv) {
                             *acc = i32x4_add(*acc, i32x4_dot_i16x8(a, b));
                         }
