@@ -1,7 +1,7 @@
 //! Fused operations for the model's memory-bound steps: RMSNorm, SwiGLU's gate, rotary
 //! embedding, causal softmax and the cross-entropy loss (also fused with the LM head), forward
 //! and backward; and the products with a frozen weight kept in f16 ([`frozen_matmul`]), which
-//! widen it for themselves.
+//! widen it for themselves, or run in 16-bit integers ([`int16`], [`frozen_products`]).
 //!
 //! Why: on the CPU a training step spent more time in element-wise ops than in its matmuls. burn
 //! builds each of these from five to ten generic ops, each a pass over memory into a fresh tensor
@@ -251,7 +251,8 @@ pub fn linear_cross_entropy(
 
 /// x · w for a frozen w stored in any float type (a base kept in f16, `CausalLM::with_base_in_f16`):
 /// on the CPU backend one product that widens w a piece at a time and keeps only w itself for
-/// the backward pass (computed in f32: the CPU has no faster f16 arithmetic); on a GPU the
+/// the backward pass (computed in f32: the CPU has no faster f16 arithmetic; in wasm, in 16-bit
+/// integers instead, [`FrozenProducts::Int16`]); on a GPU the
 /// product in f16, x rounded to f16 and the sums accumulated in f32 (cubecl's matmul), then
 /// widened: half the bytes read, and no f32 copy of w. Its backward pass (x's gradient, dy · wᵀ)
 /// runs in f16 the same way, with dy scaled by [`F16_GRADIENT_SCALE`] on the way in and back on
