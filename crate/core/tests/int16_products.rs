@@ -13,7 +13,6 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 
 use common::*;
-use webtune::burn::optim::GradientsParams;
 use webtune::burn::tensor::Device;
 use webtune::formats::peft::Adapter;
 use webtune::kernels::{FrozenProducts, set_frozen_products};
@@ -95,20 +94,7 @@ fn logits_match_peft() {
 fn loss_and_gradients(case: &str, base: &str, recompute: bool) -> (f32, Vec<(String, Vec<f32>)>) {
     let device = webtune::device::cpu().autodiff();
     let model = model(case, base, &device);
-    let (shape, ids) = golden(case).i64("input_ids");
-    let windows: Vec<Vec<u32>> = ids
-        .chunks(shape[1])
-        .map(|r| r.iter().map(|&x| x as u32).collect())
-        .collect();
-    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let (inputs, targets) = webtune::train::batch_tensors(&refs, &device);
-    let (loss, grads) = if recompute {
-        model.loss_recomputed(inputs, targets, 1.0, 0)
-    } else {
-        let loss = model.loss(inputs, targets);
-        let grads = GradientsParams::from_grads(loss.clone().backward(), &model);
-        (loss, grads)
-    };
+    let (loss, grads) = golden_loss_and_gradients(&model, &golden(case), &device, recompute);
     let mut out = Vec::new();
     for (path, _, proj) in model.projections() {
         let Some(l) = &proj.lora else { continue };

@@ -67,15 +67,6 @@ fn lora_values(model: &CausalLM) -> BTreeMap<String, Tensor<2>> {
     out
 }
 
-/// The golden case's `input_ids` as training windows (labels = input_ids in transformers:
-/// predict token i+1 from tokens 0..=i).
-fn golden_windows(g: &Golden) -> Vec<Vec<u32>> {
-    let (shape, ids) = g.i64("input_ids");
-    ids.chunks(shape[1])
-        .map(|r| r.iter().map(|&x| x as u32).collect())
-        .collect()
-}
-
 fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
     max_abs_diff(got, want) / scale
@@ -159,17 +150,7 @@ fn gradients_match_torch_on(
 ) {
     let model = with_adapter_on_base(case, base, device, base_f16);
     let g = golden(case);
-    let windows = golden_windows(&g);
-    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let (inputs, targets) = webtune::train::batch_tensors(&refs, device);
-    // The training path: the LM head fused with the loss on the CPU backend.
-    let (loss, grads) = if recompute {
-        model.loss_recomputed(inputs, targets, 1.0, 0)
-    } else {
-        let loss = model.loss(inputs, targets);
-        let grads = GradientsParams::from_grads(loss.clone().backward(), &model);
-        (loss, grads)
-    };
+    let (loss, grads) = golden_loss_and_gradients(&model, &g, device, recompute);
     let (_, want_loss) = g.f32("loss");
     let got_loss = loss.into_scalar::<f32>();
     println!(

@@ -19,20 +19,12 @@ pub fn for_rows(
     }
     // The page's one-thread build has no pool. Its multi-threaded build (`threads`) splits the
     // rows over the pool as natively does: measured in the page, see README, "Speed".
-    #[cfg(all(target_arch = "wasm32", not(feature = "threads")))]
-    let _ = cost;
-    #[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
-    {
-        use rayon::prelude::*;
-        if worth_splitting(out.len(), row_len, cost) {
-            out.par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(i, row)| f(i, row));
-            return;
+    if worth_splitting(out.len(), row_len, cost) {
+        for_chunks(out, row_len, f);
+    } else {
+        for (i, row) in out.chunks_mut(row_len).enumerate() {
+            f(i, row);
         }
-    }
-    for (i, row) in out.chunks_mut(row_len).enumerate() {
-        f(i, row);
     }
 }
 
@@ -77,7 +69,6 @@ pub fn for_chunks<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]
 
 /// Whether rows of `row_len` in `len` values, each reading `cost` elements, are worth splitting
 /// over the pool: more than one row, and enough work that waking the pool pays.
-#[cfg(any(not(target_arch = "wasm32"), feature = "threads"))]
 fn worth_splitting(len: usize, row_len: usize, cost: usize) -> bool {
     len > row_len && (len / row_len) * cost >= 1 << 15
 }

@@ -221,7 +221,9 @@ impl Packer {
 
 /// An f16 (its bits) as f32, exactly for every finite value (normal or subnormal): the bits
 /// moved into f32's places and multiplied by 2^112 (f32's exponent bias less f16's). Infinity
-/// and NaN come out finite: callers check for them first ([`f16_scale`]).
+/// and NaN come out finite: callers check for them first ([`f16_scale`]). (`cpu::f16_to_f32`
+/// widens every pattern; this module keeps its own so that it compiles alone, as
+/// tests/bench/wasm-gemm includes it, and SIMD-widens the same way.)
 pub fn f16_to_f32(h: u16) -> f32 {
     let magnitude = f32::from_bits(((h & 0x7fff) as u32) << 13) * F16_REBIAS;
     if h & 0x8000 != 0 {

@@ -104,3 +104,34 @@ pub fn rel_l2(got: &[f32], want: &[f32]) -> f32 {
     let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|a| a * a).sum::<f32>().sqrt();
     norm(&mut got.iter().zip(want).map(|(a, b)| a - b)) / norm(&mut want.iter().copied())
 }
+
+/// A golden case's `input_ids` as training windows (labels = input_ids in transformers:
+/// predict token i+1 from tokens 0..=i).
+pub fn golden_windows(g: &Golden) -> Vec<Vec<u32>> {
+    let (shape, ids) = g.i64("input_ids");
+    ids.chunks(shape[1])
+        .map(|r| r.iter().map(|&x| x as u32).collect())
+        .collect()
+}
+
+/// `model`'s loss on the golden case's windows and its gradients, on the training path (the LM
+/// head fused with the loss on the CPU backend), with every activation kept or each layer
+/// recomputed in the backward pass (`TrainConfig::recompute`). `device` has autodiff.
+pub fn golden_loss_and_gradients(
+    model: &webtune::model::CausalLM,
+    g: &Golden,
+    device: &Device,
+    recompute: bool,
+) -> (Tensor<1>, webtune::burn::optim::GradientsParams) {
+    let windows = golden_windows(g);
+    let refs: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let (inputs, targets) = webtune::train::batch_tensors(&refs, device);
+    if recompute {
+        model.loss_recomputed(inputs, targets, 1.0, 0)
+    } else {
+        let loss = model.loss(inputs, targets);
+        let grads =
+            webtune::burn::optim::GradientsParams::from_grads(loss.clone().backward(), model);
+        (loss, grads)
+    }
+}
