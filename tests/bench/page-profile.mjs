@@ -3,9 +3,10 @@
 // function and by kind of work for each thread.
 //
 //   node tests/bench/page-profile.mjs [--steps 6] [--from 2] [--to 5] [--threads N] [--text A.txt ...]
-//        [--callers REGEX] [--base-f16 1] [--products widened|int16]
+//        [--callers REGEX] [--base-f16 0|1] [--products widened|int16]
 //
-// `--base-f16 1`: with "16-bit weights"; `--products`: their products (`?products=`).
+// `--base-f16 0|1`: "16-bit weights" off / on (without it: the page's default, on for the CPU);
+// `--products`: their products (`?products=`).
 //
 // `--callers REGEX`: also the call paths (up to 6 frames) that lead to the functions matching it.
 // SmolLM2 (the page's "Load SmolLM2"), the page's settings but `--steps`; traces from the end of
@@ -67,7 +68,7 @@ try {
   await page.goto(`${url}?backend=cpu${a.threads ? `&threads=${a.threads}` : ""}`
     + (a.products ? `&products=${a.products}` : ""));
   await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
-  if (a["base-f16"]) await page.check("input[name=base_f16]");
+  if (a["base-f16"] !== undefined) await page.setChecked("input[name=base_f16]", a["base-f16"] === 1);
   await page.click("#load-default");
   await page.waitForFunction(() => window.webtuneState.model, null, { timeout: 300_000, polling: 100 });
   await page.setInputFiles("#text-files", a.text);

@@ -82,11 +82,13 @@ else
   fi
   if [ "$BROWSER" = 1 ]; then
     bash web/build.sh >&2
+    # The page's defaults (on the CPU: "16-bit weights", its products in 16-bit integers), then
+    # the same with 32-bit weights.
     browser smollm2 cpu 4 1
     browser smollm2-1t cpu 4 1 --threads 1
     browser smollm2-recompute cpu 4 1 --recompute
-    browser smollm2-f16 cpu 4 1 --base-f16
-    browser smollm2-recompute-f16 cpu 4 1 --recompute --base-f16
+    browser smollm2-f32 cpu 4 1 --base-f32
+    browser smollm2-recompute-f32 cpu 4 1 --recompute --base-f32
     browser tiny cpu 20 5 --model "$TINY"
     browser tiny webgpu 5 2 --model "$TINY"
   fi

@@ -38,7 +38,7 @@ def main():
         "native-smollm2", "native-smollm2-recompute", "native-smollm2-f16",
         "native-smollm2-recompute-f16", "native-tiny", "torch-smollm2",
         "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
-        "browser-cpu-smollm2-f16", "browser-cpu-smollm2-recompute-f16",
+        "browser-cpu-smollm2-f32", "browser-cpu-smollm2-recompute-f32",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
@@ -59,14 +59,14 @@ def main():
         ("SmolLM2-135M, r=8 q,v, 4x128",
          "webtune native (CPU), layers recomputed, base in f16 (`--recompute --base-f16`)",
          r["native-smollm2-recompute-f16"]),
-        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, the page's defaults",
+         r["browser-cpu-smollm2"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
          r["browser-cpu-smollm2-recompute"]),
-        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"16-bit weights\"",
-         r["browser-cpu-smollm2-f16"]),
-        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\" + \"16-bit weights\"",
-         r["browser-cpu-smollm2-recompute-f16"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-f32"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
+         r["browser-cpu-smollm2-recompute-f32"]),
         ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),
@@ -83,6 +83,8 @@ def main():
         elif x.get("memory_mb"):
             mem = f"– / {x['memory_mb']:,.0f} (wasm memory)"
         where_text = where
+        if "base_f16" in x and "SmolLM2" in workload:  # the page: the weights the model loaded with
+            where_text += ", 16-bit weights" if x["base_f16"] else ", 32-bit weights"
         if "backend_status" in x:
             where_text += f" ({x['backend_status'].split(':')[0].strip().rstrip('.')})"
         # A GPU reads the loss back every few steps: its figure is a mean (bench.mjs says why).
@@ -94,9 +96,11 @@ def main():
               f"{mem or '–'} | {fmt(x.get('eval_secs'), 2)} | {fmt(x.get('first_step_secs'), 1)} |")
     print()
     ratios = []
-    if native and r["browser-cpu-smollm2"]:
-        ratios.append(f"browser CPU / native CPU (SmolLM2): "
-                      f"{r['browser-cpu-smollm2']['train_tokens_per_sec'] / native['train_tokens_per_sec']:.2f}x")
+    for name, label in (("browser-cpu-smollm2", "the page's defaults"), ("browser-cpu-smollm2-f32", "32-bit weights")):
+        if native and r[name]:  # issue 9's target: >= 0.5x
+            bits = "16" if r[name].get("base_f16") else "32"
+            ratios.append(f"browser CPU / native CPU f32 (SmolLM2, {label}: {bits}-bit weights in the page): "
+                          f"{r[name]['train_tokens_per_sec'] / native['train_tokens_per_sec']:.2f}x")
     if r["native-tiny"] and r["browser-cpu-tiny"]:
         ratios.append(f"browser CPU / native CPU (tiny): "
                       f"{r['browser-cpu-tiny']['train_tokens_per_sec'] / r['native-tiny']['train_tokens_per_sec']:.2f}x")
@@ -109,11 +113,11 @@ def main():
         for name, label in (("native-smollm2", "native"), ("native-smollm2-recompute", "native, layers recomputed"),
                             ("native-smollm2-f16", "native, base in f16"),
                             ("native-smollm2-recompute-f16", "native, layers recomputed, base in f16"),
-                            ("browser-cpu-smollm2", "page, wasm memory"),
+                            ("browser-cpu-smollm2", "page (its defaults), wasm memory"),
                             ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory"),
-                            ("browser-cpu-smollm2-f16", "page with \"16-bit weights\", wasm memory"),
-                            ("browser-cpu-smollm2-recompute-f16",
-                             "page with \"Save memory\" + \"16-bit weights\", wasm memory")):
+                            ("browser-cpu-smollm2-f32", "page with 32-bit weights, wasm memory"),
+                            ("browser-cpu-smollm2-recompute-f32",
+                             "page with \"Save memory\" and 32-bit weights, wasm memory")):
             x = r[name]
             peak = x and (x.get("train_peak_mb") or x.get("memory_mb"))
             if peak:

@@ -3,10 +3,12 @@
 // step times from the page. Prints one JSON object per line:
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
-//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute] [--base-f16]
-//        [--products widened|int16]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute]
+//        [--base-f16 | --base-f32] [--products widened|int16]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
+// "16-bit weights" as the page sets it (on for the CPU backend) unless --base-f16 / --base-f32
+// says; `base_f16` in the output is what the model loaded with.
 // `first_step_secs` is page open -> first finished training step, model download included;
 // `memory_mb` the wasm module's memory at the end (its peak).
 import { join } from "node:path";
@@ -18,7 +20,8 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
     if (k === "--recompute") { a.recompute = true; continue; } // "Save memory" (no value)
-    if (k === "--base-f16") { a.baseF16 = true; continue; } // "16-bit weights" (no value)
+    if (k === "--base-f16") { a.baseF16 = true; continue; } // "16-bit weights" on (no value)
+    if (k === "--base-f32") { a.baseF16 = false; continue; } // "16-bit weights" off (no value)
     if (k === "--backend") a.backend = v;
     else if (k === "--model") a.model = v;
     else if (k === "--text") a.text.push(v);
@@ -63,7 +66,9 @@ async function main() {
     await page.waitForSelector("body[data-ready='1']", { timeout: ms });
     const backend = await page.textContent("#backend-status");
     // Before the model loads, which reads it (checked later, it would load the model again).
-    if (a.baseF16) await page.check("input[name=base_f16]");
+    // (Greyed out where the backend cannot hold f16: the model loads in 32-bit, as `base_f16` says.)
+    const f16Box = "input[name=base_f16]";
+    if (a.baseF16 !== undefined && !(await page.isDisabled(f16Box))) await page.setChecked(f16Box, a.baseF16);
     if (a.model) await page.setInputFiles("#model-files", a.model);
     else await page.click("#load-default");
     await page.waitForFunction(() => window.webtuneState.model, null, { timeout: ms, polling: 100 });

@@ -164,6 +164,11 @@ struct TrainArgs {
     /// moves by 3e-5, relative; README). A resumed run follows its checkpoint's setting.
     #[arg(long)]
     base_f16: bool,
+    /// With `--base-f16`: the frozen products in 16-bit integers, as the page computes them on the
+    /// CPU (`kernels::FrozenProducts::Int16`; README "Speed"). Natively a portable reference of the
+    /// page's numbers, slower than f32.
+    #[arg(long, requires = "base_f16")]
+    int16: bool,
     /// Save a checkpoint (adapter, optimizer state, data order, history) to
     /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from it.
     #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY)]
@@ -520,6 +525,9 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     let base_f16 = resumed
         .as_ref()
         .map_or(a.base_f16, |f| f.state.config.base_f16);
+    if a.int16 {
+        webtune::kernels::set_frozen_products(webtune::kernels::FrozenProducts::Int16);
+    }
     let mut base = BaseModel::from_path_with(&a.model, &device, base_f16)?;
     let (mut trainer, val_fraction) = match &resumed {
         Some(file) => {
