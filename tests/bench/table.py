@@ -83,7 +83,7 @@ def main():
         elif x.get("memory_mb"):
             mem = f"– / {x['memory_mb']:,.0f} (wasm memory)"
         where_text = where
-        if "base_f16" in x and "SmolLM2" in workload:  # the page: the weights the model loaded with
+        if "base_f16" in x and "backend_status" in x and "SmolLM2" in workload:  # the page: as it loaded
             where_text += ", 16-bit weights" if x["base_f16"] else ", 32-bit weights"
         if "backend_status" in x:
             where_text += f" ({x['backend_status'].split(':')[0].strip().rstrip('.')})"
@@ -96,10 +96,10 @@ def main():
               f"{mem or '–'} | {fmt(x.get('eval_secs'), 2)} | {fmt(x.get('first_step_secs'), 1)} |")
     print()
     ratios = []
-    for name, label in (("browser-cpu-smollm2", "the page's defaults"), ("browser-cpu-smollm2-f32", "32-bit weights")):
+    for name, label in (("browser-cpu-smollm2", ", its defaults"), ("browser-cpu-smollm2-f32", "")):
         if native and r[name]:  # issue 9's target: >= 0.5x
             bits = "16" if r[name].get("base_f16") else "32"
-            ratios.append(f"browser CPU / native CPU f32 (SmolLM2, {label}: {bits}-bit weights in the page): "
+            ratios.append(f"browser CPU / native CPU f32 (SmolLM2; the page with {bits}-bit weights{label}): "
                           f"{r[name]['train_tokens_per_sec'] / native['train_tokens_per_sec']:.2f}x")
     if r["native-tiny"] and r["browser-cpu-tiny"]:
         ratios.append(f"browser CPU / native CPU (tiny): "
