@@ -299,6 +299,8 @@ function duration(s) {
   return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
 }
 function lastVal() { for (let i = state.points.length - 1; i >= 0; i--) if (state.points[i].val_loss != null) return state.points[i].val_loss; return null; }
+// 2 GB of memory or less, as the browser reports it: the memory-saving settings start on.
+const littleMemory = (navigator.deviceMemory ?? 8) <= 2;
 // The form starts from the Rust core's defaults (the same the command line's flags have).
 function applyDefaults(d) {
   if (!d) return;
@@ -310,13 +312,12 @@ function applyDefaults(d) {
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
   // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
-  const little = (navigator.deviceMemory ?? 8) <= 2;
-  if (form.recompute) form.recompute.checked = !!t.recompute || little;
+  if (form.recompute) form.recompute.checked = !!t.recompute || littleMemory;
   for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
 }
 
 // "16-bit weights" starts on where it is the better choice: on the CPU backend, whose products
-// on 16-bit weights run in 16-bit integers (~1.4x faster a step than 32-bit, ~240 MB less for
+// on 16-bit weights run in 16-bit integers (~1.4x faster a step than 32-bit, ~260 MB less for
 // SmolLM2; README "Speed"), and where the browser says the machine has little memory. On WebGPU
 // it starts off (16-bit there is unmeasured in a browser). The model reads the box as it loads,
 // and this runs before any model does; a person's own choice stays, on any backend.
@@ -324,7 +325,7 @@ let baseF16Chosen = false;
 function defaultBaseF16(kind) {
   const box = $("settings").elements.base_f16;
   if (!box || baseF16Chosen || !state.defaults) return;
-  box.checked = !!state.defaults.train.base_f16 || kind === "cpu" || (navigator.deviceMemory ?? 8) <= 2;
+  box.checked = !!state.defaults.train.base_f16 || kind === "cpu" || littleMemory;
 }
 
 // One checkbox per projection the model's family has; the defaults checked.
