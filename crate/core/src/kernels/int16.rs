@@ -7,8 +7,10 @@
 //! fused multiply-add: gemm's f32 kernel does 4 multiply-adds per two instructions there and
 //! runs at ~80% of that peak (README, "Speed"). One `i32x4.dot_i16x8_s` is 8 multiply-adds;
 //! measured in Chromium on one thread (`tests/bench/wasm-gemm`), this product runs ~1.5x
-//! gemm's f32 on the frozen base's shapes. Natively there is no such gap, and the portable path
-//! here is a reference, not a fast path.
+//! gemm's f32 on the frozen base's shapes. On x86-64 the same product runs with AVX2 (and
+//! AVX512-VNNI where the CPU has it), chosen at run time: `vpmaddwd` / `vpdpwssd` multiply-add 16
+//! i16 pairs per instruction where an f32 FMA does 8 (module `avx2`); elsewhere the portable path
+//! is a reference, not a fast path.
 //!
 //! Precision: values are rounded to integers of at most [`QMAX`] in magnitude, `a` per row and
 //! block of [`BLOCK`] columns (an outlier costs only its block), `b` per column (per output
@@ -192,6 +194,33 @@ impl Packer {
                 return;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            if self.transposed {
+                for j in 0..NR.min(self.rows - p * NR) {
+                    let r = p * NR + j;
+                    // SAFETY: the CPU has AVX2 and F16C (checked).
+                    unsafe { avx2::fill_column(row(r), self.inv[r], j, panel) };
+                }
+                return;
+            } else if self.cols - p * NR >= NR {
+                let zeros = [0u16; NR];
+                for r in (0..self.rows).step_by(2) {
+                    let below = if r + 1 < self.rows {
+                        &row(r + 1)[p * NR..]
+                    } else {
+                        &zeros
+                    };
+                    let inv1 = self.inv.get(r + 1).copied().unwrap_or(0.0);
+                    let at = r / 2 * NR * 2;
+                    let pair = [&row(r)[p * NR..p * NR + NR], &below[..NR]];
+                    let out = &mut panel[at..at + NR * 2];
+                    // SAFETY: the CPU has AVX2 and F16C (checked).
+                    unsafe { avx2::fill_row_pair(pair, [self.inv[r], inv1], out) };
+                }
+                return;
+            }
+        }
         self.fill(p, panel, |r, c0, out| {
             for (o, &h) in out.iter_mut().zip(&row(r)[c0..]) {
                 *o = f16_to_f32(h);
@@ -338,6 +367,11 @@ fn quantize_block(x: &[f32], scale: &[f32], out: &mut [u32]) -> f32 {
     {
         simd128::quantize_block(x, scale, out)
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and F16C (checked).
+        return unsafe { avx2::quantize_block(x, scale, out) };
+    }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     {
         portable_quantize_block(x, scale, out)
@@ -382,27 +416,54 @@ pub fn matmul(
     let q = quantize_a(a, k, rows.clone());
     let kp = b.pairs();
     let blocks = kp / PAIRS;
-    let mut tile = [[0f32; NR]; MR];
-    for panel in 0..n.div_ceil(NR) {
-        let bp = &b.data[panel * kp * NR * 2..(panel + 1) * kp * NR * 2];
-        let cols = NR.min(n - panel * NR);
+    let (panels, panel_len) = (n.div_ceil(NR), kp * NR * 2);
+    let group = panels_per_kernel();
+    let mut tiles = [[[0f32; NR]; MR]; 4];
+    for g0 in (0..panels).step_by(group) {
+        let tiles = &mut tiles[..group.min(panels - g0)];
+        let bp = &b.data[g0 * panel_len..(g0 + tiles.len()) * panel_len];
         for i0 in (0..rows.len()).step_by(MR) {
             let ap = &q.pairs[i0 * kp..(i0 + MR) * kp];
             let sp = &q.scale[i0 * blocks..(i0 + MR) * blocks];
-            kernel(ap, sp, bp, kp, &mut tile);
-            for (r, t) in tile.iter().enumerate().take(rows.len() - i0) {
-                let at = (i0 + r) * c_stride + panel * NR;
-                let dst = &mut c[at..at + cols];
-                let scale = &b.scale[panel * NR..panel * NR + cols];
-                for ((d, &x), &s) in dst.iter_mut().zip(t).zip(scale) {
-                    if accumulate {
-                        *d += x * s;
-                    } else {
-                        *d = x * s;
+            kernels(ap, sp, bp, kp, tiles);
+            for (panel, tile) in (g0..).zip(tiles.iter()) {
+                let cols = NR.min(n - panel * NR);
+                for (r, t) in tile.iter().enumerate().take(rows.len() - i0) {
+                    let at = (i0 + r) * c_stride + panel * NR;
+                    let dst = &mut c[at..at + cols];
+                    let scale = &b.scale[panel * NR..panel * NR + cols];
+                    for ((d, &x), &s) in dst.iter_mut().zip(t).zip(scale) {
+                        if accumulate {
+                            *d += x * s;
+                        } else {
+                            *d = x * s;
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// Panels of b one kernel call takes: with AVX2 several (a tile of `MR` rows by several
+/// panels' [`NR`] columns, each broadcast of a serving each panel: [`avx2::group`]), else 1.
+fn panels_per_kernel() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        return avx2::group();
+    }
+    1
+}
+
+/// The tiles of `tiles.len()` consecutive panels of b (`bp`: all of them).
+fn kernels(ap: &[u32], sp: &[f32], bp: &[i16], kp: usize, tiles: &mut [[[f32; NR]; MR]]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and F16C (checked).
+        return unsafe { avx2::panels(ap, sp, bp, kp, tiles) };
+    }
+    for (t, tile) in tiles.iter_mut().enumerate() {
+        kernel(ap, sp, &bp[t * kp * NR * 2..], kp, tile);
     }
 }
 
@@ -628,6 +689,251 @@ mod simd128 {
     }
 }
 
+/// The kernels with x86-64's AVX2 (and F16C to widen f16), chosen at run time: natively this
+/// product ([`FrozenProducts::Int16`](super::FrozenProducts::Int16), `webtune train --int16`)
+/// then computes what the page's wasm computes, to the bit, at native speed. Why it can pay
+/// natively too: `vpmaddwd` (`vpdpwssd` with VNNI, its sum included) is 16 multiply-adds of i16
+/// pairs per 256-bit instruction, where an f32 FMA is 8; measured on one thread of this AMD EPYC
+/// (Zen 4), SmolLM2's shapes: 150-170 GFLOP/s with VNNI, 110-125 with AVX2 alone, gemm's f32
+/// ~100 ([`group`]). Each function gives exactly what its portable twin gives (the tests below
+/// compare, bit for bit).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BLOCK, MR, NR, PAIRS, QMAX};
+    use core::arch::x86_64::*;
+
+    /// Whether this CPU has what these kernels use (std caches the answer).
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    /// 8 values times `inv`, as [`super::quantize`] rounds and clamps each: NaN to 0, the clamp
+    /// in f32 (x86's conversion gives i32::MIN for NaN and infinities; an infinity comes of a
+    /// subnormal scale).
+    #[target_feature(enable = "avx2")]
+    fn quantize8(x: __m256, inv: __m256) -> __m256i {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let v = _mm256_mul_ps(x, inv);
+        let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        let r = _mm256_round_ps::<NEAREST>(v);
+        let r = _mm256_min_ps(
+            _mm256_max_ps(r, _mm256_set1_ps(-QMAX)),
+            _mm256_set1_ps(QMAX),
+        );
+        _mm256_cvtps_epi32(r)
+    }
+
+    /// 8 i32 (each within i16) as 8 i16 in order.
+    #[target_feature(enable = "avx2")]
+    fn narrow8(q: __m256i) -> __m128i {
+        _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+    }
+
+    /// 8 f16 (bits) widened (exactly: F16C converts every finite f16, subnormals too).
+    #[target_feature(enable = "avx2,f16c")]
+    fn widen8(src: &[u16]) -> __m256 {
+        assert!(src.len() >= 8);
+        // SAFETY: 8 u16 (asserted); any alignment.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(src.as_ptr() as *const __m128i) })
+    }
+
+    /// Column `j` of a panel from w's row (all k of it, f16 bits), as [`super::Packer::fill`].
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn fill_column(row: &[u16], inv: f32, j: usize, panel: &mut [i16]) {
+        let inv8 = _mm256_set1_ps(inv);
+        let chunks = row.chunks_exact(8);
+        let done = row.len() - chunks.remainder().len();
+        assert!(panel.len() >= row.len().div_ceil(2) * NR * 2);
+        let base = panel.as_mut_ptr();
+        for (c, src) in chunks.enumerate() {
+            let q = narrow8(quantize8(widen8(src), inv8));
+            // SAFETY: 128 bits as 4 i32, plain data.
+            let pairs: [i32; 4] = unsafe { core::mem::transmute(q) };
+            for (t, pair) in pairs.into_iter().enumerate() {
+                // SAFETY: pair 4c + t of column j lies within the asserted panel length.
+                unsafe { (base.add(((4 * c + t) * NR + j) * 2) as *mut i32).write_unaligned(pair) };
+            }
+        }
+        for (kk, &h) in row.iter().enumerate().skip(done) {
+            panel[(kk / 2 * NR + j) * 2 + kk % 2] = super::quantize(super::f16_to_f32(h) * inv);
+        }
+    }
+
+    /// Two rows' (2p and 2p + 1) values for a panel's NR columns, interleaved into their pairs.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn fill_row_pair(rows: [&[u16]; 2], inv: [f32; 2], out: &mut [i16]) {
+        assert!(rows[0].len() == NR && rows[1].len() == NR && out.len() == NR * 2);
+        let q = |r: usize| narrow8(quantize8(widen8(rows[r]), _mm256_set1_ps(inv[r])));
+        let (a, b) = (q(0), q(1));
+        // SAFETY: out holds 16 i16 (asserted); any alignment.
+        unsafe {
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, _mm_unpacklo_epi16(a, b));
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(8) as *mut __m128i,
+                _mm_unpackhi_epi16(a, b),
+            );
+        }
+    }
+
+    /// [`super::portable_quantize_block`] 8 lanes at a time: the same max, rounding and clamp.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quantize_block(x: &[f32], scale: &[f32], out: &mut [u32]) -> f32 {
+        assert!(x.len() == BLOCK && (scale.is_empty() || scale.len() == BLOCK));
+        assert!(out.len() == PAIRS);
+        // SAFETY: i + 8 <= BLOCK, the slices' length (asserted); any alignment.
+        let load = |s: &[f32], i: usize| unsafe { _mm256_loadu_ps(s.as_ptr().add(i)) };
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut v = [_mm256_setzero_ps(); BLOCK / 8];
+        let mut max = _mm256_setzero_ps();
+        let mut bad = _mm256_setzero_ps();
+        for (i, v) in v.iter_mut().enumerate() {
+            *v = load(x, 8 * i);
+            if !scale.is_empty() {
+                *v = _mm256_mul_ps(*v, load(scale, 8 * i));
+            }
+            let a = _mm256_and_ps(*v, abs);
+            // Infinity or NaN (unordered): the scale is NaN, as `scale_of` says.
+            bad = _mm256_or_ps(
+                bad,
+                _mm256_cmp_ps::<_CMP_NLE_UQ>(a, _mm256_set1_ps(f32::MAX)),
+            );
+            max = _mm256_max_ps(max, a);
+        }
+        let (s, inv) = if _mm256_movemask_ps(bad) != 0 {
+            (f32::NAN, 0.0)
+        } else {
+            // SAFETY: 256 bits as 8 f32, plain data.
+            let lanes: [f32; 8] = unsafe { core::mem::transmute(max) };
+            let m = lanes.iter().fold(0f32, |a, &b| a.max(b));
+            if m > 0.0 {
+                (m / QMAX, QMAX / m)
+            } else {
+                (0.0, 0.0)
+            }
+        };
+        let inv = _mm256_set1_ps(inv);
+        for (i, v) in v.iter().enumerate() {
+            let q = narrow8(quantize8(*v, inv));
+            // SAFETY: 4 u32 (8 i16) at 4i, within out's PAIRS = 16 u32.
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(4 * i) as *mut __m128i, q) };
+        }
+        s
+    }
+
+    /// [`super::portable_kernel`] for `G` consecutive panels (`bp`: all of them), each into its
+    /// tile, a panel's pair of rows of b (NR = 8 columns, 16 i16) in one register: each
+    /// broadcast of a's pair serves `G` multiply-adds. Per column the same operations as the
+    /// portable kernel. `$madd(acc, a, b)`: acc plus each i32 lane's two i16 products (exact).
+    macro_rules! panels_kernel {
+        ($name:ident, $features:literal, $madd:expr) => {
+            #[target_feature(enable = $features)]
+            pub(super) fn $name<const G: usize>(
+                ap: &[u32],
+                sp: &[f32],
+                bp: &[i16],
+                kp: usize,
+                out: [&mut [[f32; NR]; MR]; G],
+            ) {
+                let blocks = kp / PAIRS;
+                assert!(ap.len() >= MR * kp && sp.len() >= MR * blocks);
+                assert!(bp.len() >= G * kp * NR * 2);
+                let mut f = [[_mm256_setzero_ps(); G]; MR];
+                // A panel is kp vectors of 16 i16 (a pair of k for its NR columns), the next
+                // one after it.
+                let b = bp.as_ptr() as *const __m256i;
+                let a = ap.as_ptr() as *const i32;
+                for blk in 0..blocks {
+                    let mut acc = [[_mm256_setzero_si256(); G]; MR];
+                    for p in blk * PAIRS..(blk + 1) * PAIRS {
+                        // SAFETY: p < kp, and the lengths asserted above cover kp pairs of MR
+                        // rows of a and G panels of kp vectors of b (unaligned loads).
+                        unsafe {
+                            let bv: [__m256i; G] =
+                                core::array::from_fn(|g| _mm256_loadu_si256(b.add(g * kp + p)));
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let av = _mm256_set1_epi32(a.add(p * MR + r).read_unaligned());
+                                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                                    *acc = $madd(*acc, av, bv);
+                                }
+                            }
+                        }
+                    }
+                    for (r, (f, acc)) in f.iter_mut().zip(&acc).enumerate() {
+                        let s = _mm256_set1_ps(sp[r * blocks + blk]);
+                        for (f, &acc) in f.iter_mut().zip(acc) {
+                            *f = _mm256_add_ps(*f, _mm256_mul_ps(_mm256_cvtepi32_ps(acc), s));
+                        }
+                    }
+                }
+                for (g, out) in out.into_iter().enumerate() {
+                    for (row, f) in out.iter_mut().zip(&f) {
+                        // SAFETY: a row holds NR = 8 f32s; any alignment.
+                        unsafe { _mm256_storeu_ps(row.as_mut_ptr(), f[g]) };
+                    }
+                }
+            }
+        };
+    }
+    panels_kernel!(panels_avx2, "avx2", |acc, a, b| _mm256_add_epi32(
+        acc,
+        _mm256_madd_epi16(a, b)
+    ));
+    // `vpdpwssd`: the multiply-adds and the sum in one instruction (AVX512-VNNI, on 256 bits).
+    panels_kernel!(panels_vnni, "avx2,avx512vnni,avx512vl", |acc, a, b| {
+        _mm256_dpwssd_epi32(acc, a, b)
+    });
+
+    /// Whether this CPU has AVX512-VNNI (Zen 4, Intel since Ice Lake).
+    fn vnni() -> bool {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+
+    /// Panels per call of [`panels`]: 4 with VNNI (16 accumulators of AVX-512's 32 registers),
+    /// else 2 (8 of AVX2's 16; 4 spill). Measured on one thread of an AMD EPYC (Zen 4), SmolLM2's
+    /// shapes for 256 rows: VNNI 150-170 GFLOP/s with 4 panels, 140-155 with 2, 100-110 with 1;
+    /// AVX2 110-125 with 2, 95-110 with 1, 65-80 with 4; gemm's f32 ~100.
+    pub(super) fn group() -> usize {
+        if vnni() { 4 } else { 2 }
+    }
+
+    /// [`super::kernel`] for each of `tiles.len()` consecutive panels (`bp`: all of them), up
+    /// to [`group`] at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn panels(
+        ap: &[u32],
+        sp: &[f32],
+        bp: &[i16],
+        kp: usize,
+        tiles: &mut [[[f32; NR]; MR]],
+    ) {
+        let vnni = vnni();
+        let step = group();
+        for (c, tiles) in tiles.chunks_mut(step).enumerate() {
+            let bp = &bp[c * step * kp * NR * 2..];
+            macro_rules! run {
+                ($($t:ident),+) => {
+                    // SAFETY: VNNI checked where it is used; AVX2 is this function's.
+                    unsafe {
+                        if vnni {
+                            panels_vnni(ap, sp, bp, kp, [$($t),+])
+                        } else {
+                            panels_avx2(ap, sp, bp, kp, [$($t),+])
+                        }
+                    }
+                };
+            }
+            match tiles {
+                [t0] => run!(t0),
+                [t0, t1] => run!(t0, t1),
+                [t0, t1, t2] => run!(t0, t1, t2),
+                [t0, t1, t2, t3] => run!(t0, t1, t2, t3),
+                _ => unreachable!("chunks of at most 4"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,15 +1127,26 @@ mod tests {
     }
 
     /// Packing an f16 matrix from its bits gives the integers packing its widened values gives,
-    /// both ways round and with a partial last panel.
+    /// both ways round, with a partial last panel, and rows of subnormals, of zeros and with an
+    /// infinity or NaN (scale NaN, integers 0).
     #[test]
     fn f16_packing_is_packing_the_widened_values() {
         let (rows, cols) = (21, 19);
-        let bits: Vec<u16> = values(rows * cols, 9, true)
+        let mut bits: Vec<u16> = values(rows * cols, 9, true)
             .iter()
             .map(|&x| half::f16::from_f32(x).to_bits())
             .collect();
-        let wide: Vec<f32> = bits.iter().map(|&h| f16_to_f32(h)).collect();
+        bits[3 * cols..4 * cols].fill(0x8001); // -2^-24, the smallest subnormal
+        bits[4 * cols + 2] = 0x0001;
+        bits[5 * cols..6 * cols].fill(0);
+        bits[6 * cols + 7] = 0x7c00; // infinity
+        bits[7 * cols + 18] = 0xfe00; // NaN
+        bits[16 * cols..17 * cols].fill(0x03ff); // the largest subnormal
+        // `half` widens infinity and NaN as such (f16_to_f32 leaves them to its callers).
+        let wide: Vec<f32> = bits
+            .iter()
+            .map(|&h| half::f16::from_bits(h).to_f32())
+            .collect();
         for transposed in [true, false] {
             let scales: Vec<f32> = bits.chunks(cols).map(f16_scale).collect();
             let packer = Packer::new(rows, cols, transposed, scales);
@@ -841,12 +1158,84 @@ mod tests {
             let (want, want_scale) = PackedB::pack(rows, cols, transposed, |r, out| {
                 out.copy_from_slice(&wide[r * cols..(r + 1) * cols])
             });
+            // Scales as bits: NaN for the rows with infinity or NaN.
+            let bits = |s: &[f32]| s.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(
-                (got.data, got.scale),
-                (want.data, want.scale),
+                (got.data, bits(&got.scale), bits(&got_scale)),
+                (want.data, bits(&want.scale), bits(&want_scale)),
                 "transposed: {transposed}"
             );
-            assert_eq!(got_scale, want_scale);
+        }
+    }
+
+    /// The kernels and a's quantization this CPU runs (AVX2, and VNNI, where it has them)
+    /// against their portable twins: the same bits, for blocks with outliers, subnormals, zeros,
+    /// infinities and NaN, with and without row scales folded in, and for 1 to 5 panels at once.
+    #[test]
+    fn simd_kernels_give_the_portable_bits() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            1e-45,
+            -0.0,
+            f32::MAX,
+        ];
+        for case in 0..40 {
+            let mut x = values(BLOCK, 20 + case, true);
+            let scale = values(BLOCK, 60 + case, false);
+            match case % 5 {
+                0 => x[case as usize % BLOCK] = specials[case as usize / 5 % specials.len()],
+                1 => x.fill(1e-45),
+                2 => x.fill(0.0),
+                _ => {}
+            }
+            for sc in [&[] as &[f32], &scale] {
+                let (mut got, mut want) = ([0u32; PAIRS], [0u32; PAIRS]);
+                let s = quantize_block(&x, sc, &mut got);
+                let t = portable_quantize_block(&x, sc, &mut want);
+                assert_eq!((s.to_bits(), got), (t.to_bits(), want), "case {case}");
+            }
+        }
+        for kp in [PAIRS, 3 * PAIRS, 36 * PAIRS] {
+            let blocks = kp / PAIRS;
+            let ap: Vec<u32> = values(MR * kp * 2, 7, false)
+                .chunks(2)
+                .map(|p| {
+                    let q = |v: f32| (v * QMAX).round() as i16 as u16 as u32;
+                    q(p[0]) | q(p[1]) << 16
+                })
+                .collect();
+            let sp = values(MR * blocks, 8, true);
+            let panels = 5;
+            let bp: Vec<i16> = values(panels * kp * NR * 2, 9, false)
+                .iter()
+                .map(|v| (v * QMAX).round() as i16)
+                .collect();
+            let bits = |t: &[[[f32; NR]; MR]]| {
+                t.iter()
+                    .map(|t| t.map(|r| r.map(f32::to_bits)))
+                    .collect::<Vec<_>>()
+            };
+            let mut want = vec![[[0f32; NR]; MR]; panels];
+            for (t, want) in want.iter_mut().enumerate() {
+                portable_kernel(&ap, &sp, &bp[t * kp * NR * 2..], kp, want);
+            }
+            for n in 1..=panels {
+                let mut got = vec![[[0f32; NR]; MR]; n];
+                kernels(&ap, &sp, &bp, kp, &mut got);
+                assert_eq!(bits(&got), bits(&want[..n]), "kp {kp}, {n} panels");
+                #[cfg(target_arch = "x86_64")]
+                if avx2::available() {
+                    // Both x86 kernels, whichever this CPU runs.
+                    if let Ok(tiles) = <&mut [_; 2]>::try_from(&mut got[..n.min(2)]) {
+                        let [t0, t1] = tiles;
+                        // SAFETY: AVX2 checked.
+                        unsafe { avx2::panels_avx2(&ap, &sp, &bp, kp, [t0, t1]) };
+                        assert_eq!(bits(&got[..2]), bits(&want[..2]), "AVX2, kp {kp}");
+                    }
+                }
+            }
         }
     }
 
