@@ -69,6 +69,8 @@ else
   native smollm2-recompute "$SMOL" 8 2 --recompute --gen-tokens 0
   native smollm2-f16 "$SMOL" 8 2 --base-f16 --gen-tokens 0
   native smollm2-recompute-f16 "$SMOL" 8 2 --recompute --base-f16 --gen-tokens 0
+  native smollm2-int16 "$SMOL" 8 2 --base-f16 --int16
+  native smollm2-recompute-int16 "$SMOL" 8 2 --recompute --base-f16 --int16 --gen-tokens 0
   native tiny "$TINY" 20 5
   if [ "$TORCH" = 1 ]; then
     if python3 -c "import torch, transformers, peft, gguf" 2>/dev/null; then

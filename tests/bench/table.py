@@ -36,7 +36,8 @@ def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else "tests/out/bench"
     r = {n: load(folder, n) for n in [
         "native-smollm2", "native-smollm2-recompute", "native-smollm2-f16",
-        "native-smollm2-recompute-f16", "native-tiny", "torch-smollm2",
+        "native-smollm2-recompute-f16", "native-smollm2-int16", "native-smollm2-recompute-int16",
+        "native-tiny", "torch-smollm2",
         "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
         "browser-cpu-smollm2-f32", "browser-cpu-smollm2-recompute-f32",
         "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
@@ -59,6 +60,13 @@ def main():
         ("SmolLM2-135M, r=8 q,v, 4x128",
          "webtune native (CPU), layers recomputed, base in f16 (`--recompute --base-f16`)",
          r["native-smollm2-recompute-f16"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128",
+         "webtune native (CPU), base in f16, 16-bit integer products (`--base-f16 --int16`)",
+         r["native-smollm2-int16"]),
+        ("SmolLM2-135M, r=8 q,v, 4x128",
+         "webtune native (CPU), layers recomputed, base in f16, 16-bit integer products "
+         "(`--recompute --base-f16 --int16`)",
+         r["native-smollm2-recompute-int16"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU, the page's defaults",
          r["browser-cpu-smollm2"]),
         ("SmolLM2-135M, r=8 q,v, 4x128", "webtune page, wasm CPU", r["browser-cpu-smollm2-1t"]),
@@ -113,6 +121,9 @@ def main():
         for name, label in (("native-smollm2", "native"), ("native-smollm2-recompute", "native, layers recomputed"),
                             ("native-smollm2-f16", "native, base in f16"),
                             ("native-smollm2-recompute-f16", "native, layers recomputed, base in f16"),
+                            ("native-smollm2-int16", "native, base in f16, 16-bit integer products"),
+                            ("native-smollm2-recompute-int16",
+                             "native, layers recomputed, base in f16, 16-bit integer products"),
                             ("browser-cpu-smollm2", "page (its defaults), wasm memory"),
                             ("browser-cpu-smollm2-recompute", "page with \"Save memory\", wasm memory"),
                             ("browser-cpu-smollm2-f32", "page with 32-bit weights, wasm memory"),
@@ -122,10 +133,12 @@ def main():
             peak = x and (x.get("train_peak_mb") or x.get("memory_mb"))
             if peak:
                 ratios.append(f"peak memory / the f32 base ({base_mib:,.0f} MB), {label}: {peak / base_mib:.2f}x")
-    if native and native.get("generate_base_tokens_per_sec"):
-        ratios.append(f"generation, native CPU (SmolLM2, greedy, KV cache): "
-                      f"{native['generate_base_tokens_per_sec']:.1f} tokens/s base, "
-                      f"{native['generate_adapted_tokens_per_sec']:.1f} adapted")
+    for name, label in (("native-smollm2", "f32"), ("native-smollm2-int16", "base in f16")):
+        x = r[name]
+        if x and x.get("generate_base_tokens_per_sec"):
+            ratios.append(f"generation, native CPU (SmolLM2, {label}, greedy, KV cache): "
+                          f"{x['generate_base_tokens_per_sec']:.1f} tokens/s base, "
+                          f"{x['generate_adapted_tokens_per_sec']:.1f} adapted")
     if native and r["browser-cpu-smollm2"]:
         # The page's default run: 100 steps of this workload plus its evaluations.
         step = r["browser-cpu-smollm2"]["median_step_secs"]

@@ -86,6 +86,13 @@ async function main() {
     await page.waitForFunction(() => window.webtuneState.points.length > 0, null, { timeout: ms, polling: 50 });
     const firstStepSecs = (Date.now() - t0) / 1000;
     await page.waitForSelector("body[data-done='1']", { timeout: ms });
+    // The adapted model's sample, which the page generates when the run is done (the page's
+    // default prompt, up to its sample length, greedy): generation's speed in the page.
+    const done = Date.now();
+    await page.waitForFunction(() => document.getElementById("sample-after").textContent.length > 0,
+      null, { timeout: ms, polling: 50 });
+    const sampleSecs = (Date.now() - done) / 1000;
+    const sampleText = await page.textContent("#sample-after");
     const points = await page.evaluate(() => window.webtuneState.points);
     const steps = points.map((p) => p.step_secs);
     // On a GPU the loss is read back only every few steps: a step that reads nothing is timed
@@ -112,6 +119,7 @@ async function main() {
       last_loss: points.at(-1)?.train_loss ?? null,
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
       memory_mb: points.at(-1)?.memory_mb ?? null, memory_steps: points.map((p) => p.memory_mb),
+      sample_secs: sampleSecs, sample_text: sampleText,
       errors,
     }));
   } finally {

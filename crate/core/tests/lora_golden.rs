@@ -247,6 +247,22 @@ fn a_base_in_f16_computes_what_f32_computes_from_the_rounded_weights() {
             ),
             "{case}: the rounded weights change nothing: is the base in f16 at all?"
         );
+
+        // A few rows (a prompt's, a generated token's) take the f16 weights as they are stored
+        // (`cpu::f16_few_rows`) instead of widening them: the same logits, and the same greedy
+        // continuation with the KV cache (one row a token).
+        let prompt: Vec<u32> = windows[0][..5].to_vec();
+        let few = |model: &CausalLM| {
+            let ids: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+            to_vec(model.forward(ids_tensor(&[1, ids.len()], &ids, &device), None))
+        };
+        let d = rel_diff(&few(&half), &few(&rounded));
+        assert!(d < 1e-5, "{case}: a prompt's logits {d}");
+        let greedy = |model: &CausalLM| {
+            let cfg = webtune::generate::SamplingConfig::greedy(12);
+            webtune::generate::generate_blocking(model, &prompt, &cfg, &[], |_| true).unwrap()
+        };
+        assert_eq!(greedy(&half), greedy(&rounded), "{case}: greedy tokens");
     }
 }
 

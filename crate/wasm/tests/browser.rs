@@ -103,6 +103,32 @@ async fn int16_products_match_transformers() {
     );
 }
 
+/// A few rows (a prompt's, a generated token's) by the frozen base in f16 take its weights as
+/// stored (`kernels::cpu::f16_few_rows`, widened a run at a time with wasm SIMD) instead of
+/// widening them whole: the logits of 5 tokens (5 rows) against the same tokens in a batch of
+/// 4 (20 rows, the widened products), every product summed in its own order.
+#[wasm_bindgen_test]
+async fn few_rows_of_an_f16_base_compute_what_its_widened_products_do() {
+    use webtune::kernels::{FrozenProducts, INT16_MIN_ROWS, set_frozen_products};
+    let device = webtune::device::cpu();
+    let (model, _) = tiny_model(&device).with_base_in_f16();
+    let prompt: [i64; 5] = [3, 17, 5, 29, 11];
+    let logits = |batch: usize| {
+        let ids = webtune::burn::tensor::TensorData::new(prompt.repeat(batch), [batch, 5]);
+        let ids = Tensor::<2, webtune::burn::tensor::Int>::from_data(ids, &device);
+        model.forward(ids, None).flatten::<2>(0, 1)
+    };
+    const { assert!(5 < INT16_MIN_ROWS && 20 >= INT16_MIN_ROWS) };
+    set_frozen_products(FrozenProducts::Widened);
+    let few = host(logits(1)).await;
+    let widened = host(logits(4)).await;
+    set_frozen_products(FrozenProducts::Int16);
+    let scale = widened.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = max_abs_diff(&few, &widened[..few.len()]);
+    web_sys_log(&format!("few rows of the f16 base: {diff:e} of {scale}"));
+    assert!(diff <= 1e-5 * scale, "few rows' logits differ by {diff}");
+}
+
 async fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data_async()
         .await

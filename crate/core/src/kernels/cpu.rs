@@ -460,9 +460,232 @@ pub fn widen_f16(src: &[half::f16], dst: &mut [f32]) {
     for_rows(dst, CHUNK, CHUNK, widen);
 }
 
+/// An f16 matrix `[rows, cols]` as its bits in `bits`: element (r, c) at
+/// `start + r * row_stride + c * col_stride`, one of the strides 1.
+#[derive(Debug, Clone, Copy)]
+pub struct F16View<'a> {
+    pub bits: &'a [u16],
+    pub start: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// Multiply-adds from which [`f16_few_rows`] splits its work over the pool (an LM head's).
+/// Splitting from 2^16 (every projection) measured the same natively (23-25 against 24-26
+/// tokens/s generated, SmolLM2) and in the page (2.8-3.5 s against 3.0-3.2 s for its sample).
+const FEW_ROWS_ON_THE_POOL: usize = 1 << 22;
+
+/// x `[m, d]` (row-major f32) · wᵀ for an f16 w `[n, d]` -> out `[m, n]`, for a few rows of x
+/// (a generated token's): w is read once, widened a piece at a time into a buffer of a few KB,
+/// where widening it whole into f32 for gemm would write its size twice over and read it back
+/// for a product of one row. Each w row contiguous (`col_stride` 1, the LM head): tasks of 64
+/// rows, a dot product of each with each row of x; each column contiguous (a Linear weight
+/// `[d, n]` seen transposed): tasks of 512 columns, for each k a run of as many values (1 KB,
+/// read in order) added into each row's sums.
+pub fn f16_few_rows(x: &[f32], m: usize, w: F16View, out: &mut [f32]) {
+    let (n, d) = (w.rows, w.cols);
+    if n == 0 || m == 0 {
+        return;
+    }
+    let width = if w.col_stride == 1 { 64 } else { 512 }.min(n);
+    let blocks = n.div_ceil(width);
+    // Per block of columns of out, its [m, width] sums (the pool's tasks write apart), then
+    // copied into out's rows.
+    let mut parts = vec![0f32; blocks * m * width];
+    let block = |b: usize, part: &mut [f32]| {
+        let c0 = b * width;
+        let len = width.min(n - c0);
+        let mut buf = vec![0f32; d.max(len)];
+        let widen = |from: usize, out: &mut [f32]| widen_run(&w.bits[from..from + out.len()], out);
+        if w.col_stride == 1 {
+            for j in 0..len {
+                widen(w.start + (c0 + j) * w.row_stride, &mut buf[..d]);
+                for (i, xi) in x.chunks_exact(d).take(m).enumerate() {
+                    part[i * width + j] = dot(xi, &buf[..d]);
+                }
+            }
+        } else {
+            // One of the strides is 1: here the row stride.
+            for k in 0..d {
+                widen(w.start + k * w.col_stride + c0, &mut buf[..len]);
+                for i in 0..m {
+                    let xi = x[i * d + k];
+                    for (s, &v) in part[i * width..i * width + len].iter_mut().zip(&buf[..len]) {
+                        *s += xi * v;
+                    }
+                }
+            }
+        }
+    };
+    // On the pool only when the product is large (an LM head's): a generated token runs a few
+    // hundred of these, and waking the pool for each costs more than a projection's product
+    // (in wasm, where the pool's threads wait on `Atomics.wait`, several times more).
+    if m * n * d >= FEW_ROWS_ON_THE_POOL {
+        for_chunks(&mut parts, m * width, block);
+    } else {
+        for (b, part) in parts.chunks_mut(m * width).enumerate() {
+            block(b, part);
+        }
+    }
+    for (b, part) in parts.chunks_exact(m * width).enumerate() {
+        let c0 = b * width;
+        let len = width.min(n - c0);
+        for i in 0..m {
+            out[i * n + c0..i * n + c0 + len].copy_from_slice(&part[i * width..i * width + len]);
+        }
+    }
+}
+
+/// f16 values (their bits) widened into `out` (as long as `src`): 8 at a time with F16C where
+/// the CPU has it or with wasm's SIMD, else [`f16_to_f32`] on each.
+fn widen_run(src: &[u16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has F16C (checked; AVX comes with it).
+        return unsafe { widen_run_f16c(src, out) };
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return widen_run_simd128(src, out);
+    #[allow(unreachable_code)]
+    for (o, &h) in out.iter_mut().zip(src) {
+        *o = f16_to_f32(h);
+    }
+}
+
+/// [`widen_run`] in wasm: 8 values at a time, each as `int16::f16_to_f32` widens it (its bits
+/// moved into f32's places, times 2^112: exact for every finite f16, subnormals too); 8 with
+/// an infinity or NaN among them go through [`f16_to_f32`], which keeps those.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn widen_run_simd128(src: &[u16], out: &mut [f32]) {
+    use core::arch::wasm32::*;
+    let rebias = f32x4_splat(f32::from_bits((127 + 112) << 23));
+    let (s8, mut o8) = (src.chunks_exact(8), out.chunks_exact_mut(8));
+    let done = src.len() - s8.remainder().len();
+    for (s, o) in s8.zip(&mut o8) {
+        // SAFETY: 8 u16 in, 8 f32 out (exact chunks); any alignment.
+        unsafe {
+            let v = v128_load(s.as_ptr() as *const v128);
+            let mag = v128_and(v, u16x8_splat(0x7fff));
+            if v128_any_true(u16x8_ge(mag, u16x8_splat(0x7c00))) {
+                for (o, &h) in o.iter_mut().zip(s) {
+                    *o = f16_to_f32(h);
+                }
+                continue;
+            }
+            let sign = v128_and(v, u16x8_splat(0x8000));
+            let wide =
+                |m: v128, s: v128| v128_or(f32x4_mul(i32x4_shl(m, 13), rebias), i32x4_shl(s, 16));
+            let lo = wide(u32x4_extend_low_u16x8(mag), u32x4_extend_low_u16x8(sign));
+            let hi = wide(u32x4_extend_high_u16x8(mag), u32x4_extend_high_u16x8(sign));
+            v128_store(o.as_mut_ptr() as *mut v128, lo);
+            v128_store(o.as_mut_ptr().add(4) as *mut v128, hi);
+        }
+    }
+    for (o, &h) in out[done..].iter_mut().zip(&src[done..]) {
+        *o = f16_to_f32(h);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+fn widen_run_f16c(src: &[u16], out: &mut [f32]) {
+    use core::arch::x86_64::*;
+    let (s8, mut o8) = (src.chunks_exact(8), out.chunks_exact_mut(8));
+    let done = src.len() - s8.remainder().len();
+    for (s, o) in s8.zip(&mut o8) {
+        // SAFETY: 8 u16 in, 8 f32 out (exact chunks); any alignment.
+        unsafe {
+            let h = _mm_loadu_si128(s.as_ptr() as *const __m128i);
+            _mm256_storeu_ps(o.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    for (o, &h) in out[done..].iter_mut().zip(&src[done..]) {
+        *o = f16_to_f32(h);
+    }
+}
+
+/// Σ a[i] · b[i] in 8 interleaved sums (which the compiler keeps in one vector register).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A few rows times an f16 matrix read in place, its rows contiguous (an LM head) or its
+    /// columns (a Linear weight seen transposed), with an offset and sizes that leave a partial
+    /// block of columns: the f64 products of the widened values, to f32's rounding of the sums.
+    #[test]
+    fn few_rows_times_an_f16_matrix_are_its_products() {
+        let (n, d, start) = (1100, 37, 5);
+        let vals = |len: usize, seed: u64| -> Vec<f32> {
+            let mut s = seed;
+            (0..len)
+                .map(|_| {
+                    s = crate::rng::mix64(s.wrapping_add(crate::rng::GOLDEN_GAMMA));
+                    (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let w: Vec<f32> = vals(n * d, 1)
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let bits = |order: &dyn Fn(usize) -> usize| -> Vec<u16> {
+            let mut b = vec![0x7e00u16; start + n * d]; // NaN where nothing should be read
+            for i in 0..n * d {
+                b[start + order(i)] = half::f16::from_f32(w[i]).to_bits();
+            }
+            b
+        };
+        // w [n, d] row-major, and its transpose [d, n] row-major (element (r, c) at c·n + r).
+        let rows_major = bits(&|i| i);
+        let cols_major = bits(&|i| (i % d) * n + i / d);
+        for m in [1, 3, 15] {
+            let x = vals(m * d, 2 + m as u64);
+            for (bits, row_stride, col_stride) in [(&rows_major, d, 1), (&cols_major, 1, n)] {
+                let view = F16View {
+                    bits,
+                    start,
+                    rows: n,
+                    cols: d,
+                    row_stride,
+                    col_stride,
+                };
+                let mut out = vec![f32::NAN; m * n];
+                f16_few_rows(&x, m, view, &mut out);
+                for i in 0..m {
+                    for j in 0..n {
+                        let (want, size) = (0..d).fold((0f64, 0f64), |(s, a), k| {
+                            let p = x[i * d + k] as f64 * w[j * d + k] as f64;
+                            (s + p, a + p.abs())
+                        });
+                        let got = out[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= size * d as f64 * 1.2e-7,
+                            "m {m}, col stride {col_stride}: [{i}, {j}] {got} against {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn f16_widening_matches_half_for_every_bit_pattern() {

@@ -64,13 +64,16 @@ fn next_dropout_seed() -> Option<u64> {
 /// is always gemm's in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrozenProducts {
-    /// The weight widened to f32 a piece at a time, gemm's f32 product: natively, where f32
-    /// fused multiply-adds on 256- or 512-bit vectors are the fastest arithmetic there is.
+    /// The weight widened to f32 a piece at a time, gemm's f32 product (for fewer than
+    /// [`INT16_MIN_ROWS`] rows, [`cpu::f16_few_rows`]: the weight read in place): natively,
+    /// where gemm's f32 runs at the CPU's fused multiply-add peak (on x86-64 with AVX2,
+    /// [`Self::Int16`] is faster, `webtune --int16`; README "Speed").
     Widened,
     /// Both factors rounded to 16-bit integers and multiplied exactly in i32 ([`int16`]): in wasm,
     /// where an `i32x4.dot_i16x8_s` does twice the multiply-adds of 128-bit f32 SIMD without
     /// fused multiply-add (README, "Speed"). Rows of fewer than [`INT16_MIN_ROWS`] (a generated
-    /// token's) stay [`Self::Widened`]: quantizing the weight would cost more than its product.
+    /// token's) do not: quantizing the weight would cost more than its product; they read the
+    /// f16 weight in place ([`cpu::f16_few_rows`]), as they do under [`Self::Widened`].
     Int16,
 }
 

@@ -118,8 +118,9 @@ pub trait FusedOps: Backend {
 
     /// x `[rows, k]` times a frozen w `[k, n]` stored in any float type -> `[rows, n]` in f32:
     /// an f16 base is widened for the product into a temporary f32 copy (an LM head's a few
-    /// thousand of its `n` columns at a time), so the model keeps two bytes a weight. Only x is
-    /// differentiated.
+    /// thousand of its `n` columns at a time), so the model keeps two bytes a weight; or in
+    /// 16-bit integers ([`FrozenProducts::Int16`]); or, for fewer than [`INT16_MIN_ROWS`] rows,
+    /// read in place ([`cpu::f16_few_rows`]). Only x is differentiated.
     fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     /// x `[rows, n]` times wᵀ for w `[k, n]`: [`Self::fused_frozen_matmul`]'s backward pass.
     fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -464,8 +465,12 @@ impl Head {
 
     /// block `[n, d]` · wᵀ -> `[n, vocab]`, contiguous.
     fn logits(&self, block: FlexTensor) -> FlexTensor {
-        if self.int16(dims(&block)[0]) {
+        let rows = dims(&block)[0];
+        if self.int16(rows) {
             return self.int16_logits(&f32s(&block));
+        }
+        if self.w.dtype() == DType::F16 && rows < INT16_MIN_ROWS {
+            return self.few_rows_logits(&f32s(&block));
         }
         if self.whole() {
             let w = Flex::float_transpose(widen(&self.w));
@@ -518,6 +523,34 @@ impl Head {
         f32s(&sum.unwrap_or_else(|| {
             FlexTensor::zeros(Shape::from(vec![dims(&g)[0], dims(&self.w)[1]]), DType::F32)
         }))
+    }
+}
+
+impl Head {
+    /// [`Self::logits`] for a few rows (a generated token's) and an f16 w: [`cpu::f16_few_rows`],
+    /// which reads w once instead of widening it.
+    fn few_rows_logits(&self, x: &FlexTensor) -> FlexTensor {
+        let w = if self.w.layout().strides().contains(&1) {
+            self.w.clone()
+        } else {
+            self.w.to_contiguous()
+        };
+        let (rows, d) = (dims(x)[0], dims(x)[1]);
+        let layout = w.layout();
+        let view = cpu::F16View {
+            bits: {
+                use half::slice::HalfFloatSliceExt;
+                w.storage::<half::f16>().reinterpret_cast()
+            },
+            start: layout.start_offset(),
+            rows: self.vocab,
+            cols: d,
+            row_stride: layout.strides()[0] as usize,
+            col_stride: layout.strides()[1] as usize,
+        };
+        out(vec![rows, self.vocab], |o| {
+            cpu::f16_few_rows(x.storage::<f32>(), rows, view, o)
+        })
     }
 }
 
