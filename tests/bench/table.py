@@ -139,6 +139,11 @@ def main():
             ratios.append(f"generation, native CPU (SmolLM2, {label}, greedy, KV cache): "
                           f"{x['generate_base_tokens_per_sec']:.1f} tokens/s base, "
                           f"{x['generate_adapted_tokens_per_sec']:.1f} adapted")
+    for name, label in (("browser-cpu-smollm2", "its defaults"), ("browser-cpu-smollm2-f32", "32-bit weights")):
+        x = r[name]
+        if x and x.get("sample_secs") is not None:
+            ratios.append(f"the page's sample after training (its prompt, up to 40 tokens, greedy; {label}): "
+                          f"{x['sample_secs']:.1f} s")
     if native and r["browser-cpu-smollm2"]:
         # The page's default run: 100 steps of this workload plus its evaluations.
         step = r["browser-cpu-smollm2"]["median_step_secs"]
