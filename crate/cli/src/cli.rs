@@ -165,8 +165,8 @@ struct TrainArgs {
     #[arg(long)]
     base_f16: bool,
     /// With `--base-f16`: the frozen products in 16-bit integers, as the page computes them on the
-    /// CPU (`kernels::FrozenProducts::Int16`; README "Speed"). Natively a portable reference of the
-    /// page's numbers, slower than f32.
+    /// CPU (`kernels::FrozenProducts::Int16`; README "Speed"), to the bit. On x86-64 with AVX2
+    /// (and AVX512-VNNI) faster than f32; elsewhere a portable reference, slower.
     #[arg(long, requires = "base_f16")]
     int16: bool,
     /// Save a checkpoint (adapter, optimizer state, data order, history) to
