@@ -486,6 +486,11 @@ const FEW_ROWS_ON_THE_POOL: usize = 1 << 22;
 /// read in order) added into each row's sums.
 pub fn f16_few_rows(x: &[f32], m: usize, w: F16View, out: &mut [f32]) {
     let (n, d) = (w.rows, w.cols);
+    if d == 0 {
+        // No products to sum (and no rows of x to cut).
+        out[..m * n].fill(0.0);
+        return;
+    }
     if n == 0 || m == 0 {
         return;
     }
@@ -606,7 +611,7 @@ fn widen_run_f16c(src: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Σ a[i] · b[i] in 8 interleaved sums (which the compiler keeps in one vector register).
+/// Σ a[i] · b[i] in 8 interleaved sums (which the compiler keeps in vector registers).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -657,6 +662,18 @@ mod tests {
         // w [n, d] row-major, and its transpose [d, n] row-major (element (r, c) at c·n + r).
         let rows_major = bits(&|i| i);
         let cols_major = bits(&|i| (i % d) * n + i / d);
+        // No columns to sum over: zeros.
+        let mut out = vec![f32::NAN; 2 * 3];
+        let empty = F16View {
+            bits: &[],
+            start: 0,
+            rows: 3,
+            cols: 0,
+            row_stride: 0,
+            col_stride: 1,
+        };
+        f16_few_rows(&[], 2, empty, &mut out);
+        assert_eq!(out, [0.0; 6]);
         for m in [1, 3, 15] {
             let x = vals(m * d, 2 + m as u64);
             for (bits, row_stride, col_stride) in [(&rows_major, d, 1), (&cols_major, 1, n)] {
