@@ -129,6 +129,34 @@ async fn few_rows_of_an_f16_base_compute_what_its_widened_products_do() {
     assert!(diff <= 1e-5 * scale, "few rows' logits differ by {diff}");
 }
 
+/// Every f16 bit pattern through the few-rows product (x = 1 by w `[65536, 1]`, read as one
+/// column: runs of 512 values through wasm's SIMD widening, and again one by one for the runs
+/// with infinities or NaN): the value `cpu::f16_to_f32` gives each (natively held to `half`'s
+/// for every pattern).
+#[wasm_bindgen_test]
+fn few_rows_widen_every_f16_exactly() {
+    use webtune::kernels::cpu::{F16View, f16_few_rows, f16_to_f32};
+    let bits: Vec<u16> = (0..=u16::MAX).collect();
+    let n = bits.len();
+    let view = F16View {
+        bits: &bits,
+        start: 0,
+        rows: n,
+        cols: 1,
+        row_stride: 1,
+        col_stride: n,
+    };
+    let mut out = vec![0f32; n];
+    f16_few_rows(&[1.0], 1, view, &mut out);
+    for (&h, &got) in bits.iter().zip(&out) {
+        let want = f16_to_f32(h);
+        assert!(
+            got == want || (got.is_nan() && want.is_nan()),
+            "{h:#06x}: {got} against {want}"
+        );
+    }
+}
+
 async fn host(t: Tensor<2>) -> Vec<f32> {
     t.into_data_async()
         .await

@@ -560,32 +560,36 @@ fn widen_run(src: &[u16], out: &mut [f32]) {
 }
 
 /// [`widen_run`] in wasm: 8 values at a time, each as `int16::f16_to_f32` widens it (its bits
-/// moved into f32's places, times 2^112: exact for every finite f16, subnormals too); 8 with
-/// an infinity or NaN among them go through [`f16_to_f32`], which keeps those.
+/// moved into f32's places, times 2^112: exact for every finite f16, subnormals too), with the
+/// sign in the same moves: sign-extended and shifted, the f16's bits land in f32's sign and
+/// 15 bits below its top 4, and a mask clears the 3 copies of the sign between them. A run with
+/// an infinity or NaN (its largest magnitude, kept on the way) is widened again by
+/// [`f16_to_f32`], which keeps those.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn widen_run_simd128(src: &[u16], out: &mut [f32]) {
     use core::arch::wasm32::*;
     let rebias = f32x4_splat(f32::from_bits((127 + 112) << 23));
+    let keep = i32x4_splat(0x8fff_e000_u32 as i32);
     let (s8, mut o8) = (src.chunks_exact(8), out.chunks_exact_mut(8));
     let done = src.len() - s8.remainder().len();
+    // Twice each magnitude (the sign shifted out), the largest so far.
+    let mut largest = u16x8_splat(0);
     for (s, o) in s8.zip(&mut o8) {
         // SAFETY: 8 u16 in, 8 f32 out (exact chunks); any alignment.
         unsafe {
             let v = v128_load(s.as_ptr() as *const v128);
-            let mag = v128_and(v, u16x8_splat(0x7fff));
-            if v128_any_true(u16x8_ge(mag, u16x8_splat(0x7c00))) {
-                for (o, &h) in o.iter_mut().zip(s) {
-                    *o = f16_to_f32(h);
-                }
-                continue;
-            }
-            let sign = v128_and(v, u16x8_splat(0x8000));
-            let wide =
-                |m: v128, s: v128| v128_or(f32x4_mul(i32x4_shl(m, 13), rebias), i32x4_shl(s, 16));
-            let lo = wide(u32x4_extend_low_u16x8(mag), u32x4_extend_low_u16x8(sign));
-            let hi = wide(u32x4_extend_high_u16x8(mag), u32x4_extend_high_u16x8(sign));
-            v128_store(o.as_mut_ptr() as *mut v128, lo);
-            v128_store(o.as_mut_ptr().add(4) as *mut v128, hi);
+            largest = u16x8_max(largest, i16x8_shl(v, 1));
+            let wide = |x: v128| f32x4_mul(v128_and(i32x4_shl(x, 13), keep), rebias);
+            v128_store(o.as_mut_ptr() as *mut v128, wide(i32x4_extend_low_i16x8(v)));
+            v128_store(
+                o.as_mut_ptr().add(4) as *mut v128,
+                wide(i32x4_extend_high_i16x8(v)),
+            );
+        }
+    }
+    if v128_any_true(u16x8_ge(largest, u16x8_splat(0x7c00 << 1))) {
+        for (o, &h) in out[..done].iter_mut().zip(src) {
+            *o = f16_to_f32(h);
         }
     }
     for (o, &h) in out[done..].iter_mut().zip(&src[done..]) {
