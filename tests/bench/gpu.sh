@@ -4,19 +4,23 @@
 # recomputation. Made for the `device` machine, which reaches no registry and takes at most 64 MiB
 # of files built here, so it runs in two halves:
 #
-#   bash tests/bench/gpu.sh --prepare     # here: the kit in tests/out/gpu-kit (~17 MB):
-#                                         # the release CLI with the GPU code, libvulkan, SmolLM2's
+#   bash tests/bench/gpu.sh --prepare     # here: the kit in tests/out/gpu-kit (~32 MB): the
+#                                         # release CLI with the GPU code (twice: without and with
+#                                         # burn's autotune), libvulkan, SmolLM2's
 #                                         # config, tokenizer and tensor shapes, the texts
 #   bash tests/bench/gpu.sh               # there (carry tests/out/gpu-kit): prints what GPU and
 #                                         # Vulkan driver it finds, builds SmolLM2's shapes with
 #                                         # made-up weights (tests/bench/synthetic_model.py: the
-#                                         # real GGUF is 98 MB), runs the bench, prints a table
+#                                         # real GGUF is 98 MB), runs the bench and, where the
+#                                         # machine's python3 has torch + PEFT with CUDA, the same
+#                                         # workload in PyTorch + PEFT on the GPU; prints a table
 #
 # `--cpu` runs the second half on the CPU instead (to check the kit here, or to compare with the
-# same machine's cores); STEPS and WARMUP change the steps (default 20 after 5), ONLY="tiny
-# smollm2-f16" picks runs (tiny, smollm2, smollm2-f16, smollm2-recompute, smollm2-recompute-f16;
-# default all). Results: JSON, logs and diagnostics.txt in $OUT (the device tool's output folder)
-# or tests/out/gpu-bench.
+# same machine's cores); STEPS and WARMUP change the steps (default 20 after 5), RUN_TIMEOUT each
+# run's limit in seconds (default 180), ONLY="tiny smollm2-f16" picks runs (tiny, smollm2, torch,
+# smollm2-f16, torch-f16, smollm2-autotune, smollm2-f16-autotune, smollm2-recompute,
+# smollm2-recompute-f16; default all; `-autotune`: the CLI built with burn's autotune). Results:
+# JSON, logs and diagnostics.txt in $OUT (the device tool's output folder) or tests/out/gpu-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIT="${GPU_KIT:-tests/out/gpu-kit}"
@@ -50,6 +54,9 @@ json.dump({k: v["shape"] for k, v in header.items()}, open(sys.argv[2], "w"), in
 PY
   # Compressed (50 → 15 MB): the GPU machine takes 64 MiB in all.
   strip -o "$tmp/webtune" "$WEBTUNE" && gzip -9 -c "$tmp/webtune" > "$KIT/webtune.gz"
+  # The same CLI with burn's autotune, for the `-autotune` rows (off in the page: README, Speed).
+  cargo build --release --locked -p webtune-cli --features gpu-autotune >&2
+  strip -o "$tmp/webtune" "$WEBTUNE" && gzip -9 -c "$tmp/webtune" > "$KIT/webtune-autotune.gz"
   du -sh "$KIT" >&2
   size=$(du -sm "$KIT" | cut -f1)
   if [ "$size" -gt 60 ]; then echo "the kit is $size MiB: over the device's 64 MiB" >&2; exit 1; fi
@@ -60,12 +67,27 @@ fi
 DEVICE=gpu
 if [ "${1:-}" = "--cpu" ]; then DEVICE=cpu; fi
 [ -f "$KIT/webtune.gz" ] || { echo "no kit in $KIT: run \`bash tests/bench/gpu.sh --prepare\` first" >&2; exit 1; }
-RESULTS="${OUT:-tests/out/gpu-bench}"
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT  # the unpacked CLI and the 257 MiB model
+# The device tool brings back at most 8 files from $OUT: there the results are kept in one archive
+# (gpu-bench.tgz, renewed after each run, so a run cut short still leaves the ones before it) and
+# the table (table.md).
+RESULTS="${OUT:+$WORK/results}"; RESULTS="${RESULTS:-tests/out/gpu-bench}"
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem
-WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT  # the unpacked CLI and the 257 MiB model
+pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-bench.tgz" -C "$RESULTS" . 2>/dev/null || true; fi; }
+# BUDGET: seconds for the whole script (the device's time is short): a run that would start later
+# is skipped, saying so, and each run's limit is cut to what is left.
+limit() { # name -> prints the run's limit in seconds, or nothing when the budget is spent
+  local left=$(( ${BUDGET:-1000000} - SECONDS )) lim=${RUN_TIMEOUT:-180}
+  if [ "$left" -lt 20 ]; then echo "== $1: skipped (BUDGET=${BUDGET}s spent)" >&2; return; fi
+  if [ "$left" -lt "$lim" ]; then lim=$left; fi
+  echo "$lim"
+}
 WEBTUNE="$WORK/webtune"
 gunzip -c "$KIT/webtune.gz" > "$WEBTUNE" && chmod +x "$WEBTUNE"
+if [ -f "$KIT/webtune-autotune.gz" ]; then
+  gunzip -c "$KIT/webtune-autotune.gz" > "$WORK/webtune-autotune" && chmod +x "$WORK/webtune-autotune"
+fi
 STEPS="${STEPS:-20}"; WARMUP="${WARMUP:-5}"
 
 # What is there: the evidence, whatever happens next. (ldconfig read once: `grep -q` on its
@@ -82,16 +104,21 @@ LIBS=$(ldconfig -p 2>/dev/null || true)
 } 2>&1 | tee "$RESULTS/diagnostics.txt" >&2
 
 if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then export LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
-# NVIDIA's driver without its ICD file (a container given the driver's libraries): name it.
-if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+# NVIDIA's driver without its ICD file where the loader looks (a container given the driver's
+# libraries): the one the driver's mount carries, else one written for its library.
+NV_ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 && [ -f "$NV_ICD" ]; then
+  export VK_DRIVER_FILES="$NV_ICD" VK_ICD_FILENAMES="$NV_ICD"
+  echo "-- using $NV_ICD: $(tr -d '\n' < "$NV_ICD")" | tee -a "$RESULTS/diagnostics.txt" >&2
+elif [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
   glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
   if [ -z "$glx" ]; then  # mounted without ldconfig's cache knowing it
     glx=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
   fi
   if [ -n "$glx" ]; then
-    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" \
-      > "$RESULTS/nvidia_icd.json"
-    export VK_ICD_FILENAMES="$PWD/$RESULTS/nvidia_icd.json"
+    icd="$RESULTS/nvidia_icd.json"; [[ $icd == /* ]] || icd="$PWD/$icd"
+    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" > "$icd"
+    export VK_ICD_FILENAMES="$icd"
     echo "-- using $glx through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
   fi
 fi
@@ -103,16 +130,38 @@ python3 tests/bench/synthetic_model.py "$KIT/smollm2" "$MODEL"
 run() { # name [args]
   local name=$1; shift
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  local bin=$WEBTUNE
+  if [[ $name == *-autotune ]]; then bin="$WORK/webtune-autotune"; [ -x "$bin" ] || return 0; fi
+  local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
   echo "== $DEVICE: $name" >&2
   local smi=""
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$RESULTS/$name.gpu-mem" 2>/dev/null &
     smi=$!
   fi
-  timeout 180 "$WEBTUNE" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
+  timeout "$lim" "$bin" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
     > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
   if [ -n "$smi" ]; then kill "$smi" 2>/dev/null || true; fi
   tail -2 "$RESULTS/$name.log" >&2
+  pack
+}
+# The reference beside it: PyTorch + PEFT on the same GPU, same model and workload (the GPU
+# machine's python3 holds torch, transformers and peft; skipped, saying so, where it does not).
+torch_run() { # name [args]
+  local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  local where=cpu
+  if [ "$DEVICE" = gpu ]; then where=cuda; fi
+  if ! python3 -c "import torch, peft, transformers; assert '$where' == 'cpu' or torch.cuda.is_available()" 2>/dev/null; then
+    echo "== $name: skipped (no torch + peft + transformers with $where here)" >&2; return
+  fi
+  local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
+  echo "== $where: $name (PyTorch + PEFT)" >&2
+  timeout "$lim" python3 tests/bench/torch_lora.py --model "$MODEL" --data "$KIT"/texts/*.txt \
+    --steps "$STEPS" --warmup "$WARMUP" --device "$where" "$@" \
+    > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
+  tail -c 300 "$RESULTS/$name.json" >&2 || true
+  pack
 }
 run tiny --model tests/fixtures/tiny-llama-q.gguf --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 8
 # A CPU rasterizer (llvmpipe: wgpu's pick where the GPU's Vulkan driver is missing) takes minutes
@@ -123,16 +172,29 @@ if [ "$DEVICE" = gpu ] && grep -q ', Cpu, driver' "$RESULTS/tiny.json" 2>/dev/nu
   ONLY=tiny
 fi
 run smollm2 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP"
+torch_run torch --base-dtype f32
 run smollm2-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 --gen-tokens 0
+torch_run torch-f16 --base-dtype f16
+run smollm2-autotune --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 0
+run smollm2-f16-autotune --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 --gen-tokens 0
 run smollm2-recompute --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --gen-tokens 0
 run smollm2-recompute-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --base-f16 --gen-tokens 0
 
-python3 - "$RESULTS" "$DEVICE" <<'PY'
+python3 - "$RESULTS" "$DEVICE" > "$RESULTS/table.md" <<'PY'
 import json, os, sys
 out, device = sys.argv[1], sys.argv[2]
 print(f"| workload | where | training tokens/s | step s | peak MB host (load / train) | peak GPU MiB | generation tokens/s (base / adapted) |")
 print("|---|---|---:|---:|---:|---:|---:|")
-for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("smollm2-f16", "base in f16 (`--base-f16`)"),
+ref = {}
+for name in ("torch", "torch-f16"):
+    try:
+        ref[name] = json.loads(open(f"{out}/{name}.json").read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("torch", "f32"),
+                   ("smollm2-f16", "base in f16 (`--base-f16`)"), ("torch-f16", "base in f16"),
+                   ("smollm2-autotune", "f32, burn's autotune"),
+                   ("smollm2-f16-autotune", "base in f16, burn's autotune"),
                    ("smollm2-recompute", "layers recomputed (`--recompute`)"),
                    ("smollm2-recompute-f16", "layers recomputed, base in f16")]:
     if not os.path.exists(f"{out}/{name}.log"):
@@ -142,15 +204,27 @@ for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("smollm2-f16",
     except (OSError, ValueError, IndexError):
         print(f"| {name} | {device} | failed: see {name}.log | | | | |")
         continue
+    f = lambda x: "–" if x is None else f"{x:,.1f}"
+    if name.startswith("torch"):
+        print(f"| SmolLM2-135M shapes, r=8 q,v, 4x128 | {r['model'].split('(')[-1].rstrip(')')}, {r['device']}, {what} | "
+              f"{f(r['train_tokens_per_sec'])} | {r['median_step_secs']:.3f} (median) | {f(r['load_peak_mb'])} / "
+              f"{f(r['train_peak_mb'])} | {f(r.get('train_peak_gpu_mib'))} (allocated) | – |")
+        continue
+    base = ref.get({"smollm2": "torch", "smollm2-f16": "torch-f16", "smollm2-autotune": "torch",
+                    "smollm2-f16-autotune": "torch-f16"}.get(name, ""))
+    if base:
+        what += f"; **{r['train_tokens_per_sec'] / base['train_tokens_per_sec']:.2f}x PyTorch + PEFT**"
     mem = "–"
     try:
         used = [int(l) for l in open(f"{out}/{name}.gpu-mem") if l.strip().isdigit()]
         mem = f"{max(used):,}" if used else "–"
     except OSError:
         pass
-    f = lambda x: "–" if x is None else f"{x:,.1f}"
     gen = f"{f(r.get('generate_base_tokens_per_sec'))} / {f(r.get('generate_adapted_tokens_per_sec'))}"
     workload = "tiny (2 layers, d 32)" if name == "tiny" else "SmolLM2-135M shapes, r=8 q,v, 4x128"
     print(f"| {workload} | webtune native, {r.get('device', device)}, {what} | {f(r['train_tokens_per_sec'])} | "
           f"{r['median_step_secs']:.3f} ({r['step_statistic']}) | {f(r['load_peak_mb'])} / {f(r['train_peak_mb'])} | {mem} | {gen} |")
 PY
+cat "$RESULTS/table.md"
+pack
+if [ -n "${OUT:-}" ]; then cp "$RESULTS/table.md" "$OUT/"; fi

@@ -3,8 +3,12 @@
 PyTorch + PEFT on the same machine. Prints one JSON object (the fields `webtune bench` prints).
 
     python3 tests/bench/torch_lora.py --model M.gguf --data a.txt b.txt [--steps 8 --warmup 2]
+        [--device cuda] [--base-dtype f16]
 
-The model is loaded by transformers from the same GGUF file (dequantized to float32), LoRA r=8 /
+The model is loaded by transformers from the same GGUF file (dequantized to float32) or from a
+Hugging Face folder (config.json, tokenizer.json, model.safetensors; tests/bench/gpu.sh's synthetic
+SmolLM2), in float32 unless --base-dtype says otherwise (PEFT keeps the adapter in float32 then),
+on the CPU or, with --device cuda, on the GPU (TF32 off: float32 products, as webtune's). LoRA r=8 /
 alpha 16 / dropout 0.05 on q_proj and v_proj, AdamW (lr 5e-4, weight decay 0.01), gradient
 clipping at norm 1.0, batches of 4 windows of 128 tokens: webtune's defaults.
 """
@@ -44,6 +48,8 @@ def main():
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--base-dtype", default="f32", choices=["f32", "f16", "bf16"])
     a = p.parse_args()
 
     import torch
@@ -52,10 +58,23 @@ def main():
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    folder, name = os.path.split(os.path.abspath(a.model))
+    cuda = a.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.base_dtype]
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if os.path.isdir(a.model):
+        name = os.path.basename(os.path.normpath(a.model))
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(a.model)
+    else:
+        folder, name = os.path.split(os.path.abspath(a.model))
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = model.to(a.device)
+    if cuda:
+        torch.cuda.synchronize()
     load_secs = time.perf_counter() - started
     load_peak = peak_rss_mb()
     reset_peak_rss()
@@ -78,7 +97,11 @@ def main():
     model.train()
     times, losses = [], []
     for s in range(a.warmup + a.steps):
-        batch = torch.tensor(windows[s * a.batch:(s + 1) * a.batch])
+        batch = torch.tensor(windows[s * a.batch:(s + 1) * a.batch], device=a.device)
+        if cuda:
+            torch.cuda.synchronize()
+            if s == a.warmup:
+                torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         # The loss webtune computes: every one of the seq_len inputs predicts the next token.
         logits = model(input_ids=batch[:, :-1], use_cache=False).logits
@@ -89,11 +112,15 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     measured = times[a.warmup:]
     med = statistics.median(measured)
     print(json.dumps({
         "model": f"{name} (PyTorch {torch.__version__} + PEFT)",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "base_dtype": a.base_dtype,
         "threads": torch.get_num_threads(),
         "batch": a.batch, "seq_len": a.seq_len, "rank": a.rank,
         "trainable_parameters": trainable,
@@ -101,6 +128,7 @@ def main():
         "warmup_step_secs": times[:a.warmup], "step_secs": measured,
         "median_step_secs": med, "train_tokens_per_sec": a.batch * a.seq_len / med,
         "first_loss": losses[0], "last_loss": losses[-1],
+        "train_peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }))
 
 
