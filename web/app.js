@@ -313,7 +313,10 @@ function applyDefaults(d) {
   // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
   if (form.recompute) form.recompute.checked = !!t.recompute || littleMemory;
-  for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
+  // No targets: the model family's defaults, which the boxes show until a model draws its own.
+  if (t.lora.targets.length) {
+    for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
+  }
 }
 
 // "16-bit weights" starts on where it is the better choice: on the CPU backend, whose products

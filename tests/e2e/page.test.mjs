@@ -239,6 +239,23 @@ test("Save memory starts on at 2 GB of memory or less; 16-bit weights there and 
       await page.goto(`${url}?backend=cpu`);
       await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
       assert.equal(await page.isChecked("input[name=recompute]"), gb <= 2, `${gb} GB`);
+      if (gb <= 2) {
+        // Before a model is loaded the boxes show the default targets (the core's empty list means
+        // "the family's defaults"; the model draws its own boxes when it loads).
+        assert.deepEqual(await page.$$eval("input[name=target]", (b) => b.map((x) => [x.value, x.checked])),
+          [["q_proj", true], ["v_proj", true]]);
+        // Each checkbox of the settings sits on its label's first line, its text to the right (a
+        // layout rule for the number fields once put every box on a line of its own, above its name).
+        const misplaced = await page.$$eval("#settings input[type=checkbox]", (boxes) => boxes.flatMap((box) => {
+          const text = [...box.parentElement.childNodes].find((n) => n.nodeType === 3 && n.textContent.trim());
+          const range = document.createRange();
+          range.selectNodeContents(text);
+          const t = range.getClientRects()[0], b = box.getBoundingClientRect();
+          const sameLine = Math.abs((t.top + t.bottom) / 2 - (b.top + b.bottom) / 2) < t.height / 2;
+          return sameLine && t.left >= b.right ? [] : [`${box.name}: box ${b.left},${b.top} text ${t.left},${t.top}`];
+        }));
+        assert.deepEqual(misplaced, []);
+      }
       assert.equal(await page.isChecked("input[name=base_f16]"), true, `${gb} GB: 16-bit weights`);
       assert.equal(await page.isDisabled("input[name=base_f16]"), false);
       if (gb > 2) {
