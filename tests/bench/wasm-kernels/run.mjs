@@ -21,6 +21,8 @@ const kernels = [
   "causal_softmax_backward [36, 128, 128]",
   "rms_norm [512, 576]",
   "rms_norm_backward [512, 576]",
+  "f16_few_rows, 1 row by a layer's 7 projections (f16)",
+  "f16_few_rows, 1 row by [576, 576] (f16, in L2) 7 times",
 ];
 
 const browser = await chromium.launch({

@@ -110,7 +110,72 @@ pub extern "C" fn run(kernel: u32, reps: u32) -> f32 {
                 acc += dx[9];
             }
         }
+        8 => {
+            // A generated token (one row) by one layer's projections, their weights in f16 seen
+            // transposed as the model's Linear layers hold them ([d_in, d_out]).
+            let shapes = [
+                (HIDDEN, HIDDEN),
+                (HIDDEN, 192),
+                (HIDDEN, 192),
+                (HIDDEN, HIDDEN),
+                (HIDDEN, MLP),
+                (HIDDEN, MLP),
+                (MLP, HIDDEN),
+            ];
+            let weights: Vec<Vec<u16>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, &(d, n))| f16_bits(d * n, 10 + i as u64))
+                .collect();
+            let x = data(MLP, 20);
+            let mut o = vec![0.0; MLP];
+            for _ in 0..reps {
+                for (&(d, n), w) in shapes.iter().zip(&weights) {
+                    let view = cpu::F16View {
+                        bits: w,
+                        start: 0,
+                        rows: n,
+                        cols: d,
+                        row_stride: 1,
+                        col_stride: n,
+                    };
+                    cpu::f16_few_rows(black_box(&x[..d]), 1, view, &mut o[..n]);
+                    acc += o[7];
+                }
+            }
+        }
+        9 => {
+            // The same by one 576 x 576 projection (its 648 KB in the core's L2) 7 times.
+            let w = f16_bits(HIDDEN * HIDDEN, 10);
+            let x = data(HIDDEN, 20);
+            let mut o = vec![0.0; HIDDEN];
+            let view = cpu::F16View {
+                bits: &w,
+                start: 0,
+                rows: HIDDEN,
+                cols: HIDDEN,
+                row_stride: 1,
+                col_stride: HIDDEN,
+            };
+            for _ in 0..reps * 7 {
+                cpu::f16_few_rows(black_box(&x), 1, view, &mut o);
+                acc += o[7];
+            }
+        }
         _ => {}
     }
     acc
+}
+
+/// Finite f16 values (their bits), reproducible: any sign, exponent and mantissa but the
+/// infinities' and NaN's exponent.
+fn f16_bits(n: usize, seed: u64) -> Vec<u16> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = rng::mix64(s.wrapping_add(rng::GOLDEN_GAMMA));
+            let h = (s >> 48) as u16;
+            if h & 0x7c00 == 0x7c00 { h ^ 0x4000 } else { h }
+        })
+        .collect()
 }
