@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 F=../../tests/fixtures
-mkdir -p corpus/{gguf,safetensors,peft_adapter,hf_config,tokenizer_json,text,checkpoint}
+mkdir -p corpus/{gguf,gguf_use,safetensors,peft_adapter,hf_config,tokenizer_json,text,checkpoint}
 cp "$F/tiny-llama-q.gguf" "$F/tiny-gpt2-q.gguf" corpus/gguf/
+cp "$F/tiny-llama-q.gguf" "$F/tiny-gpt2-q.gguf" corpus/gguf_use/
 i=0; for f in "$F"/*/model*.safetensors "$F"/peft/*/adapter_model.safetensors "$F"/*.golden.safetensors; do
   cp "$f" "corpus/safetensors/seed$((i++)).safetensors"; done
 for d in "$F"/peft/*-adapter; do

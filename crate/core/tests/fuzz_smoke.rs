@@ -78,6 +78,16 @@ fn gguf() {
     );
 }
 
+/// Fewer mutations than `gguf`: each that loads also generates and trains a step.
+#[test]
+fn gguf_use() {
+    run(
+        bodies::gguf_use,
+        &[bodies::TINY_GGUF.to_vec(), read("tiny-gpt2-q.gguf")],
+        300,
+    );
+}
+
 #[test]
 fn safetensors() {
     let seeds = [

@@ -37,6 +37,52 @@ pub fn gguf(data: &[u8]) {
     let _ = BaseModel::from_gguf("fuzz.gguf", data.to_vec(), &webtune::device::cpu());
 }
 
+/// A GGUF model file that loads as a small model, then used as the page uses one: loaded with
+/// its frozen weights in f16 (the page's default on the CPU), a prompt and two generated tokens
+/// through the KV cache (a few rows by the f16 weights), and one LoRA training step on text
+/// tokenized by its own tokenizer. Inputs that do not load, or hold over 2^20 parameters (a
+/// step's time), end early.
+pub fn gguf_use(data: &[u8]) {
+    use webtune::generate::{SamplingConfig, generate_blocking};
+    let device = webtune::device::cpu().autodiff();
+    let Ok(mut base) = BaseModel::from_gguf_with("fuzz.gguf", data.to_vec(), &device, true) else {
+        return;
+    };
+    if base.config.num_parameters() > 1 << 20 {
+        return;
+    }
+    let vocab = base.config.vocab_size().max(1) as u32;
+    let prompt: Vec<u32> = (0..3u32).map(|i| (7 * i + 1) % vocab).collect();
+    let _ = generate_blocking(
+        &base.model,
+        &prompt,
+        &SamplingConfig::greedy(2),
+        &[],
+        |_| true,
+    );
+    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(8);
+    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
+    let split = SplitConfig {
+        seq_len: 8,
+        val_fraction: 0.1,
+        seed: 0,
+    };
+    let Ok(data) = Dataset::split(&docs, Some(2), &split) else {
+        return;
+    };
+    let cfg = webtune::train::TrainConfig {
+        steps: 1,
+        batch_size: 2,
+        ..Default::default()
+    };
+    if webtune::lora::attach(&mut base.model, &cfg.lora, 0).is_err() {
+        return;
+    }
+    if let Ok(mut t) = Trainer::new(base.model, data, cfg) {
+        let _ = pollster::block_on(t.step());
+    }
+}
+
 /// A safetensors file: header, then every tensor read.
 pub fn safetensors(data: &[u8]) {
     if let Ok(ckpt) = SafetensorsCheckpoint::single("fuzz.safetensors", data.to_vec()) {
