@@ -107,19 +107,21 @@ if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then export LD_LIBRARY_PATH="$PWD/$K
 # NVIDIA's driver without its ICD file where the loader looks (a container given the driver's
 # libraries): the one the driver's mount carries, else one written for its library.
 NV_ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 && [ -f "$NV_ICD" ]; then
-  export VK_DRIVER_FILES="$NV_ICD" VK_ICD_FILENAMES="$NV_ICD"
-  echo "-- using $NV_ICD: $(tr -d '\n' < "$NV_ICD")" | tee -a "$RESULTS/diagnostics.txt" >&2
-elif [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
-  glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
-  if [ -z "$glx" ]; then  # mounted without ldconfig's cache knowing it
-    glx=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
-  fi
-  if [ -n "$glx" ]; then
-    icd="$RESULTS/nvidia_icd.json"; [[ $icd == /* ]] || icd="$PWD/$icd"
-    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" > "$icd"
-    export VK_ICD_FILENAMES="$icd"
-    echo "-- using $glx through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
+if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+  if [ -f "$NV_ICD" ]; then
+    export VK_DRIVER_FILES="$NV_ICD" VK_ICD_FILENAMES="$NV_ICD"
+    echo "-- using $NV_ICD: $(tr -d '\n' < "$NV_ICD")" | tee -a "$RESULTS/diagnostics.txt" >&2
+  else
+    glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
+    if [ -z "$glx" ]; then  # mounted without ldconfig's cache knowing it
+      glx=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
+    fi
+    if [ -n "$glx" ]; then
+      icd="$RESULTS/nvidia_icd.json"; [[ $icd == /* ]] || icd="$PWD/$icd"
+      printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" > "$icd"
+      export VK_ICD_FILENAMES="$icd"
+      echo "-- using $glx through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
+    fi
   fi
 fi
 

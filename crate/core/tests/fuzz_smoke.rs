@@ -156,19 +156,17 @@ fn text() {
 #[test]
 fn checkpoint() {
     // A real checkpoint: two steps of the tiny model on the text bodies::checkpoint resumes with.
-    use webtune::data::{Dataset, SplitConfig, tokenize_files};
+    use webtune::data::SplitConfig;
     use webtune::train::{TrainConfig, Trainer};
     let device = webtune::device::cpu().autodiff();
     let mut base =
         webtune::BaseModel::from_gguf("tiny.gguf", bodies::TINY_GGUF.to_vec(), &device).unwrap();
-    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
-    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
     let split = SplitConfig {
         seq_len: 16,
         val_fraction: 0.1,
         seed: 0,
     };
-    let data = Dataset::split(&docs, Some(2), &split).unwrap();
+    let data = bodies::fixed_text_windows(&base.tokenizer, &split).unwrap();
     let cfg = TrainConfig {
         steps: 4,
         batch_size: 2,

@@ -32,6 +32,14 @@ fn tiny_tokenizer() -> &'static Tokenizer {
     TOKENIZER.get_or_init(|| tiny().tokenizer)
 }
 
+/// The fixed text the training bodies train on (and `fuzz_smoke.rs`'s checkpoint seed was made
+/// from), tokenized by `tokenizer` and split into windows as `split` says.
+pub fn fixed_text_windows(tokenizer: &Tokenizer, split: &SplitConfig) -> webtune::Result<Dataset> {
+    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
+    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], tokenizer);
+    Dataset::split(&docs, Some(2), split)
+}
+
 /// A GGUF model file: header, metadata, tokenizer, tensors, the model built from them.
 pub fn gguf(data: &[u8]) {
     let _ = BaseModel::from_gguf("fuzz.gguf", data.to_vec(), &webtune::device::cpu());
@@ -60,14 +68,12 @@ pub fn gguf_use(data: &[u8]) {
         &[],
         |_| true,
     );
-    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(8);
-    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
     let split = SplitConfig {
         seq_len: 8,
         val_fraction: 0.1,
         seed: 0,
     };
-    let Ok(data) = Dataset::split(&docs, Some(2), &split) else {
+    let Ok(data) = fixed_text_windows(&base.tokenizer, &split) else {
         return;
     };
     let cfg = webtune::train::TrainConfig {
@@ -139,15 +145,13 @@ pub fn checkpoint(data: &[u8]) {
         return;
     };
     let base = tiny();
-    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
-    let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], &base.tokenizer);
     let st = &file.state;
     let split = SplitConfig {
         seq_len: st.seq_len,
         val_fraction: st.val_fraction,
         seed: st.config.seed,
     };
-    if let Ok(data) = Dataset::split(&docs, Some(2), &split) {
+    if let Ok(data) = fixed_text_windows(&base.tokenizer, &split) {
         let _ = Trainer::resume(base.model, data, &file, &base.name);
     }
 }
