@@ -6,7 +6,8 @@
 #
 #   bash tests/bench/gpu.sh --prepare     # here: the kit in tests/out/gpu-kit (~32 MB): the
 #                                         # release CLI with the GPU code (twice: without and with
-#                                         # burn's autotune), libvulkan, SmolLM2's
+#                                         # burn's autotune), libvulkan and glvnd
+#                                         # (Debian packages, unpacked there), SmolLM2's
 #                                         # config, tokenizer and tensor shapes, the texts
 #   bash tests/bench/gpu.sh               # there (carry tests/out/gpu-kit): prints what GPU and
 #                                         # Vulkan driver it finds, builds SmolLM2's shapes with
@@ -21,6 +22,9 @@
 # smollm2-f16, torch-f16, smollm2-autotune, smollm2-f16-autotune, smollm2-recompute,
 # smollm2-recompute-f16; default all; `-autotune`: the CLI built with burn's autotune). Results:
 # JSON, logs and diagnostics.txt in $OUT (the device tool's output folder) or tests/out/gpu-bench.
+# PROFILE=1 runs, instead of the table's rows, the profile of a GPU step (tests/bench/gpu_profile.py:
+# kernels and GPU time per step from cubecl's profiler, wall against CPU time, batch 1/4/16 beside
+# PyTorch) and writes profile.md; PROFILE_MODEL=FILE profiles another model (the tiny fixture here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KIT="${GPU_KIT:-tests/out/gpu-kit}"
@@ -37,6 +41,12 @@ if [ "${1:-}" = "--prepare" ]; then
   # wgpu opens the Vulkan loader at run time; the GPU machine may not have one.
   vulkan=$(ldconfig -p | awk '/libvulkan\.so\.1 .*x86-64/ && !f {print $NF; f=1}')
   if [ -n "$vulkan" ]; then cp -L "$vulkan" "$KIT/lib/libvulkan.so.1"; fi
+  # The loader alone is not enough there: NVIDIA's Vulkan driver (libGLX_nvidia) needs glvnd's
+  # libraries too, else the loader drops it and wgpu finds no adapter (seen on the H200:
+  # "no adapter found"). The device README's set of Debian packages, unpacked there into /.
+  mkdir -p "$KIT/debs"
+  (cd "$KIT/debs" && apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 \
+    2>&1 | { grep -v '^W: Download is performed unsandboxed' || true; } >&2) || echo "(no Debian packages: apt-get failed)" >&2
   # SmolLM2 as Hugging Face files (a one-step adapter merged into it: `merge` writes config.json,
   # the tokenizer and the safetensors), of which the kit keeps all but the weights' values.
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -73,7 +83,7 @@ WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT  # the unpacked CLI and the 257 Mi
 # the table (table.md).
 RESULTS="${OUT:+$WORK/results}"; RESULTS="${RESULTS:-tests/out/gpu-bench}"
 mkdir -p "$RESULTS"
-rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem
+rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem "$RESULTS"/*.time "$RESULTS"/*.kernels
 pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-bench.tgz" -C "$RESULTS" . 2>/dev/null || true; fi; }
 # BUDGET: seconds for the whole script (the device's time is short): a run that would start later
 # is skipped, saying so, and each run's limit is cut to what is left.
@@ -103,11 +113,20 @@ LIBS=$(ldconfig -p 2>/dev/null || true)
   grep -E 'libGLX_nvidia|libnvidia-glcore|libnvidia-gpucomp|libcuda\.so' <<<"$LIBS" || echo "(none in ldconfig)"
 } 2>&1 | tee "$RESULTS/diagnostics.txt" >&2
 
-if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then export LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then
+  if [ "$DEVICE" = gpu ] && [ "$(id -u)" = 0 ] && command -v dpkg >/dev/null && ls "$KIT"/debs/*.deb >/dev/null 2>&1; then
+    for f in "$KIT"/debs/*.deb; do dpkg -x "$f" /; done; ldconfig
+    LIBS=$(ldconfig -p 2>/dev/null || true)
+    echo "-- unpacked $(ls "$KIT"/debs | tr '\n' ' '); Vulkan loader now: $(grep -c 'libvulkan\.so\.1' <<<"$LIBS") in ldconfig" \
+      | tee -a "$RESULTS/diagnostics.txt" >&2
+  else
+    export LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
 # NVIDIA's driver without its ICD file where the loader looks (a container given the driver's
 # libraries): the one the driver's mount carries, else one written for its library.
 NV_ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ "$DEVICE" = gpu ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+if [ "$DEVICE" = gpu ] && ! compgen -G '/usr/share/vulkan/icd.d/nvidia*' >/dev/null && ! compgen -G '/etc/vulkan/icd.d/nvidia*' >/dev/null; then
   if [ -f "$NV_ICD" ]; then
     export VK_DRIVER_FILES="$NV_ICD" VK_ICD_FILENAMES="$NV_ICD"
     echo "-- using $NV_ICD: $(tr -d '\n' < "$NV_ICD")" | tee -a "$RESULTS/diagnostics.txt" >&2
@@ -141,8 +160,11 @@ run() { # name [args]
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$RESULTS/$name.gpu-mem" 2>/dev/null &
     smi=$!
   fi
-  timeout "$lim" "$bin" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
-    > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
+  # Wall and the process's CPU seconds (user, system) in $name.time: a GPU step whose CPU time
+  # is about its wall time is bound by the host's work (recording and launching), not the GPU's.
+  ( TIMEFORMAT='%R %U %S'; time timeout "$lim" "$bin" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
+    > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" ) 2> "$RESULTS/$name.time" \
+    || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
   if [ -n "$smi" ]; then kill "$smi" 2>/dev/null || true; fi
   tail -2 "$RESULTS/$name.log" >&2
   pack
@@ -166,6 +188,18 @@ torch_run() { # name [args]
   pack
 }
 run tiny --model tests/fixtures/tiny-llama-q.gguf --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 8
+# No adapter at all: what the Vulkan loader says, and what NVIDIA's driver library lacks; then
+# only PyTorch's rows (webtune's would fail the same way).
+if [ "$DEVICE" = gpu ] && grep -q 'AdapterUnavailable' "$RESULTS/tiny.log" 2>/dev/null; then
+  {
+    echo "-- no adapter: the Vulkan loader's account"
+    VK_LOADER_DEBUG=error,warn,driver timeout 30 "$WEBTUNE" bench --device gpu --data "$KIT"/texts/*.txt \
+      --model tests/fixtures/tiny-llama-q.gguf --steps 1 --warmup 0 --gen-tokens 0 2>&1 | head -60
+    glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
+    if [ -n "$glx" ]; then echo "-- ldd $glx"; ldd "$glx" 2>&1 | grep -E 'not found|GLdispatch|libGLX' ; fi
+  } 2>&1 | tee -a "$RESULTS/diagnostics.txt" >&2
+  [ -n "${ONLY:-}" ] || ONLY="tiny torch torch-f16"
+fi
 # A CPU rasterizer (llvmpipe: wgpu's pick where the GPU's Vulkan driver is missing) takes minutes
 # a SmolLM2 step: not what this bench is for, and the device's time is short.
 if [ "$DEVICE" = gpu ] && grep -q ', Cpu, driver' "$RESULTS/tiny.json" 2>/dev/null && [ -z "${ONLY:-}" ]; then
@@ -173,6 +207,43 @@ if [ "$DEVICE" = gpu ] && grep -q ', Cpu, driver' "$RESULTS/tiny.json" 2>/dev/nu
     "webtune's SmolLM2 rows skipped (ONLY=... runs them anyway), PyTorch's kept; see diagnostics.txt" \
     | tee -a "$RESULTS/diagnostics.txt" >&2
   ONLY="tiny torch torch-f16"
+fi
+if [ "${PROFILE:-}" = 1 ]; then
+  # Where a GPU step's time goes (README, Speed: "the GPU"), by differences between runs that
+  # differ only in their measured steps (or generated tokens), so loading, compiling, warm-up and
+  # the final evaluation cancel out:
+  # - cubecl's own profiler (a cubecl.toml in the run's folder): each kernel's GPU time and name;
+  #   steps 1 vs 5 give the kernels per step and their GPU seconds, gen 0 vs 16 the same per token;
+  # - unprofiled, steps 1 vs 9: wall and CPU seconds per step;
+  # - batch 1, 4 and 16 for webtune and PyTorch: how the step's time grows with its work.
+  prun() { # name [args]: profiled
+    local name=$1; shift
+    local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
+    local dir="$WORK/$name"; mkdir -p "$dir"
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s"\nappend = false\n' "$RESULTS/$name.kernels" > "$dir/cubecl.toml"
+    echo "== $DEVICE: $name (cubecl's profiler)" >&2
+    local root=$PWD
+    ( cd "$dir" && timeout "$lim" "$WEBTUNE" bench --device "$DEVICE" --data "$root/$KIT"/texts/*.txt "$@" \
+      > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" ) || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
+    pack
+  }
+  [[ $RESULTS == /* ]] || RESULTS="$PWD/$RESULTS"
+  common=(--model "${PROFILE_MODEL:-$MODEL}" --warmup 2 --eval-windows 4)
+  prun prof-s1 "${common[@]}" --steps 1 --gen-tokens 0
+  prun prof-s5 "${common[@]}" --steps 5 --gen-tokens 0
+  prun prof-g16 "${common[@]}" --steps 1 --gen-tokens 16
+  run time-s1 "${common[@]}" --steps 1 --gen-tokens 0
+  run time-s9 "${common[@]}" --steps 9 --gen-tokens 0
+  run smollm2-b1 "${common[@]}" --steps 5 --gen-tokens 0 --batch 1
+  run smollm2-b4 "${common[@]}" --steps 5 --gen-tokens 0 --batch 4
+  run smollm2-b16 "${common[@]}" --steps 5 --gen-tokens 0 --batch 16
+  STEPS=5 WARMUP=2 torch_run torch-b1 --batch 1
+  STEPS=5 WARMUP=2 torch_run torch-b4 --batch 4
+  STEPS=5 WARMUP=2 torch_run torch-b16 --batch 16
+  python3 tests/bench/gpu_profile.py "$RESULTS" | tee "$RESULTS/profile.md"
+  pack
+  if [ -n "${OUT:-}" ]; then cp "$RESULTS/profile.md" "$OUT/"; fi
+  exit 0
 fi
 run smollm2 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP"
 torch_run torch --base-dtype f32
