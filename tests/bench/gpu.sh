@@ -5,8 +5,9 @@
 # of files built here, so it runs in two halves:
 #
 #   bash tests/bench/gpu.sh --prepare     # here: the kit in tests/out/gpu-kit (~32 MB): the
-#                                         # release CLI with the GPU code (twice: without and with
-#                                         # burn's autotune), libvulkan and glvnd
+#                                         # release CLI with the GPU code (three times: as is, with
+#                                         # burn's autotune, and with autotune and cubecl's SPIR-V
+#                                         # compiler), libvulkan and glvnd
 #                                         # (Debian packages, unpacked there), SmolLM2's
 #                                         # config, tokenizer and tensor shapes, the texts
 #   bash tests/bench/gpu.sh               # there (carry tests/out/gpu-kit): prints what GPU and
@@ -20,7 +21,8 @@
 # same machine's cores); STEPS and WARMUP change the steps (default 20 after 5), RUN_TIMEOUT each
 # run's limit in seconds (default 180), ONLY="tiny smollm2-f16" picks runs (tiny, smollm2, torch,
 # smollm2-f16, torch-f16, smollm2-autotune, smollm2-f16-autotune, smollm2-recompute,
-# smollm2-recompute-f16; default all; `-autotune`: the CLI built with burn's autotune). Results:
+# smollm2-spirv, smollm2-f16-spirv, smollm2-recompute-f16; default all; `-autotune`: the CLI built
+# with burn's autotune; `-spirv`: with autotune and cubecl's SPIR-V compiler). Results:
 # JSON, logs and diagnostics.txt in $OUT (the device tool's output folder) or tests/out/gpu-bench.
 # PROFILE=1 runs, instead of the table's rows, the profile of a GPU step (tests/bench/gpu_profile.py:
 # kernels and GPU time per step from cubecl's profiler, wall against CPU time, batch 1/4/16 beside
@@ -67,6 +69,10 @@ PY
   # The same CLI with burn's autotune, for the `-autotune` rows (off in the page: README, Speed).
   cargo build --release --locked -p webtune-cli --features gpu-autotune >&2
   strip -o "$tmp/webtune" "$WEBTUNE" && gzip -9 -c "$tmp/webtune" > "$KIT/webtune-autotune.gz"
+  # And with cubecl's SPIR-V compiler on Vulkan (burn's `vulkan`; autotune too), for the `-spirv`
+  # rows: WGSL has no matrix units, SPIR-V has cooperative matrices (README, "On a GPU").
+  cargo build --release --locked -p webtune-cli --features gpu-spirv >&2
+  strip -o "$tmp/webtune" "$WEBTUNE" && gzip -9 -c "$tmp/webtune" > "$KIT/webtune-spirv.gz"
   du -sh "$KIT" >&2
   size=$(du -sm "$KIT" | cut -f1)
   if [ "$size" -gt 60 ]; then echo "the kit is $size MiB: over the device's 64 MiB" >&2; exit 1; fi
@@ -95,9 +101,9 @@ limit() { # name -> prints the run's limit in seconds, or nothing when the budge
 }
 WEBTUNE="$WORK/webtune"
 gunzip -c "$KIT/webtune.gz" > "$WEBTUNE" && chmod +x "$WEBTUNE"
-if [ -f "$KIT/webtune-autotune.gz" ]; then
-  gunzip -c "$KIT/webtune-autotune.gz" > "$WORK/webtune-autotune" && chmod +x "$WORK/webtune-autotune"
-fi
+for v in autotune spirv; do
+  if [ -f "$KIT/webtune-$v.gz" ]; then gunzip -c "$KIT/webtune-$v.gz" > "$WORK/webtune-$v" && chmod +x "$WORK/webtune-$v"; fi
+done
 STEPS="${STEPS:-20}"; WARMUP="${WARMUP:-5}"
 
 # What is there: the evidence, whatever happens next. (ldconfig read once: `grep -q` on its
@@ -153,6 +159,7 @@ run() { # name [args]
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   local bin=$WEBTUNE
   if [[ $name == *-autotune ]]; then bin="$WORK/webtune-autotune"; [ -x "$bin" ] || return 0; fi
+  if [[ $name == *-spirv ]]; then bin="$WORK/webtune-spirv"; [ -x "$bin" ] || return 0; fi
   local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
   echo "== $DEVICE: $name" >&2
   local smi=""
@@ -251,6 +258,8 @@ run smollm2-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 
 torch_run torch-f16 --base-dtype f16
 run smollm2-autotune --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 0
 run smollm2-f16-autotune --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 --gen-tokens 0
+run smollm2-spirv --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --gen-tokens 0
+run smollm2-f16-spirv --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --base-f16 --gen-tokens 0
 run smollm2-recompute --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --gen-tokens 0
 run smollm2-recompute-f16 --model "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --recompute --base-f16 --gen-tokens 0
 
@@ -269,6 +278,8 @@ for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("torch", "f32"
                    ("smollm2-f16", "base in f16 (`--base-f16`)"), ("torch-f16", "base in f16"),
                    ("smollm2-autotune", "f32, burn's autotune"),
                    ("smollm2-f16-autotune", "base in f16, burn's autotune"),
+                   ("smollm2-spirv", "f32, SPIR-V (burn's `vulkan`) + autotune"),
+                   ("smollm2-f16-spirv", "base in f16, SPIR-V (burn's `vulkan`) + autotune"),
                    ("smollm2-recompute", "layers recomputed (`--recompute`)"),
                    ("smollm2-recompute-f16", "layers recomputed, base in f16")]:
     if not os.path.exists(f"{out}/{name}.log"):
@@ -285,7 +296,8 @@ for name, what in [("tiny", "tiny fixture"), ("smollm2", "f32"), ("torch", "f32"
               f"{f(r['train_peak_mb'])} | {f(r.get('train_peak_gpu_mib'))} (allocated) | – |")
         continue
     base = ref.get({"smollm2": "torch", "smollm2-f16": "torch-f16", "smollm2-autotune": "torch",
-                    "smollm2-f16-autotune": "torch-f16"}.get(name, ""))
+                    "smollm2-f16-autotune": "torch-f16", "smollm2-spirv": "torch",
+                    "smollm2-f16-spirv": "torch-f16"}.get(name, ""))
     if base:
         what += f"; **{r['train_tokens_per_sec'] / base['train_tokens_per_sec']:.2f}x PyTorch + PEFT**"
     mem = "–"
