@@ -401,6 +401,7 @@ function requestPlan() {
 }
 
 function renderPlan(p) {
+  state.plan = p;
   const held = p.val_documents.length ? `${p.val_documents.length} file(s) held out for validation` : "the last 10% held out for validation";
   $("plan").textContent = `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · `
     + `${p.train_tokens.toLocaleString()} training tokens, ${p.val_tokens.toLocaleString()} validation tokens (${held}) · ${p.epochs.toFixed(2)} epochs`

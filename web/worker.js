@@ -209,7 +209,8 @@ self.onmessage = ({ data: msg }) => {
 
 // Whether this model's training speed was measured (for the plan's duration estimate).
 let measured = false;
-// The measurement (one timed training step) waits until the settings have rested a moment, and a
+// The measurement (a timed training step; on a GPU after the steps that compile its kernels:
+// `train::speed_probe`) waits until the settings have rested a moment, and a
 // Start before then skips it: a run measures its own speed, and its first step is not kept
 // waiting behind a throwaway one (README, "Speed": page open -> first step).
 const MEASURE_AFTER_MS = 1500;
@@ -254,7 +255,7 @@ async function handle(msg) {
         }
         break;
       case "measure":
-        // One timed training step, so the plan can say how long a run takes on this machine.
+        // A timed training step, so the plan can say how long a run takes on this machine.
         if (measured || running || measureTimer === null) break;
         measureTimer = null;
         measured = true;

@@ -4,13 +4,15 @@
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
 //        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute]
-//        [--base-f16 | --base-f32] [--products widened|int16]
+//        [--base-f16 | --base-f32] [--products widened|int16] [--estimate]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
 // "16-bit weights" as the page sets it (on for the CPU backend) unless --base-f16 / --base-f32
 // says; `base_f16` in the output is what the model loaded with.
 // `first_step_secs` is page open -> first finished training step, model download included;
 // `memory_mb` the wasm module's memory at the end (its peak).
+// `--estimate` waits before Start for the plan's duration estimate (from the page's measured step)
+// and reports it beside the run's own time, Start to done (`estimated_secs`, `run_secs`).
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { root, startServer } from "./helpers.mjs";
@@ -20,6 +22,7 @@ function parseArgs(argv) {
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
     if (k === "--recompute") { a.recompute = true; continue; } // "Save memory" (no value)
+    if (k === "--estimate") { a.estimate = true; continue; } // (no value)
     if (k === "--base-f16") { a.baseF16 = true; continue; } // "16-bit weights" on (no value)
     if (k === "--base-f32") { a.baseF16 = false; continue; } // "16-bit weights" off (no value)
     if (k === "--backend") a.backend = v;
@@ -82,10 +85,18 @@ async function main() {
     if (a.recompute) await page.check("input[name=recompute]");
     await page.dispatchEvent("#settings", "input");
     await page.waitForSelector("#start:not([disabled])", { timeout: ms });
+    let estimatedSecs = null;
+    if (a.estimate) {
+      await page.waitForFunction(() => window.webtuneState.plan?.estimated_secs != null, null, { timeout: ms, polling: 100 });
+      estimatedSecs = await page.evaluate(() => window.webtuneState.plan.estimated_secs);
+    }
+    const started = Date.now();
     await page.click("#start");
     await page.waitForFunction(() => window.webtuneState.points.length > 0, null, { timeout: ms, polling: 50 });
     const firstStepSecs = (Date.now() - t0) / 1000;
+    const startToFirstStep = (Date.now() - started) / 1000;
     await page.waitForSelector("body[data-done='1']", { timeout: ms });
+    const runSecs = (Date.now() - started) / 1000;
     // The adapted model's sample, which the page generates when the run is done (the page's
     // default prompt, up to its sample length, greedy): generation's speed in the page.
     const done = Date.now();
@@ -120,6 +131,7 @@ async function main() {
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
       memory_mb: points.at(-1)?.memory_mb ?? null, memory_steps: points.map((p) => p.memory_mb),
       sample_secs: sampleSecs, sample_text: sampleText,
+      ...(a.estimate ? { estimated_secs: estimatedSecs, run_secs: runSecs, start_to_first_step_secs: startToFirstStep } : {}),
       errors,
     }));
   } finally {

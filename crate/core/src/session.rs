@@ -211,11 +211,11 @@ impl Session {
         })
     }
 
-    /// Times one training step of one window with `cfg`'s model settings on a throwaway copy of
-    /// the model (the base is not touched) and keeps the speed for [`Plan::estimated_secs`].
-    /// Returns training tokens per second. One window keeps the wait short (a quarter of a
-    /// default step); the first step of a run is also its slowest (memory is allocated, kernels
-    /// are compiled on a GPU), and larger batches use the CPU better: the estimate errs long.
+    /// Times a training step with `cfg`'s model settings on a throwaway copy of the model (the
+    /// base is not touched) and keeps the speed for [`Plan::estimated_secs`]. Returns training
+    /// tokens per second. Which step, of what size: [`crate::train::speed_probe`] (on the CPU
+    /// the first step of one window; on a GPU the run's batch after the steps that compile its
+    /// kernels, which the run then finds compiled).
     pub async fn measure(
         &mut self,
         cfg: &TrainConfig,
@@ -225,18 +225,15 @@ impl Session {
         let data = self.dataset(cfg, seq_len, val_fraction)?;
         let mut model = self.base()?.model.clone();
         crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
-        let probe = TrainConfig {
-            // Two steps, so that the one measured is not the last (which would also evaluate).
-            steps: 2,
-            batch_size: 1,
-            grad_accum: 1,
-            // On the base as it is: an f16 copy beside it would be memory for nothing.
-            base_f16: false,
-            ..cfg.clone()
-        };
+        let on_cpu = crate::device::is_cpu(&model.device());
+        let (probe, warmup) = crate::train::speed_probe(cfg, on_cpu);
         let mut trainer = Trainer::new(model, data, probe)?;
+        let mut before = 0; // tokens_seen counts the whole run's
+        for _ in 0..warmup {
+            before = trainer.step().await?.tokens_seen;
+        }
         let p = trainer.step().await?;
-        let tps = p.tokens_seen as f64 / p.step_secs.max(1e-9);
+        let tps = p.tokens_seen.saturating_sub(before) as f64 / p.step_secs.max(1e-9);
         self.speed = Some(tps);
         Ok(tps)
     }

@@ -391,6 +391,46 @@ async fn read_values(t: Tensor<1>) -> Result<Vec<f32>> {
         .map_err(|e| Error::Device(format!("reading values back failed: {e:?}")))
 }
 
+/// How [`crate::session::Session::measure`] times the step that a run's estimate divides by:
+/// `cfg` for the probe run, and how many of its steps to take before the one timed.
+///
+/// - On the CPU: the first step of a window per shard (one, or `shards::SHARDS` where
+///   there are threads to run them at once). A step's time grows with its tokens, so a small
+///   batch keeps the wait short, and the first step costs about what the others do (a little
+///   more: memory is allocated), so the estimate errs long. One window on two threads left one
+///   of them mostly idle: the page's estimate of its default run on this 2-core machine was
+///   1.9x its time.
+/// - On a GPU: the run's own batch, after three steps. The first steps compile kernels (on an
+///   H200: 10.7 s, 2.0 s, 0.38 s, then 0.245 s a step; README, "On a GPU"), and a step's time
+///   hardly grows with its batch there (0.202 s for one window, 0.244 s for four), so a first
+///   step of one window made the estimate ~150x too long. Each step reads its loss back:
+///   otherwise a step is timed when its work is queued, not done.
+///
+/// The timed step is never the probe's last (which would also evaluate), nor one that evaluates.
+pub fn speed_probe(cfg: &TrainConfig, on_cpu: bool) -> (TrainConfig, usize) {
+    let warmup = if on_cpu { 0 } else { 3 };
+    let shards = if crate::shards::parallel() {
+        crate::shards::SHARDS
+    } else {
+        1
+    };
+    let probe = TrainConfig {
+        steps: warmup + 2,
+        batch_size: if on_cpu {
+            cfg.batch_size.min(shards)
+        } else {
+            cfg.batch_size
+        },
+        grad_accum: 1,
+        eval_every: 0,
+        log_every: Some(1),
+        // On the base as it is: an f16 copy beside it would be memory for nothing.
+        base_f16: false,
+        ..cfg.clone()
+    };
+    (probe, warmup)
+}
+
 /// Seconds a run of `cfg` should take at `tokens_per_sec` of training: its steps, plus its
 /// evaluations (a forward pass costs about a third of a training step on as many tokens).
 pub fn estimate_secs(
