@@ -87,7 +87,7 @@ WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT  # the unpacked CLI and the 257 Mi
 # The device tool brings back at most 8 files from $OUT: there the results are kept in one archive
 # (gpu-bench.tgz, renewed after each run, so a run cut short still leaves the ones before it) and
 # the table (table.md).
-RESULTS="${OUT:+$WORK/results}"; RESULTS="${RESULTS:-tests/out/gpu-bench}"
+RESULTS="${OUT:+$WORK/results}"; RESULTS="${RESULTS:-$PWD/tests/out/gpu-bench}"
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/*.json "$RESULTS"/*.log "$RESULTS"/*.gpu-mem "$RESULTS"/*.time "$RESULTS"/*.kernels
 pack() { if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-bench.tgz" -C "$RESULTS" . 2>/dev/null || true; fi; }
@@ -129,6 +129,12 @@ if ! grep -q 'libvulkan\.so\.1' <<<"$LIBS"; then
     export LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 fi
+# NVIDIA's Vulkan driver library, as ldconfig knows it (else found on disk): for an ICD file of our
+# own below, and for the diagnostics when no adapter comes up.
+GLX=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
+if [ -z "$GLX" ] && [ "$DEVICE" = gpu ]; then  # mounted without ldconfig's cache knowing it
+  GLX=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
+fi
 # NVIDIA's driver without its ICD file where the loader looks (a container given the driver's
 # libraries): the one the driver's mount carries, else one written for its library.
 NV_ICD=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -136,17 +142,11 @@ if [ "$DEVICE" = gpu ] && ! compgen -G '/usr/share/vulkan/icd.d/nvidia*' >/dev/n
   if [ -f "$NV_ICD" ]; then
     export VK_DRIVER_FILES="$NV_ICD" VK_ICD_FILENAMES="$NV_ICD"
     echo "-- using $NV_ICD: $(tr -d '\n' < "$NV_ICD")" | tee -a "$RESULTS/diagnostics.txt" >&2
-  else
-    glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
-    if [ -z "$glx" ]; then  # mounted without ldconfig's cache knowing it
-      glx=$(find /usr/lib /usr/lib64 /usr/local -name 'libGLX_nvidia.so.0' -print -quit 2>/dev/null || true)
-    fi
-    if [ -n "$glx" ]; then
-      icd="$RESULTS/nvidia_icd.json"; [[ $icd == /* ]] || icd="$PWD/$icd"
-      printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$glx" > "$icd"
-      export VK_ICD_FILENAMES="$icd"
-      echo "-- using $glx through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
-    fi
+  elif [ -n "$GLX" ]; then
+    icd="$RESULTS/nvidia_icd.json"
+    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"%s","api_version":"1.3"}}\n' "$GLX" > "$icd"
+    export VK_ICD_FILENAMES="$icd"
+    echo "-- using $GLX through $VK_ICD_FILENAMES" | tee -a "$RESULTS/diagnostics.txt" >&2
   fi
 fi
 
@@ -161,6 +161,13 @@ run() { # name [args]
   if [[ $name == *-autotune ]]; then bin="$WORK/webtune-autotune"; [ -x "$bin" ] || return 0; fi
   if [[ $name == *-spirv ]]; then bin="$WORK/webtune-spirv"; [ -x "$bin" ] || return 0; fi
   local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
+  # prof-*: cubecl's profiler logs each kernel's name and GPU time to $name.kernels, set by a
+  # cubecl.toml in the folder the run starts in (cubecl reads it from there).
+  local dir=$PWD
+  if [[ $name == prof-* ]]; then
+    dir="$WORK/$name"; mkdir -p "$dir"
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s"\nappend = false\n' "$RESULTS/$name.kernels" > "$dir/cubecl.toml"
+  fi
   echo "== $DEVICE: $name" >&2
   local smi=""
   if command -v nvidia-smi >/dev/null; then
@@ -169,7 +176,8 @@ run() { # name [args]
   fi
   # Wall and the process's CPU seconds (user, system) in $name.time: a GPU step whose CPU time
   # is about its wall time is bound by the host's work (recording and launching), not the GPU's.
-  ( TIMEFORMAT='%R %U %S'; time timeout "$lim" "$bin" bench --device "$DEVICE" --data "$KIT"/texts/*.txt "$@" \
+  local texts=("$PWD/$KIT"/texts/*.txt)
+  ( cd "$dir" || exit; TIMEFORMAT='%R %U %S'; time timeout "$lim" "$bin" bench --device "$DEVICE" --data "${texts[@]}" "$@" \
     > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" ) 2> "$RESULTS/$name.time" \
     || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
   if [ -n "$smi" ]; then kill "$smi" 2>/dev/null || true; fi
@@ -202,8 +210,7 @@ if [ "$DEVICE" = gpu ] && grep -q 'AdapterUnavailable' "$RESULTS/tiny.log" 2>/de
     echo "-- no adapter: the Vulkan loader's account"
     VK_LOADER_DEBUG=error,warn,driver timeout 30 "$WEBTUNE" bench --device gpu --data "$KIT"/texts/*.txt \
       --model tests/fixtures/tiny-llama-q.gguf --steps 1 --warmup 0 --gen-tokens 0 2>&1 | head -60
-    glx=$(awk '/libGLX_nvidia\.so\.0 .*x86-64/ && !f {print $NF; f=1}' <<<"$LIBS")
-    if [ -n "$glx" ]; then echo "-- ldd $glx"; ldd "$glx" 2>&1 | grep -E 'not found|GLdispatch|libGLX' ; fi
+    if [ -n "$GLX" ]; then echo "-- ldd $GLX"; ldd "$GLX" 2>&1 | grep -E 'not found|GLdispatch|libGLX' ; fi
   } 2>&1 | tee -a "$RESULTS/diagnostics.txt" >&2
   [ -n "${ONLY:-}" ] || ONLY="tiny torch torch-f16"
 fi
@@ -219,26 +226,14 @@ if [ "${PROFILE:-}" = 1 ]; then
   # Where a GPU step's time goes (README, Speed: "the GPU"), by differences between runs that
   # differ only in their measured steps (or generated tokens), so loading, compiling, warm-up and
   # the final evaluation cancel out:
-  # - cubecl's own profiler (a cubecl.toml in the run's folder): each kernel's GPU time and name;
+  # - cubecl's own profiler (the prof-* rows of `run`): each kernel's GPU time and name;
   #   steps 1 vs 5 give the kernels per step and their GPU seconds, gen 0 vs 16 the same per token;
   # - unprofiled, steps 1 vs 9: wall and CPU seconds per step;
   # - batch 1, 4 and 16 for webtune and PyTorch: how the step's time grows with its work.
-  prun() { # name [args]: profiled
-    local name=$1; shift
-    local lim; lim=$(limit "$name"); [ -n "$lim" ] || return 0
-    local dir="$WORK/$name"; mkdir -p "$dir"
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s"\nappend = false\n' "$RESULTS/$name.kernels" > "$dir/cubecl.toml"
-    echo "== $DEVICE: $name (cubecl's profiler)" >&2
-    local root=$PWD
-    ( cd "$dir" && timeout "$lim" "$WEBTUNE" bench --device "$DEVICE" --data "$root/$KIT"/texts/*.txt "$@" \
-      > "$RESULTS/$name.json" 2> "$RESULTS/$name.log" ) || echo "   failed: $(tail -3 "$RESULTS/$name.log")" >&2
-    pack
-  }
-  [[ $RESULTS == /* ]] || RESULTS="$PWD/$RESULTS"
-  common=(--model "${PROFILE_MODEL:-$MODEL}" --warmup 2 --eval-windows 4)
-  prun prof-s1 "${common[@]}" --steps 1 --gen-tokens 0
-  prun prof-s5 "${common[@]}" --steps 5 --gen-tokens 0
-  prun prof-g16 "${common[@]}" --steps 1 --gen-tokens 16
+  common=(--model "$(realpath "${PROFILE_MODEL:-$MODEL}")" --warmup 2 --eval-windows 4)
+  run prof-s1 "${common[@]}" --steps 1 --gen-tokens 0
+  run prof-s5 "${common[@]}" --steps 5 --gen-tokens 0
+  run prof-g16 "${common[@]}" --steps 1 --gen-tokens 16
   run time-s1 "${common[@]}" --steps 1 --gen-tokens 0
   run time-s9 "${common[@]}" --steps 9 --gen-tokens 0
   run smollm2-b1 "${common[@]}" --steps 5 --gen-tokens 0 --batch 1
