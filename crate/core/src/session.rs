@@ -214,8 +214,8 @@ impl Session {
     /// Times a training step with `cfg`'s model settings on a throwaway copy of the model (the
     /// base is not touched) and keeps the speed for [`Plan::estimated_secs`]. Returns training
     /// tokens per second. Which step, of what size: [`crate::train::speed_probe`] (on the CPU
-    /// the first step of one window; on a GPU the run's batch after the steps that compile its
-    /// kernels, which the run then finds compiled).
+    /// the first step of a window per thread; on a GPU the run's batch after the steps that
+    /// compile its kernels, which the run then finds compiled).
     pub async fn measure(
         &mut self,
         cfg: &TrainConfig,
@@ -225,8 +225,7 @@ impl Session {
         let data = self.dataset(cfg, seq_len, val_fraction)?;
         let mut model = self.base()?.model.clone();
         crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
-        let on_cpu = crate::device::is_cpu(&model.device());
-        let (probe, warmup) = crate::train::speed_probe(cfg, on_cpu);
+        let (probe, warmup) = crate::train::speed_probe(cfg, &model.device());
         let mut trainer = Trainer::new(model, data, probe)?;
         let mut before = 0; // tokens_seen counts the whole run's
         for _ in 0..warmup {

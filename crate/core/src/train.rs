@@ -392,7 +392,7 @@ async fn read_values(t: Tensor<1>) -> Result<Vec<f32>> {
 }
 
 /// How [`crate::session::Session::measure`] times the step that a run's estimate divides by:
-/// `cfg` for the probe run, and how many of its steps to take before the one timed.
+/// `cfg` for the probe run on `device`, and how many of its steps to take before the one timed.
 ///
 /// - On the CPU: the first step of a window per shard (one, or `shards::SHARDS` where
 ///   there are threads to run them at once). A step's time grows with its tokens, so a small
@@ -407,20 +407,17 @@ async fn read_values(t: Tensor<1>) -> Result<Vec<f32>> {
 ///   otherwise a step is timed when its work is queued, not done.
 ///
 /// The timed step is never the probe's last (which would also evaluate), nor one that evaluates.
-pub fn speed_probe(cfg: &TrainConfig, on_cpu: bool) -> (TrainConfig, usize) {
-    let warmup = if on_cpu { 0 } else { 3 };
-    let shards = if crate::shards::parallel() {
-        crate::shards::SHARDS
+pub fn speed_probe(cfg: &TrainConfig, device: &Device) -> (TrainConfig, usize) {
+    let (batch_size, warmup) = if !crate::device::is_cpu(device) {
+        (cfg.batch_size, 3)
+    } else if crate::shards::parallel() {
+        (cfg.batch_size.min(crate::shards::SHARDS), 0)
     } else {
-        1
+        (1, 0)
     };
     let probe = TrainConfig {
         steps: warmup + 2,
-        batch_size: if on_cpu {
-            cfg.batch_size.min(shards)
-        } else {
-            cfg.batch_size
-        },
+        batch_size,
         grad_accum: 1,
         eval_every: 0,
         log_every: Some(1),

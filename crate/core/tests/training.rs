@@ -550,10 +550,10 @@ fn a_run_on_the_gpu_with_its_base_in_f16_follows_the_cpu_run_in_f32() {
 
 /// The step `Session::measure` times for a run's duration estimate (`train::speed_probe`): of the
 /// run's batch on a GPU (a GPU step's time hardly grows with its batch; on the CPU a window per
-/// thread, at most the run's batch), after the steps that
-/// compile kernels there, with its loss read back (a GPU step that reads nothing is timed when
-/// its work is queued, not done: the default reads every 5th), and neither the probe's last step
-/// nor one that evaluates. Run as `measure` runs it: on the CPU, and on the GPU (lavapipe in CI).
+/// thread, at most the run's batch), after the steps that compile kernels there, with its loss
+/// read back (a GPU step that reads nothing is timed when its work is queued, not done: the
+/// default reads every 5th), and neither the probe's last step nor one that evaluates. Run as
+/// `measure` runs it: on the CPU, and on the GPU (lavapipe in CI).
 #[test]
 fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
     let _turn = serial();
@@ -569,15 +569,12 @@ fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
         Err(e) => panic!("{e} (tests/setup.sh installs Mesa's lavapipe for this test)"),
     }
     for (device, on_cpu) in devices {
-        let (probe, warmup) = webtune::train::speed_probe(&cfg, on_cpu);
-        let want_batch = probe.batch_size;
+        let (probe, warmup) = webtune::train::speed_probe(&cfg, &device);
+        let batch = probe.batch_size;
         if on_cpu {
-            assert!(
-                (1..=cfg.batch_size).contains(&want_batch),
-                "{want_batch} on the CPU"
-            );
+            assert!((1..=cfg.batch_size).contains(&batch), "{batch} on the CPU");
         } else {
-            assert_eq!(want_batch, cfg.batch_size, "on a GPU");
+            assert_eq!(batch, cfg.batch_size, "on a GPU");
         }
         assert!(on_cpu || warmup >= 2, "a GPU's first steps compile kernels");
         let mut model = tiny(&device);
@@ -599,10 +596,6 @@ fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
             !t.is_finished(),
             "on_cpu {on_cpu}: the timed step was the last"
         );
-        assert_eq!(
-            p.tokens_seen,
-            (warmup + 1) * want_batch * 16,
-            "on_cpu {on_cpu}"
-        );
+        assert_eq!(p.tokens_seen, (warmup + 1) * batch * 16, "on_cpu {on_cpu}");
     }
 }
