@@ -230,10 +230,7 @@ function startWorker(backend) {
   // sets the pool's size, ?threads=1 the one-thread build.
   const threads = Number(new URLSearchParams(location.search).get("threads"))
     || Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
-  // ?products=widened: the 16-bit weights' products widened to f32 instead of in 16-bit
-  // integers (a comparison for developers; README, "Speed").
-  const products = new URLSearchParams(location.search).get("products");
-  worker.postMessage({ type: "init", backend, threads, products, crashChannel: channelName });
+  worker.postMessage({ type: "init", backend, threads, crashChannel: channelName });
 }
 
 // The step the last automatic restart resumed from: a crash before the run saved a later step
@@ -306,16 +303,16 @@ function applyDefaults(d) {
   if (!d) return;
   state.defaults = d;
   const form = $("settings").elements;
-  const t = d.train;
-  const values = { rank: t.lora.r, alpha: t.lora.alpha, lr: t.lr, steps: t.steps, seq_len: d.seq_len,
-    batch_size: t.batch_size, checkpoint_every: t.checkpoint_every };
+  const { data, lora, train, optim, exec } = d.spec;
+  const values = { rank: lora.r, alpha: lora.alpha, lr: optim.lr, steps: train.steps, seq_len: data.seq_len,
+    batch_size: train.batch_size, checkpoint_every: train.checkpoint_every };
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
   // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
-  if (form.recompute) form.recompute.checked = !!t.recompute || littleMemory;
+  if (form.recompute) form.recompute.checked = !!exec.recompute || littleMemory;
   // No targets: the model family's defaults, which the boxes show until a model draws its own.
-  if (t.lora.targets.length) {
-    for (const box of document.querySelectorAll("input[name=target]")) box.checked = t.lora.targets.includes(box.value);
+  if (lora.targets.length) {
+    for (const box of document.querySelectorAll("input[name=target]")) box.checked = lora.targets.includes(box.value);
   }
 }
 
@@ -328,7 +325,7 @@ let baseF16Chosen = false;
 function defaultBaseF16(kind) {
   const box = $("settings").elements.base_f16;
   if (!box || baseF16Chosen || !state.defaults) return;
-  box.checked = !!state.defaults.train.base_f16 || kind === "cpu" || littleMemory;
+  box.checked = !!state.defaults.spec.exec.base_f16 || kind === "cpu" || littleMemory;
 }
 
 // One checkbox per projection the model's family has; the defaults checked.
@@ -352,9 +349,14 @@ function showNotice(text) {
 function showLimits(l) {
   if (!l) return;
   const form = $("settings");
-  const set = (name, max) => { const input = form.elements[name]; if (input) input.max = String(max); };
-  set("steps", l.max_steps); set("batch_size", l.max_batch_size); set("seq_len", l.max_seq_len);
-  set("rank", l.max_rank); set("lr", l.max_learning_rate);
+  // The form's ranges are the core's (crate/core/src/limits.rs), never copies of them.
+  const set = (name, min, max) => {
+    const input = form.elements[name];
+    if (input) Object.assign(input, min == null ? { max: String(max) } : { min: String(min), max: String(max) });
+  };
+  set("steps", 1, l.max_steps); set("batch_size", 1, l.max_batch_size); set("seq_len", l.min_seq_len, l.max_seq_len);
+  set("rank", 1, l.max_rank); set("lr", null, l.max_learning_rate);
+  set("checkpoint_every", 0, l.max_steps);
   $("limits").textContent = `Limits: steps ≤ ${l.max_steps.toLocaleString()}, rank ≤ ${l.max_rank}, batch size ≤ ${l.max_batch_size}, `
     + `sequence length ≤ ${l.max_seq_len}, batch size × sequence length ≤ ${l.max_batch_tokens.toLocaleString()}, `
     + `learning rate ≤ ${l.max_learning_rate}; text files up to ${Math.round(l.max_text_bytes / 2 ** 20)} MB each.`;
@@ -376,20 +378,34 @@ function showStatus(where, text) {
   if (text) section.append(Object.assign(el("p", text), { className: "status" }));
 }
 
+// The run spec (crate/core/src/spec.rs: { data, lora, train, optim, exec }) from the form; what
+// the form leaves out takes the core's defaults.
 function settings() {
   const f = new FormData($("settings"));
   const num = (k) => Number(f.get(k));
+  const products = new URLSearchParams(location.search).get("products");
   return {
-    seq_len: num("seq_len"),
-    val_fraction: 0.1,
-    train: {
-      lora: { r: num("rank"), alpha: num("alpha"), targets: f.getAll("target") },
-      // Evaluation schedule and sample size: the core's defaults (a small share of the run).
-      steps: num("steps"), batch_size: num("batch_size"), lr: num("lr"),
-      // The core says when a checkpoint is due; the worker stores it (store.js).
-      checkpoint_every: f.has("checkpoint_every") ? num("checkpoint_every") : undefined,
-      // Activation recomputation ("Save memory"): TrainConfig::recompute.
+    data: {
+      seq_len: num("seq_len"),
+      // Chat data: the answers only, or every token ("train on the whole text").
+      train_on: f.get("train_on") || undefined,
+      // A file named as the validation set, else the core's share.
+      ...(f.get("val_file") ? { val_file: f.get("val_file") } : {}),
+    },
+    lora: { r: num("rank"), alpha: num("alpha"), targets: f.getAll("target") },
+    // The evaluation schedule: the core's defaults (a small share of the run). The core says
+    // when a checkpoint is due; the worker stores it (store.js).
+    train: { steps: num("steps"), batch_size: num("batch_size"),
+      ...(f.has("checkpoint_every") ? { checkpoint_every: num("checkpoint_every") } : {}) },
+    optim: { lr: num("lr") },
+    exec: {
+      // "Save memory": activation recomputation.
       recompute: f.has("recompute"),
+      // The weights as the model was loaded (the setting reloads the model when it changes).
+      base_f16: !!state.model?.base_f16,
+      // ?products=widened: the 16-bit weights' products widened to f32 instead of in 16-bit
+      // integers (a comparison for developers).
+      ...(products ? { products } : {}),
     },
   };
 }
@@ -402,10 +418,27 @@ function requestPlan() {
 
 function renderPlan(p) {
   state.plan = p;
-  const held = p.val_documents.length ? `${p.val_documents.length} file(s) held out for validation` : "the last 10% held out for validation";
+  const share = Math.round(100 * (state.defaults?.spec.data.val_fraction ?? 0));
+  const held = p.val_documents.length ? `${p.val_documents.length} file(s) held out for validation` : `the last ${share}% held out for validation`;
+  const ex = p.examples;
+  const examples = ex && (ex.train || ex.val)
+    ? ` · chat data: ${ex.train.toLocaleString()} training and ${ex.val.toLocaleString()} validation examples`
+      + (ex.truncated ? `, ${ex.truncated} cut to the sequence length` : "")
+      + (ex.dropped ? `, ${ex.dropped} left out (their prompt fills the sequence length)` : "")
+    : "";
   $("plan").textContent = `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · `
-    + `${p.train_tokens.toLocaleString()} training tokens, ${p.val_tokens.toLocaleString()} validation tokens (${held}) · ${p.epochs.toFixed(2)} epochs`
+    + `${p.train_tokens.toLocaleString()} tokens learned, ${p.val_tokens.toLocaleString()} validation tokens (${held})${examples} · ${p.epochs.toFixed(2)} epochs`
     + (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "");
+}
+
+// How a file was read, in words: "text", or chat data's records and examples.
+function formatWords(t) {
+  if (t.format === "text" || !t.format) return "text";
+  const kinds = { "messages": "chats", "share-gpt": "ShareGPT chats", "prompt-completion": "prompt / completion",
+    "alpaca": "instruction / output", "columns": "two columns" };
+  const what = (t.record_kinds ?? []).map((k) => kinds[k] ?? k).join(", ") || "records";
+  const file = { "json-lines": "JSON Lines", "json": "JSON", "csv": "CSV" }[t.format] ?? t.format;
+  return `${file}: ${what}`;
 }
 
 function renderTexts() {
@@ -414,8 +447,11 @@ function renderTexts() {
   body.replaceChildren();
   for (const t of state.texts.values()) {
     const tr = el("tr");
-    tr.append(el("td", t.name), el("td", t.tokens != null ? t.tokens.toLocaleString() : "–"),
-      el("td", t.skipped ? `skipped: ${t.skipped}` : t.tokens != null ? "ready" : "reading…"));
+    const count = t.examples != null ? `${t.examples.toLocaleString()} examples, ${t.tokens.toLocaleString()} tokens`
+      : t.tokens != null ? t.tokens.toLocaleString() : "–";
+    const status = t.skipped ? `skipped: ${t.skipped}` : t.tokens != null
+      ? (t.problem_count ? `ready; ${t.problem_count} record(s) left out (below)` : "ready") : "reading…";
+    tr.append(el("td", t.name), el("td", t.tokens != null || t.skipped ? formatWords(t) : ""), el("td", count), el("td", status));
     if (t.skipped) tr.className = "skipped";
     const td = el("td");
     const rm = el("button", "Remove");
@@ -425,15 +461,89 @@ function renderTexts() {
     td.append(rm);
     tr.append(td);
     body.append(tr);
+    const details = fileDetails(t);
+    if (details) {
+      const row = el("tr");
+      const cell = el("td");
+      cell.colSpan = 5;
+      cell.append(details);
+      row.append(cell);
+      row.className = "file-details";
+      body.append(row);
+    }
   }
   table.hidden = state.texts.size === 0;
+  renderValFileChoice();
 }
 
-async function addText(name, buffer) {
-  state.texts.set(name, { name, buffer });
+// Under a file of chat data: the columns to read (CSV), the records left out and why, and its
+// first example as training sees it (the parts the model learns in full colour).
+function fileDetails(t) {
+  const parts = [];
+  if (t.columns?.length) {
+    const pick = (role, chosen) => {
+      const select = el("select");
+      select.setAttribute("aria-label", `${t.name}: the ${role} column`);
+      select.append(...t.columns.map((c) => Object.assign(el("option", c), { value: c, selected: c === chosen })));
+      return select;
+    };
+    const prompt = pick("prompt", t.chosenColumns?.prompt), response = pick("response", t.chosenColumns?.response ?? t.columns[1]);
+    const apply = Object.assign(el("button", "Read these columns"), { type: "button" });
+    apply.onclick = () => {
+      const columns = { prompt: prompt.value, response: response.value };
+      addText(t.name, t.buffer, { columns });
+    };
+    const line = el("p");
+    line.className = "columns";
+    line.append("Prompt column ", prompt, " response column ", response, " ", apply);
+    parts.push(line);
+  }
+  if (t.problems?.length) {
+    const list = el("ul");
+    list.className = "problems";
+    for (const p of t.problems) list.append(el("li", `line ${p.line}: ${p.message}`));
+    if (t.problem_count > t.problems.length) list.append(el("li", `… and ${t.problem_count - t.problems.length} more`));
+    const box = el("details");
+    box.append(el("summary", `${t.problem_count} record(s) left out`), list);
+    parts.push(box);
+  }
+  if (t.preview?.length) {
+    const pre = el("pre");
+    pre.className = "preview";
+    for (const part of t.preview) {
+      const span = el("span", part.text);
+      span.className = part.trained ? "learned" : "context";
+      pre.append(span);
+    }
+    const box = el("details");
+    box.append(el("summary", "First example, as training sees it (what the model learns in full colour; the rest it only reads)"), pre);
+    parts.push(box);
+  }
+  if (!parts.length) return null;
+  const div = el("div");
+  div.append(...parts);
+  return div;
+}
+
+// "Validation": a share of the data, or one of the files added.
+function renderValFileChoice() {
+  const select = $("settings").elements.val_file;
+  if (!select) return;
+  const chosen = select.value;
+  const usable = [...state.texts.values()].filter((t) => t.tokens && !t.skipped);
+  const share = Math.round(100 * (state.defaults?.spec.data.val_fraction ?? 0.1));
+  select.replaceChildren(Object.assign(el("option", `${share}% of the data`), { value: "" }),
+    ...usable.map((t) => Object.assign(el("option", `the file ${t.name}`), { value: t.name })));
+  select.value = usable.some((t) => t.name === chosen) ? chosen : "";
+}
+
+async function addText(name, buffer, options) {
+  const previous = state.texts.get(name);
+  state.texts.set(name, { name, buffer, chosenColumns: options?.columns ?? previous?.chosenColumns });
   renderTexts();
   if (!state.model) return; // sent again once a model is loaded
-  worker.postMessage({ type: "addText", name, buffer: buffer.slice(0) });
+  const columns = options?.columns ?? previous?.chosenColumns;
+  worker.postMessage({ type: "addText", name, buffer: buffer.slice(0), options: columns ? { columns } : undefined });
 }
 
 async function addFiles(files) {

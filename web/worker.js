@@ -226,7 +226,6 @@ async function handle(msg) {
       case "init": {
         const { WebSession, reportCrashesTo } = await loadModule(msg.backend || "auto", msg.threads || 1);
         if (msg.crashChannel && reportCrashesTo) reportCrashesTo(msg.crashChannel); // pkg-threads only
-        if (msg.products) WebSession.setInt16Products(msg.products !== "widened");
         memoryBytes = () => WebSession.memoryBytes();
         session = await WebSession.create(msg.backend || "auto");
         defaults = WebSession.defaults();
@@ -239,7 +238,7 @@ async function handle(msg) {
         await loadModel(msg);
         break;
       case "addText":
-        post({ type: "text", info: session.addText(msg.name, new Uint8Array(msg.buffer)) });
+        post({ type: "text", info: session.addText(msg.name, new Uint8Array(msg.buffer), msg.options) });
         break;
       case "removeText":
         session.removeText(msg.name);
@@ -270,7 +269,7 @@ async function handle(msg) {
         lastProgress = null;
         post({ type: "started", plan, history: [] });
         // Step 0 saved too: a crash before the first checkpoint still resumes with these settings.
-        if ((msg.settings?.train?.checkpoint_every ?? 1) > 0) await saveCheckpoint();
+        if ((msg.settings?.train?.checkpoint_every ?? defaults.spec.train.checkpoint_every) > 0) await saveCheckpoint();
         trainLoop();
         break;
       }

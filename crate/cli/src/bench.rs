@@ -12,8 +12,10 @@ use clap::Args;
 use serde::Serialize;
 use web_time::Instant;
 use webtune::generate::{SamplingConfig, generate_blocking};
+use webtune::kernels::FrozenProducts;
 use webtune::lora::LoraConfig;
-use webtune::train::{Control, TrainConfig, Trainer};
+use webtune::spec::RunSpec;
+use webtune::train::{Control, Trainer};
 use webtune::{BaseModel, Result};
 
 #[derive(Args)]
@@ -53,11 +55,11 @@ pub struct BenchArgs {
     /// instead of keeping them): measures what it saves in memory and costs in time.
     #[arg(long)]
     gradient_checkpointing: bool,
-    /// Activation recomputation (`TrainConfig::recompute`): each decoder layer's forward again
+    /// Activation recomputation (`exec.recompute`): each decoder layer's forward again
     /// in the backward pass, keeping only its input.
     #[arg(long)]
     recompute: bool,
-    /// The frozen base kept in f16 (`TrainConfig::base_f16`): half the base's memory.
+    /// The frozen base kept in f16 (`exec.base_f16`): half the base's memory.
     #[arg(long)]
     base_f16: bool,
     /// With `--base-f16`: its products in 16-bit integers (`kernels::FrozenProducts::Int16`, the
@@ -116,9 +118,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     } else {
         device
     };
-    if a.int16 {
-        webtune::kernels::set_frozen_products(webtune::kernels::FrozenProducts::Int16);
-    }
     let started = Instant::now();
     // The f16 base as it loads: the f32 model never exists whole (peak memory).
     let base = BaseModel::from_path_with(&a.model, &device, a.base_f16)?;
@@ -126,30 +125,35 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let load_peak_mb = peak_rss_mb();
     reset_peak_rss();
 
-    let cfg = TrainConfig {
+    let mut spec = RunSpec {
         lora: LoraConfig {
             r: a.rank,
             dropout: a.dropout,
             targets: a.targets.clone(),
             ..LoraConfig::default()
         },
-        steps: a.warmup + a.steps,
-        batch_size: a.batch,
-        eval_every: 0,
-        eval_windows: a.eval_windows,
-        recompute: a.recompute,
-        base_f16: a.base_f16,
-        ..TrainConfig::default()
+        ..RunSpec::default()
     };
-    let data = crate::cli::read_data(&a.data, &base, a.seq_len, 0.1, 0)?;
-    let mut model = base.model.clone();
-    webtune::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
+    spec.data.seq_len = a.seq_len;
+    spec.train.steps = a.warmup + a.steps;
+    spec.train.batch_size = a.batch;
+    spec.train.eval_every = 0;
+    spec.train.eval_windows = a.eval_windows;
+    spec.exec.recompute = a.recompute;
+    spec.exec.base_f16 = a.base_f16;
+    if a.int16 {
+        spec.exec.products = Some(FrozenProducts::Int16);
+    }
+    let base_model = base.model.clone().with_products(spec.products());
+    let data = crate::cli::read_data(&a.data, &base, &spec.data, spec.train.seed)?;
+    let mut model = base_model.clone();
+    webtune::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
     if a.breakdown {
         return breakdown(&model, &data, a.batch, a.steps.max(1));
     }
     let trainable_parameters = model.num_lora_parameters();
     let base_parameters = webtune::burn::module::Module::num_params(&base.model);
-    let mut trainer = Trainer::new(model, data, cfg)?;
+    let mut trainer = Trainer::new(model, data, spec)?;
     let mut steps = Vec::new();
     let mut losses = Vec::new();
     let mut eval_secs = None;
@@ -175,7 +179,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             .encode("Once upon a time, in a kingdom by the sea,")?;
         let sampling = SamplingConfig::greedy(a.gen_tokens);
         let adapted = burn::module::Module::valid(trainer.model());
-        let base_model = burn::module::Module::valid(&base.model);
+        let base_model = burn::module::Module::valid(&base_model);
         for (model, out) in [(&base_model, &mut gen_base), (&adapted, &mut gen_adapted)] {
             let started = Instant::now();
             // No stop tokens: always the same number of tokens.

@@ -7,13 +7,15 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use webtune::checkpoint::{self, CheckpointFile};
-use webtune::data::{Dataset, SplitConfig, tokenize_files};
+use webtune::data::{Dataset, tokenize_files};
 use webtune::formats::merged;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
+use webtune::kernels::FrozenProducts;
 use webtune::lora::LoraConfig;
-use webtune::train::{Progress, RunStatus, TrainConfig, Trainer};
-use webtune::{BaseModel, defaults, device};
+use webtune::spec::{DataSpec, RunSpec};
+use webtune::train::{Progress, RunStatus, Trainer};
+use webtune::{BaseModel, device};
 
 #[derive(Parser)]
 #[command(
@@ -109,6 +111,9 @@ enum Command {
     },
 }
 
+/// `train`'s arguments. The run's settings start from `--config` (a run spec in JSON, as
+/// `OUT/webtune-run.json` holds it) or the defaults, and each flag typed on the command line
+/// changes its one setting (named after the flag in brackets).
 #[derive(Args)]
 struct TrainArgs {
     /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
@@ -117,65 +122,84 @@ struct TrainArgs {
     /// Text files to learn from.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
-    /// Folder to write adapter_config.json and adapter_model.safetensors into.
+    /// Folder to write adapter_config.json and adapter_model.safetensors into (and the run's
+    /// settings, webtune-run.json).
     #[arg(long)]
     out: PathBuf,
+    /// A run spec (JSON: data, lora, train, optim, exec; every key optional, an unknown one an
+    /// error) to start from instead of the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Continue training this PEFT adapter instead of starting fresh.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// [lora.r]
     #[arg(long, default_value_t = LoraConfig::default().r)]
     rank: usize,
+    /// [lora.alpha]
     #[arg(long, default_value_t = LoraConfig::default().alpha)]
     alpha: f64,
+    /// [lora.dropout]
     #[arg(long, default_value_t = LoraConfig::default().dropout)]
     dropout: f64,
-    /// Comma-separated module names, or all-linear [default: the family's: q_proj,v_proj on
-    /// Llama, c_attn on GPT-2].
+    /// Comma-separated module names, or all-linear [lora.targets; default: the family's:
+    /// q_proj,v_proj on Llama, c_attn on GPT-2].
     #[arg(long, value_delimiter = ',')]
     targets: Vec<String>,
+    /// [lora.use_rslora]
     #[arg(long)]
     rslora: bool,
-    #[arg(long, default_value_t = TrainConfig::default().lr)]
+    /// [optim.lr]
+    #[arg(long, default_value_t = RunSpec::default().optim.lr)]
     lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().steps)]
+    /// [train.steps]
+    #[arg(long, default_value_t = RunSpec::default().train.steps)]
     steps: usize,
-    #[arg(long, default_value_t = defaults::SEQ_LEN)]
+    /// [data.seq_len]
+    #[arg(long, default_value_t = DataSpec::default().seq_len)]
     seq_len: usize,
-    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    /// [train.batch_size]
+    #[arg(long, default_value_t = RunSpec::default().train.batch_size)]
     batch: usize,
-    #[arg(long, default_value_t = TrainConfig::default().grad_accum)]
+    /// [train.grad_accum]
+    #[arg(long, default_value_t = RunSpec::default().train.grad_accum)]
     grad_accum: usize,
-    /// Share of the text held out for validation.
-    #[arg(long, default_value_t = defaults::VAL_FRACTION)]
+    /// Share of the text held out for validation [data.val_fraction].
+    #[arg(long, default_value_t = DataSpec::default().val_fraction)]
     val_fraction: f64,
-    #[arg(long, default_value_t = TrainConfig::default().eval_every)]
+    /// [train.eval_every]
+    #[arg(long, default_value_t = RunSpec::default().train.eval_every)]
     eval_every: usize,
-    /// Validation windows per evaluation, spread evenly over the held-out text (0 = all).
-    #[arg(long, default_value_t = TrainConfig::default().eval_windows)]
+    /// Validation windows per evaluation, spread evenly over the held-out text (0 = all)
+    /// [train.eval_windows].
+    #[arg(long, default_value_t = RunSpec::default().train.eval_windows)]
     eval_windows: usize,
-    #[arg(long, default_value_t = 0)]
+    /// [train.seed]
+    #[arg(long, default_value_t = RunSpec::default().train.seed)]
     seed: u64,
     /// Save memory: keep only each decoder layer's input for the backward pass and run the layer
-    /// again there (one layer's activations at a time instead of all; one more forward pass).
+    /// again there (one layer's activations at a time instead of all; one more forward pass)
+    /// [exec.recompute]. The same gradients: a resumed run may switch it on.
     #[arg(long)]
     recompute: bool,
-    /// Keep the frozen base in f16, converted as it loads: half its memory (257 of SmolLM2's
-    /// 513 MiB); products still run in f32, from the weights rounded to f16 (SmolLM2's first loss
-    /// moves by 3e-5, relative; README). A resumed run follows its checkpoint's setting.
+    /// Keep the frozen base in f16, converted as it loads: half its memory; products still run
+    /// in f32, from the weights rounded to f16 [exec.base_f16]. A resumed run follows its
+    /// checkpoint.
     #[arg(long)]
     base_f16: bool,
     /// With `--base-f16`: the frozen products in 16-bit integers, as the page computes them on the
-    /// CPU (`kernels::FrozenProducts::Int16`; README "Speed"), to the bit. On x86-64 with AVX2
-    /// (and AVX512-VNNI) faster than f32; elsewhere a portable reference, slower.
+    /// CPU [exec.products = "int16"]. On x86-64 with AVX2 (and AVX512-VNNI) faster than f32;
+    /// elsewhere a portable reference, slower.
     #[arg(long, requires = "base_f16")]
     int16: bool,
     /// Save a checkpoint (adapter, optimizer state, data order, history) to
-    /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from it.
-    #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY)]
+    /// --out/checkpoint.safetensors every this many steps (0: never); `--resume` continues from
+    /// it [train.checkpoint_every].
+    #[arg(long, default_value_t = RunSpec::default().train.checkpoint_every)]
     checkpoint_every: usize,
     /// Continue the interrupted run whose checkpoint is in this folder, exactly where it was
     /// (same model and text files; the settings come from the checkpoint).
-    #[arg(long, conflicts_with = "adapter")]
+    #[arg(long, conflicts_with_all = ["adapter", "config"])]
     resume: Option<PathBuf>,
     /// Train this many steps, save the checkpoint and stop (continue later with --resume OUT).
     #[arg(long)]
@@ -192,6 +216,35 @@ struct TrainArgs {
     f16: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
+}
+
+impl TrainArgs {
+    /// `spec` with the settings typed on the command line (clap ids in `typed`) put in.
+    fn apply_to(&self, spec: &mut RunSpec, typed: &[&str]) {
+        for id in typed {
+            match *id {
+                "rank" => spec.lora.r = self.rank,
+                "alpha" => spec.lora.alpha = self.alpha,
+                "dropout" => spec.lora.dropout = self.dropout,
+                "targets" => spec.lora.targets = self.targets.clone(),
+                "rslora" => spec.lora.use_rslora = self.rslora,
+                "lr" => spec.optim.lr = self.lr,
+                "steps" => spec.train.steps = self.steps,
+                "seq_len" => spec.data.seq_len = self.seq_len,
+                "batch" => spec.train.batch_size = self.batch,
+                "grad_accum" => spec.train.grad_accum = self.grad_accum,
+                "val_fraction" => spec.data.val_fraction = self.val_fraction,
+                "eval_every" => spec.train.eval_every = self.eval_every,
+                "eval_windows" => spec.train.eval_windows = self.eval_windows,
+                "seed" => spec.train.seed = self.seed,
+                "recompute" => spec.exec.recompute = self.recompute,
+                "base_f16" => spec.exec.base_f16 = self.base_f16,
+                "int16" => spec.exec.products = Some(FrozenProducts::Int16),
+                "checkpoint_every" => spec.train.checkpoint_every = self.checkpoint_every,
+                _ => {}
+            }
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -235,8 +288,8 @@ pub fn pick_device(choice: DeviceChoice) -> webtune::Result<burn::tensor::Device
 
 use webtune::burn;
 
-/// The `train` arguments that shape a run (clap ids), and which of them a PEFT adapter fixes.
-const TRAIN_SETTINGS: [&str; 14] = [
+/// The `train` arguments that are settings of the run (clap ids; [`TrainArgs::apply_to`]).
+const TRAIN_SETTINGS: [&str; 18] = [
     "rank",
     "alpha",
     "dropout",
@@ -251,8 +304,16 @@ const TRAIN_SETTINGS: [&str; 14] = [
     "eval_every",
     "eval_windows",
     "seed",
+    "recompute",
+    "base_f16",
+    "int16",
+    "checkpoint_every",
 ];
+/// The ones a PEFT adapter fixes.
 const LORA_SETTINGS: [&str; 5] = ["rank", "alpha", "dropout", "targets", "rslora"];
+/// The ones a resumed run may change: how often it saves, and memory for time (the same
+/// gradients).
+const RESUME_SETTINGS: [&str; 2] = ["checkpoint_every", "recompute"];
 
 fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
     match cli.command {
@@ -316,7 +377,12 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
             device,
         } => {
             let base = load_model(&model, adapter.as_deref(), device)?;
-            let dataset = read_data(&data, &base, seq_len, 0.0, 0)?;
+            let all = DataSpec {
+                seq_len,
+                val_fraction: 0.0,
+                ..DataSpec::default()
+            };
+            let dataset = read_data(&data, &base, &all, 0)?;
             let loss = pollster::block_on(webtune::train::evaluate(
                 &base.model,
                 &dataset.train,
@@ -408,8 +474,7 @@ fn load_adapter(dir: &std::path::Path) -> webtune::Result<Adapter> {
 pub fn read_data(
     paths: &[PathBuf],
     base: &BaseModel,
-    seq_len: usize,
-    val_fraction: f64,
+    data: &DataSpec,
     seed: u64,
 ) -> webtune::Result<Dataset> {
     let mut files = Vec::new();
@@ -425,15 +490,7 @@ pub fn read_data(
         eprintln!("skipped {}: {}", s.name, s.reason);
     }
     let eos = base.stop_tokens().first().copied();
-    Dataset::split(
-        &docs,
-        eos,
-        &SplitConfig {
-            seq_len,
-            val_fraction,
-            seed,
-        },
-    )
+    Dataset::split(&docs, eos, data, seed)
 }
 
 /// The llama.cpp adapter's file name in `--out` (with `--gguf`).
@@ -491,11 +548,19 @@ fn flags(ids: &[&str]) -> String {
         .join(", ")
 }
 
+/// The run spec file written beside the adapter: `--config` takes it back.
+const RUN_SPEC_FILE: &str = "webtune-run.json";
+
 fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
-    if a.resume.is_some() && !typed.is_empty() {
+    let refused: Vec<&str> = typed
+        .iter()
+        .copied()
+        .filter(|t| !RESUME_SETTINGS.contains(t))
+        .collect();
+    if a.resume.is_some() && !refused.is_empty() {
         return Err(webtune::Error::Invalid(format!(
             "--resume continues a run with its own settings: leave out {}",
-            flags(typed)
+            flags(&refused)
         )));
     }
     let typed_lora: Vec<&str> = typed
@@ -522,70 +587,58 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         }
         None => None,
     };
-    let base_f16 = resumed
-        .as_ref()
-        .map_or(a.base_f16, |f| f.state.config.base_f16);
-    if a.int16 {
-        webtune::kernels::set_frozen_products(webtune::kernels::FrozenProducts::Int16);
-    }
-    let mut base = BaseModel::from_path_with(&a.model, &device, base_f16)?;
-    let (mut trainer, val_fraction) = match &resumed {
+    let mut spec = match (&resumed, &a.config) {
+        (Some(file), _) => file.state.spec.clone(),
+        (None, Some(path)) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| webtune::Error::io(&shown, e))?;
+            RunSpec::from_json(&shown, &text)?
+        }
+        (None, None) => RunSpec::default(),
+    };
+    a.apply_to(&mut spec, typed);
+    spec.validate()?;
+    let mut base = BaseModel::from_path_with(&a.model, &device, spec.exec.base_f16)?;
+    let mut trainer = match &resumed {
         Some(file) => {
             let st = &file.state;
-            let data = read_data(&a.data, &base, st.seq_len, st.val_fraction, st.config.seed)?;
+            let data = read_data(&a.data, &base, &spec.data, spec.train.seed)?;
             eprintln!(
                 "resuming the run of {} at step {} of {}",
-                st.base_model, st.step, st.config.steps
+                st.base_model, st.step, spec.train.steps
             );
-            let val_fraction = st.val_fraction;
-            (
-                Trainer::resume(base.model, data, file, &base.name)?,
-                val_fraction,
-            )
+            let mut trainer = Trainer::resume(base.model, data, file, &base.name)?;
+            trainer.set_checkpoint_every(spec.train.checkpoint_every);
+            trainer.set_recompute(spec.exec.recompute);
+            trainer
         }
         None => {
-            let mut cfg = TrainConfig {
-                lora: LoraConfig {
-                    r: a.rank,
-                    alpha: a.alpha,
-                    dropout: a.dropout,
-                    targets: a.targets.clone(),
-                    use_rslora: a.rslora,
-                    ..LoraConfig::default()
-                },
-                steps: a.steps,
-                batch_size: a.batch,
-                grad_accum: a.grad_accum,
-                lr: a.lr,
-                eval_every: a.eval_every,
-                eval_windows: a.eval_windows,
-                seed: a.seed,
-                recompute: a.recompute,
-                base_f16: a.base_f16,
-                ..TrainConfig::default()
-            };
             match &a.adapter {
                 Some(dir) => {
                     let adapter = load_adapter(dir)?;
                     adapter.apply(&mut base.model)?;
-                    cfg.lora = adapter.lora_config();
+                    spec.lora = adapter.lora_config();
                     eprintln!(
                         "continuing the adapter in {} (r={}, alpha={}) with a fresh AdamW state \
                          and a new learning-rate schedule; to continue an interrupted run exactly, \
                          use --resume with its checkpoint",
                         dir.display(),
-                        cfg.lora.r,
-                        cfg.lora.alpha
+                        spec.lora.r,
+                        spec.lora.alpha
                     );
                 }
                 None => {
-                    webtune::lora::attach(&mut base.model, &cfg.lora, cfg.seed)?;
+                    webtune::lora::attach(&mut base.model, &spec.lora, spec.train.seed)?;
                 }
             }
-            let data = read_data(&a.data, &base, a.seq_len, a.val_fraction, a.seed)?;
-            (Trainer::new(base.model, data, cfg)?, a.val_fraction)
+            let data = read_data(&a.data, &base, &spec.data, spec.train.seed)?;
+            Trainer::new(base.model, data, spec)?
         }
     };
+    write_atomically(
+        &a.out.join(RUN_SPEC_FILE),
+        trainer.spec().to_json().as_bytes(),
+    )?;
     let data = trainer.dataset();
     eprintln!(
         "{}: {} training windows, {} validation windows ({} held-out files); {} trainable parameters",
@@ -595,38 +648,36 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         data.val_documents.len(),
         trainer.model().num_lora_parameters()
     );
-    if trainer.steps_done() == 0 {
-        let before = pollster::block_on(trainer.evaluate())?;
-        if let Some(l) = before {
-            eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
-        }
-    }
     let checkpoint_path = a.out.join(checkpoint::FILE_NAME);
     // The training loop is the core's (Trainer::next): it steps, pauses and says when a
     // checkpoint is due; here the reports are printed and checkpoints written.
-    trainer.set_checkpoint_every(a.checkpoint_every);
     let mut failure = None;
-    let mut taken = 0;
+    let first_step = trainer.steps_done();
     loop {
-        if a.pause_after == Some(taken) {
+        if a.pause_after == Some(trainer.steps_done() - first_step) {
             trainer.pause();
         }
         let p = match pollster::block_on(trainer.next()) {
             Ok(p) => p,
             // A non-finite step stopped the run: the trainer kept the adapter from before it,
-            // which is still worth writing; the command fails all the same.
-            Err(e @ webtune::Error::NonFinite(_)) => {
+            // which is still worth writing (when a step was taken); the command fails all the
+            // same.
+            Err(e @ webtune::Error::NonFinite(_)) if trainer.steps_done() > 0 => {
                 failure = Some(e);
                 break;
             }
             Err(e) => return Err(e),
         };
-        if matches!(p.status, RunStatus::Running | RunStatus::Finished) {
-            taken += 1;
+        if p.step == 0 {
+            // Before the first step: the base model's validation loss.
+            if let Some(l) = p.val_loss {
+                eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
+            }
+        } else if matches!(p.status, RunStatus::Running | RunStatus::Finished) {
             print_progress(&p);
         }
         if p.checkpoint_due {
-            let bytes = pollster::block_on(trainer.checkpoint(&base.name, val_fraction))?;
+            let bytes = pollster::block_on(trainer.checkpoint(&base.name))?;
             write_atomically(&checkpoint_path, &bytes)?;
         }
         match p.status {

@@ -65,7 +65,7 @@ fn train_out_is_checked_before_training() {
     sorted.sort();
     assert_eq!(
         sorted,
-        [peft::CONFIG_FILE, peft::WEIGHTS_FILE],
+        [peft::CONFIG_FILE, peft::WEIGHTS_FILE, "webtune-run.json"],
         "{written:?}"
     );
 
@@ -91,6 +91,72 @@ fn train_out_is_checked_before_training() {
     assert!(!ok && err.contains("must be a folder"), "{err}");
     let (ok, err) = train(&text.join("sub"), &[]);
     assert!(!ok && err.contains("fox.txt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// The run's settings are one spec: `--config` reads it (an unknown key is an error naming it),
+// typed flags change their one setting, and the spec the run trained with is written whole
+// beside the adapter, where `--config` takes it back to train the same adapter again.
+#[test]
+fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
+    let dir = std::env::temp_dir().join(format!("webtune-spec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-llama-q.gguf");
+    let train = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        cli(&args)
+    };
+    let config = dir.join("run.json");
+    std::fs::write(&config, r#"{"train": {"stpes": 2}}"#).unwrap();
+    let (ok, err) = train(&dir.join("a"), &["--config", config.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("run.json") && err.contains("stpes"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &config,
+        r#"{"data": {"seq_len": 16}, "train": {"steps": 2, "seed": 5}, "lora": {"r": 4}}"#,
+    )
+    .unwrap();
+    let first = dir.join("first");
+    let (ok, err) = train(
+        &first,
+        &["--config", config.to_str().unwrap(), "--rank", "2"],
+    );
+    assert!(ok, "{err}");
+    let ran: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.join("webtune-run.json")).unwrap()).unwrap();
+    assert_eq!(ran["train"]["steps"], 2);
+    assert_eq!(ran["train"]["seed"], 5);
+    assert_eq!(ran["data"]["seq_len"], 16);
+    assert_eq!(ran["lora"]["r"], 2, "the typed flag wins over the file");
+    assert_eq!(ran["optim"]["lr"], 5e-4, "written whole, defaults included");
+
+    let again = dir.join("again");
+    let spec = first.join("webtune-run.json");
+    let (ok, err) = train(&again, &["--config", spec.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let weights = |d: &std::path::Path| std::fs::read(d.join(peft::WEIGHTS_FILE)).unwrap();
+    assert!(
+        weights(&first) == weights(&again),
+        "the same spec trained another adapter"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

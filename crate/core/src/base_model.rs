@@ -189,22 +189,35 @@ impl BaseModel {
 
     /// The prompt for one user message in the model's chat format (ChatML if it has none).
     pub fn chat_prompt(&self, user_message: &str) -> Result<String> {
-        let template = self
-            .tokenizer
+        let [bos, eos] = self.template_tokens();
+        crate::chat::render(
+            self.chat_template(),
+            &[crate::chat::Message::user(user_message)],
+            true,
+            &bos,
+            &eos,
+        )
+    }
+
+    /// The model's chat template, or [`crate::chat::PLAIN`] when it ships none: what chat
+    /// prompts and chat data are rendered with.
+    pub fn chat_template(&self) -> &str {
+        self.tokenizer
             .chat_template
             .as_deref()
-            .unwrap_or(crate::chat::CHATML);
+            .unwrap_or(crate::chat::PLAIN)
+    }
+
+    /// The BOS and EOS tokens' text, as templates name them (`bos_token`, `eos_token`).
+    pub fn template_tokens(&self) -> [String; 2] {
         let token = |id: Option<u32>| {
             id.and_then(|id| self.tokenizer.id_to_token(id))
                 .unwrap_or_default()
         };
-        crate::chat::render(
-            template,
-            &[crate::chat::Message::user(user_message)],
-            true,
-            &token(self.tokenizer.bos_token_id),
-            &token(self.tokenizer.eos_token_ids.first().copied()),
-        )
+        [
+            token(self.tokenizer.bos_token_id),
+            token(self.tokenizer.eos_token_ids.first().copied()),
+        ]
     }
 
     /// Token ids that end generation: the config's and the tokenizer's EOS.

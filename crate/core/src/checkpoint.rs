@@ -20,12 +20,15 @@ use crate::error::{Error, Result};
 use crate::formats::safetensors::SafetensorsCheckpoint;
 use crate::formats::{Checkpoint as _, HostTensor};
 use crate::model::CausalLM;
-use crate::train::{Progress, TrainConfig};
+use crate::spec::RunSpec;
+use crate::train::Progress;
 
 /// The file name a checkpoint is written under (in a folder, or in the page's storage).
 pub const FILE_NAME: &str = "checkpoint.safetensors";
 const META_KEY: &str = "webtune.checkpoint";
-const FORMAT: u32 = 1;
+/// The run state's format: 2 holds the whole [`RunSpec`]; 1 (read, never written) held the
+/// training settings with the window length and validation share beside them.
+pub const FORMAT: u32 = 2;
 
 /// Everything about a run that is not a tensor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,13 +36,15 @@ pub struct RunState {
     pub format: u32,
     /// The base model's name, as the session shows it.
     pub base_model: String,
-    pub config: TrainConfig,
-    pub seq_len: usize,
-    pub val_fraction: f64,
+    /// The run's settings, whole.
+    pub spec: RunSpec,
     /// [`fingerprint`] of the windows the run trains and evaluates on.
     pub data_fingerprint: String,
     pub step: usize,
     pub tokens_seen: usize,
+    /// Targets learned so far (absent before chat data: every target was).
+    #[serde(default)]
+    pub learned_tokens: usize,
     pub train_secs: f64,
     pub eval_secs: f64,
     pub evals: usize,
@@ -93,28 +98,25 @@ impl CheckpointFile {
         let json = file
             .metadata_entry(META_KEY)
             .ok_or_else(|| Error::format(name, "not a webtune checkpoint (no run state in it)"))?;
-        let state: RunState = serde_json::from_str(json).map_err(|e| {
+        let state = parse_state(json).map_err(|e| {
             Error::format(name, format!("the checkpoint's run state is broken: {e}"))
         })?;
         if state.format != FORMAT {
             return Err(Error::format(
                 name,
                 format!(
-                    "checkpoint format {} is not supported (this webtune reads {FORMAT})",
+                    "checkpoint format {} is not supported (this webtune reads {FORMAT} and 1)",
                     state.format
                 ),
             ));
         }
-        state
-            .config
-            .validate(state.seq_len)
-            .map_err(|e| Error::config(name, e))?;
-        if state.step > state.config.steps {
+        state.spec.validate().map_err(|e| Error::config(name, e))?;
+        if state.step > state.spec.train.steps {
             return Err(Error::format(
                 name,
                 format!(
                     "step {} is beyond the run's {} steps",
-                    state.step, state.config.steps
+                    state.step, state.spec.train.steps
                 ),
             ));
         }
@@ -201,4 +203,76 @@ async fn read(t: Tensor<2>) -> Result<HostTensor> {
         .try_to_vec::<f32>()
         .map_err(|e| Error::Device(format!("reading the checkpoint back failed: {e:?}")))?;
     Ok(HostTensor::new(shape, data))
+}
+
+/// The run state of either format: 2 as it is; 1 (its `config` the training settings of the
+/// time, with `lora` inside and `recompute` / `base_f16` / `log_every` beside the schedule,
+/// `seq_len` and `val_fraction` beside it) moved into a [`RunSpec`] field by field.
+fn parse_state(json: &str) -> std::result::Result<RunState, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_str(json)?;
+    if value.get("format").and_then(|f| f.as_u64()) == Some(1)
+        && let Some(state) = value.as_object_mut()
+    {
+        let mut config = state.remove("config").unwrap_or_default();
+        let mut take = |key: &str| {
+            config
+                .as_object_mut()
+                .and_then(|c| c.remove(key))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let mut group = serde_json::Map::new();
+        let mut spec = serde_json::Map::new();
+        let put = |group: &mut serde_json::Map<String, serde_json::Value>,
+                   key: &str,
+                   v: serde_json::Value| {
+            if !serde_json::Value::is_null(&v) {
+                group.insert(key.to_string(), v);
+            }
+        };
+        spec.insert("lora".into(), take("lora"));
+        for key in [
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "eval_every",
+            "eval_windows",
+        ] {
+            put(&mut group, key, take(key));
+        }
+        for key in ["checkpoint_every", "seed"] {
+            put(&mut group, key, take(key));
+        }
+        spec.insert("train".into(), group.clone().into());
+        group.clear();
+        for key in [
+            "lr",
+            "min_lr_ratio",
+            "weight_decay",
+            "adam_beta1",
+            "adam_beta2",
+        ] {
+            put(&mut group, key, take(key));
+        }
+        put(&mut group, "adam_epsilon", take("adam_epsilon"));
+        // Present as null when there was none: kept so, not defaulted.
+        group.insert("warmup_steps".into(), take("warmup_steps"));
+        group.insert("max_grad_norm".into(), take("max_grad_norm"));
+        spec.insert("optim".into(), group.clone().into());
+        group.clear();
+        for key in ["recompute", "base_f16"] {
+            put(&mut group, key, take(key));
+        }
+        group.insert("log_every".into(), take("log_every"));
+        spec.insert("exec".into(), group.into());
+        let mut data = serde_json::Map::new();
+        for key in ["seq_len", "val_fraction"] {
+            if let Some(v) = state.remove(key) {
+                data.insert(key.into(), v);
+            }
+        }
+        spec.insert("data".into(), data.into());
+        state.insert("spec".into(), spec.into());
+        state.insert("format".into(), FORMAT.into());
+    }
+    serde_json::from_value(value)
 }

@@ -7,6 +7,8 @@
 //!   boundary, [`model::CausalLM`], built from those tensors, frozen;
 //! - [`tokenizer`], [`chat`]: text <-> ids, chat prompts;
 //! - [`lora`]: the trainable low-rank branches;
+//! - [`spec`]: every setting of a training run, in one type ([`RunSpec`]);
+//! - [`train`]: the training loop over a [`data::Dataset`];
 //! - [`generate`]: sampling with the KV cache;
 //! - [`base_model`]: all of the above loaded from files in one call.
 
@@ -27,6 +29,7 @@ pub mod optim;
 pub mod rng;
 pub mod session;
 mod shards;
+pub mod spec;
 pub mod tokenizer;
 pub mod train;
 
@@ -36,6 +39,7 @@ pub use generate::SamplingConfig;
 pub use model::{
     CausalLM, Gpt2Config, Gpt2LMHeadModel, LlamaConfig, LlamaForCausalLM, ModelConfig,
 };
+pub use spec::RunSpec;
 pub use tokenizer::Tokenizer;
 
 /// burn, re-exported so that users name the same version.

@@ -27,6 +27,7 @@ pub const MAX_GGUF_ARRAY: usize = 1 << 21;
 pub const MAX_STEPS: usize = 1_000_000;
 pub const MAX_BATCH_SIZE: usize = 512;
 pub const MAX_GRAD_ACCUM: usize = 1024;
+pub const MIN_SEQ_LEN: usize = 2;
 pub const MAX_SEQ_LEN: usize = 8192;
 /// Tokens in one micro-batch (batch size x sequence length): activations grow with it.
 pub const MAX_BATCH_TOKENS: usize = 1 << 16;
@@ -37,12 +38,13 @@ pub const MAX_EVAL_WINDOWS: usize = 1 << 16;
 /// Tokens a generation may add.
 pub const MAX_NEW_TOKENS: usize = 4096;
 
-/// The settings' limits, as the page shows them.
+/// The settings' limits, as the page shows them (and sets its form's ranges from).
 #[derive(Debug, Clone, Serialize)]
 pub struct SettingLimits {
     pub max_steps: usize,
     pub max_batch_size: usize,
     pub max_grad_accum: usize,
+    pub min_seq_len: usize,
     pub max_seq_len: usize,
     pub max_batch_tokens: usize,
     pub max_rank: usize,
@@ -56,6 +58,7 @@ pub fn setting_limits() -> SettingLimits {
         max_steps: MAX_STEPS,
         max_batch_size: MAX_BATCH_SIZE,
         max_grad_accum: MAX_GRAD_ACCUM,
+        min_seq_len: MIN_SEQ_LEN,
         max_seq_len: MAX_SEQ_LEN,
         max_batch_tokens: MAX_BATCH_TOKENS,
         max_rank: MAX_RANK,

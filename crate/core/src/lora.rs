@@ -7,6 +7,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{DType, Device, Tensor};
 
+use crate::kernels::FrozenProducts;
+
 /// The trainable low-rank branch.
 ///
 /// Stored burn-style, as the transposes of PEFT's `lora_A.weight` [r, d_in] and
@@ -93,6 +95,10 @@ pub struct LoraLinear {
     /// W0 as burn stores it: `[d_in, d_out]`.
     pub base: Linear,
     pub lora: Option<LoraBranch>,
+    /// How a product with W0 kept in f16 runs on the CPU (the model's choice:
+    /// `CausalLM::with_products`).
+    #[module(skip)]
+    pub products: FrozenProducts,
 }
 
 impl LoraLinear {
@@ -109,6 +115,7 @@ impl LoraLinear {
                 bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             },
             lora: None,
+            products: FrozenProducts::platform(),
         }
     }
 
@@ -134,7 +141,7 @@ impl LoraLinear {
         let mut shape = x.dims();
         let [d_in, d_out] = w.dims();
         let rows = shape[..D - 1].iter().product();
-        let y = crate::kernels::frozen_matmul(x.reshape([rows, d_in]), w);
+        let y = crate::kernels::frozen_matmul(x.reshape([rows, d_in]), w, self.products);
         let y = match &self.base.bias {
             Some(bias) => y + bias.val().unsqueeze(),
             None => y,
@@ -165,7 +172,7 @@ pub enum LoraInit {
 
 /// Which projections get LoRA, and how.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
@@ -205,19 +212,19 @@ impl LoraConfig {
         let max = crate::limits::MAX_RANK;
         if !(1..=max).contains(&self.r) {
             return Err(crate::Error::Invalid(format!(
-                "the LoRA rank is {}; it must be between 1 and {max}",
+                "lora.r (the rank) is {}; it must be between 1 and {max}",
                 self.r
             )));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(crate::Error::Invalid(format!(
-                "the LoRA alpha is {}; it must be a positive number",
+                "lora.alpha is {}; it must be a positive number",
                 self.alpha
             )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(crate::Error::Invalid(format!(
-                "the LoRA dropout is {}; it must be in [0, 1)",
+                "lora.dropout is {}; it must be in [0, 1)",
                 self.dropout
             )));
         }

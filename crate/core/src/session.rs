@@ -6,11 +6,13 @@ use serde::Serialize;
 
 use crate::base_model::BaseModel;
 use crate::checkpoint::CheckpointFile;
-use crate::data::{Dataset, Document, Skipped, SplitConfig, tokenize_files};
+use crate::data::records::{self, CsvColumns, FileFormat, Problem, RecordKind};
+use crate::data::{Dataset, Document, ExampleFile, PreviewPart, Skipped, tokenize_files};
 use crate::error::{Error, Result};
 use crate::formats::peft::{self, AdapterDtype, AdapterFiles};
 use crate::generate::{SamplingConfig, generate};
-use crate::train::{Progress, TrainConfig, Trainer};
+use crate::spec::RunSpec;
+use crate::train::{Progress, Trainer};
 
 /// What the page shows about a loaded model.
 #[derive(Debug, Clone, Serialize)]
@@ -34,12 +36,40 @@ pub struct ModelInfo {
     pub base_f16: bool,
 }
 
-/// A text file as added: its token count, or why it was skipped.
+/// A file as added: how it was read, its tokens or examples, or why it was skipped.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextInfo {
     pub name: String,
+    /// Tokens of plain text, or of all of chat data's examples.
     pub tokens: Option<usize>,
     pub skipped: Option<String>,
+    /// How it was read: plain text, or records (JSON Lines, JSON, CSV).
+    pub format: FileFormat,
+    /// Chat data: the kinds of records found.
+    pub record_kinds: Vec<RecordKind>,
+    /// Chat data: the examples read.
+    pub examples: Option<usize>,
+    /// Chat data: the records that could not be read (the first [`MAX_PROBLEMS_SHOWN`]), with
+    /// their lines; `problem_count` counts them all.
+    pub problems: Vec<Problem>,
+    pub problem_count: usize,
+    /// A CSV file's columns (to choose the prompt's and the response's from).
+    pub columns: Vec<String>,
+    /// Chat data: its first example as training sees it, the learned parts marked.
+    pub preview: Vec<PreviewPart>,
+}
+
+/// Problems of a file a [`TextInfo`] lists (the count says how many there are).
+pub const MAX_PROBLEMS_SHOWN: usize = 20;
+
+/// How to read a file ([`Session::add_file`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileOptions {
+    /// None: by its name (`.jsonl`, `.json`, `.csv` / `.tsv`: records; else plain text).
+    pub format: Option<FileFormat>,
+    /// A CSV file's prompt and response columns (None: found by their names).
+    pub columns: CsvColumns,
 }
 
 /// What a training configuration implies, before it runs.
@@ -54,6 +84,8 @@ pub struct Plan {
     pub val_tokens: usize,
     /// Files held out for validation (empty when one file is split by position).
     pub val_documents: Vec<String>,
+    /// What chat data's examples became: training, validation, cut, left out.
+    pub examples: crate::data::ExampleCounts,
     pub tokens_per_step: usize,
     /// How many times the run goes over the training text.
     pub epochs: f64,
@@ -67,12 +99,13 @@ pub struct Session {
     /// Training device (autodiff); generation uses its inner device.
     device: Device,
     base: Option<BaseModel>,
+    /// Plain text files, tokenized.
     docs: Vec<Document>,
+    /// Chat data files, rendered and tokenized.
+    chats: Vec<ExampleFile>,
     trainer: Option<Trainer>,
     /// Training tokens per second measured on this device with this model.
     speed: Option<f64>,
-    /// The validation share of the current run (its checkpoints record it).
-    val_fraction: f64,
 }
 
 impl Session {
@@ -82,9 +115,9 @@ impl Session {
             device: device.autodiff(),
             base: None,
             docs: Vec::new(),
+            chats: Vec::new(),
             trainer: None,
             speed: None,
-            val_fraction: 0.1,
         }
     }
 
@@ -97,6 +130,7 @@ impl Session {
     pub fn set_model(&mut self, base: BaseModel) -> ModelInfo {
         self.trainer = None;
         self.docs.clear();
+        self.chats.clear();
         self.speed = None;
         let c = &base.config;
         let info = ModelInfo {
@@ -123,67 +157,138 @@ impl Session {
             .ok_or_else(|| Error::Invalid("load a base model first".into()))
     }
 
-    /// Adds (or replaces) a text file. Unusable files are reported, not added.
+    /// Adds (or replaces) a file read as its name says ([`Self::add_file`]).
     pub fn add_text(&mut self, name: &str, bytes: &[u8]) -> Result<TextInfo> {
+        self.add_file(name, bytes, &FileOptions::default())
+    }
+
+    /// Adds (or replaces) a file: plain text, or records of chat data ([`records`]) rendered
+    /// with the model's chat template. An unusable file is reported, not added; a record that
+    /// cannot be read is listed with its line, and the others are added.
+    pub fn add_file(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        options: &FileOptions,
+    ) -> Result<TextInfo> {
+        self.base()?;
+        self.remove_text(name);
         let base = self.base()?;
-        let (docs, skipped): (Vec<Document>, Vec<Skipped>) =
-            tokenize_files([(name, bytes)], &base.tokenizer);
-        self.docs.retain(|d| d.name != name);
-        Ok(
+        let format = options
+            .format
+            .unwrap_or_else(|| FileFormat::from_name(name));
+        let mut info = TextInfo {
+            name: name.into(),
+            tokens: None,
+            skipped: None,
+            format,
+            record_kinds: Vec::new(),
+            examples: None,
+            problems: Vec::new(),
+            problem_count: 0,
+            columns: Vec::new(),
+            preview: Vec::new(),
+        };
+        if format == FileFormat::Text {
+            let (docs, skipped): (Vec<Document>, Vec<Skipped>) =
+                tokenize_files([(name, bytes)], &base.tokenizer);
             match (docs.into_iter().next(), skipped.into_iter().next()) {
                 (Some(doc), _) => {
-                    let tokens = doc.tokens.len();
+                    info.tokens = Some(doc.tokens.len());
                     self.docs.push(doc);
-                    TextInfo {
-                        name: name.into(),
-                        tokens: Some(tokens),
-                        skipped: None,
-                    }
                 }
-                (None, Some(s)) => TextInfo {
-                    name: name.into(),
-                    tokens: None,
-                    skipped: Some(s.reason),
-                },
-                (None, None) => TextInfo {
-                    name: name.into(),
-                    tokens: None,
-                    skipped: Some("the file has no text".into()),
-                },
-            },
-        )
+                (None, s) => {
+                    info.skipped = Some(s.map_or("the file has no text".into(), |s| s.reason));
+                }
+            }
+            return Ok(info);
+        }
+        let text = match crate::data::check_text(bytes) {
+            Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+            Err(reason) => {
+                info.skipped = Some(reason);
+                return Ok(info);
+            }
+        };
+        let read = match format {
+            FileFormat::JsonLines => Ok(records::json_lines(text)),
+            FileFormat::Json => records::json(text),
+            FileFormat::Csv => {
+                let tab = name.to_ascii_lowercase().ends_with(".tsv");
+                info.columns = records::csv_header(text, tab);
+                records::csv(text, tab, &options.columns)
+            }
+            FileFormat::Text => unreachable!("plain text is read above"),
+        };
+        let mut recs = match read {
+            Ok(r) => r,
+            Err(reason) => {
+                info.skipped = Some(reason);
+                return Ok(info);
+            }
+        };
+        let template = base.chat_template();
+        let [bos, eos] = base.template_tokens();
+        let (examples, mut problems) = crate::data::tokenize_conversations(
+            &recs.conversations,
+            template,
+            [&bos, &eos],
+            &base.tokenizer,
+        );
+        problems.append(&mut recs.problems);
+        problems.sort_by_key(|p| p.line);
+        info.record_kinds = recs.kinds;
+        info.problem_count = problems.len();
+        info.problems = problems.iter().take(MAX_PROBLEMS_SHOWN).cloned().collect();
+        if examples.is_empty() {
+            info.skipped = Some(match problems.first() {
+                Some(p) => format!(
+                    "no record could be read ({} problem(s); line {}: {})",
+                    problems.len(),
+                    p.line,
+                    p.message
+                ),
+                None => "the file has no records".to_string(),
+            });
+            return Ok(info);
+        }
+        if let Some(c) = recs
+            .conversations
+            .iter()
+            .find(|c| c.line == examples[0].line)
+        {
+            info.preview = crate::data::preview(&c.messages, template, [&bos, &eos])?;
+        }
+        info.examples = Some(examples.len());
+        info.tokens = Some(examples.iter().map(|e| e.tokens.len()).sum());
+        self.chats.push(ExampleFile {
+            name: name.to_string(),
+            examples,
+            problems,
+        });
+        Ok(info)
     }
 
     pub fn remove_text(&mut self, name: &str) {
         self.docs.retain(|d| d.name != name);
+        self.chats.retain(|f| f.name != name);
     }
 
-    fn dataset(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Dataset> {
-        cfg.validate(seq_len)?;
-        if !(0.0..1.0).contains(&val_fraction) {
-            return Err(Error::Invalid(format!(
-                "the validation share is {val_fraction}; it must be in [0, 1)"
-            )));
-        }
+    /// The texts' windows under `spec` (validated whole first, so that a setting out of range
+    /// is named before anything is allocated for it).
+    fn dataset(&self, spec: &RunSpec) -> Result<Dataset> {
+        spec.validate()?;
         let base = self.base()?;
+        base.model.check_length(spec.data.seq_len)?;
         let eos = base.stop_tokens().first().copied();
-        Dataset::split(
-            &self.docs,
-            eos,
-            &SplitConfig {
-                seq_len,
-                val_fraction,
-                seed: cfg.seed,
-            },
-        )
+        Dataset::build(&self.docs, &self.chats, eos, &spec.data, spec.train.seed)
     }
 
-    /// What `cfg` would do with the current texts.
-    pub fn plan(&self, cfg: &TrainConfig, seq_len: usize, val_fraction: f64) -> Result<Plan> {
+    /// What `spec` would do with the current texts.
+    pub fn plan(&self, spec: &RunSpec) -> Result<Plan> {
         let base = self.base()?;
-        base.model.check_length(seq_len)?;
-        let data = self.dataset(cfg, seq_len, val_fraction)?;
-        let targets = cfg.lora.resolve_targets(&base.model)?;
+        let data = self.dataset(spec)?;
+        let targets = spec.lora.resolve_targets(&base.model)?;
         let dims: Vec<[usize; 2]> = base
             .model
             .projections()
@@ -191,11 +296,11 @@ impl Session {
             .filter(|(_, name, _)| targets.contains(name))
             .map(|(_, _, p)| p.dims())
             .collect();
-        let trainable = cfg.lora.num_parameters(&dims);
-        let tokens_per_step = cfg.batch_size * cfg.grad_accum * seq_len;
+        let trainable = spec.lora.num_parameters(&dims);
+        let tokens_per_step = spec.tokens_per_step();
         let estimated_secs = self
             .speed
-            .map(|tps| crate::train::estimate_secs(cfg, seq_len, data.val.len(), tps));
+            .map(|tps| crate::train::estimate_secs(spec, data.val.len(), tps));
         Ok(Plan {
             trainable_parameters: trainable,
             adapter_bytes_f32: trainable * 4,
@@ -205,27 +310,24 @@ impl Session {
             train_tokens: data.train_tokens(),
             val_tokens: data.val_tokens(),
             val_documents: data.val_documents.clone(),
+            examples: data.examples.clone(),
             tokens_per_step,
-            epochs: cfg.steps as f64 * tokens_per_step as f64 / data.train_tokens().max(1) as f64,
+            epochs: (spec.train.steps * spec.train.batch_size * spec.train.grad_accum) as f64
+                / data.train.len().max(1) as f64,
             estimated_secs,
         })
     }
 
-    /// Times a training step with `cfg`'s model settings on a throwaway copy of the model (the
+    /// Times a training step with `spec`'s model settings on a throwaway copy of the model (the
     /// base is not touched) and keeps the speed for [`Plan::estimated_secs`]. Returns training
     /// tokens per second. Which step, of what size: [`crate::train::speed_probe`] (on the CPU
     /// the first step of a window per thread; on a GPU the run's batch after the steps that
     /// compile its kernels, which the run then finds compiled).
-    pub async fn measure(
-        &mut self,
-        cfg: &TrainConfig,
-        seq_len: usize,
-        val_fraction: f64,
-    ) -> Result<f64> {
-        let data = self.dataset(cfg, seq_len, val_fraction)?;
+    pub async fn measure(&mut self, spec: &RunSpec) -> Result<f64> {
+        let data = self.dataset(spec)?;
         let mut model = self.base()?.model.clone();
-        crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
-        let (probe, warmup) = crate::train::speed_probe(cfg, &model.device());
+        crate::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
+        let (probe, warmup) = crate::train::speed_probe(spec, &model.device());
         let mut trainer = Trainer::new(model, data, probe)?;
         let mut before = 0; // tokens_seen counts the whole run's
         for _ in 0..warmup {
@@ -237,23 +339,30 @@ impl Session {
         Ok(tps)
     }
 
-    /// Starts a new run (LoRA freshly attached to a copy of the base model).
-    pub fn start(
-        &mut self,
-        mut cfg: TrainConfig,
-        seq_len: usize,
-        val_fraction: f64,
-    ) -> Result<Plan> {
-        let plan = self.plan(&cfg, seq_len, val_fraction)?;
-        let data = self.dataset(&cfg, seq_len, val_fraction)?;
-        // The base as it was loaded: converting it here would not lower the peak (the f32
-        // model has been whole in memory; README, "Speed"), so a run says what it trains on.
-        cfg.base_f16 = self.base()?.model.base_in_f16();
+    /// Starts a new run (LoRA freshly attached to a copy of the base model). `spec.exec.base_f16`
+    /// must say how the model was loaded ([`ModelInfo::base_f16`]): the session never converts
+    /// its model (the f32 model has been whole in memory, so the peak would not go down).
+    pub fn start(&mut self, spec: RunSpec) -> Result<Plan> {
+        let plan = self.plan(&spec)?;
+        let data = self.dataset(&spec)?;
+        let base = self.base()?;
+        let loaded_f16 = base.model.base_in_f16();
+        if spec.exec.base_f16 != loaded_f16 {
+            let (asked, loaded) = if loaded_f16 {
+                ("false", 16)
+            } else {
+                ("true", 32)
+            };
+            return Err(Error::Invalid(format!(
+                "exec.base_f16 is {asked}, and the model is loaded with {loaded}-bit weights: \
+                 load the model as the run says, or set exec.base_f16 to {}",
+                !spec.exec.base_f16
+            )));
+        }
         // Parameters are shared handles: the copy costs no weight memory.
-        let mut model = self.base()?.model.clone();
-        crate::lora::attach(&mut model, &cfg.lora, cfg.seed)?;
-        self.trainer = Some(Trainer::new(model, data, cfg)?);
-        self.val_fraction = val_fraction;
+        let mut model = base.model.clone();
+        crate::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
+        self.trainer = Some(Trainer::new(model, data, spec)?);
         Ok(plan)
     }
 
@@ -264,20 +373,19 @@ impl Session {
             .trainer
             .as_ref()
             .ok_or_else(|| Error::Invalid("start a training run first".into()))?;
-        t.checkpoint(&base.name, self.val_fraction).await
+        t.checkpoint(&base.name).await
     }
 
     /// Continues the run saved in a checkpoint file (`name` is what to call it in messages).
     /// The model and the text files of that run must be loaded; returns the run's plan.
     pub fn resume(&mut self, name: &str, bytes: Vec<u8>) -> Result<Plan> {
         let file = CheckpointFile::parse(name, bytes)?;
-        let st = &file.state;
-        let plan = self.plan(&st.config, st.seq_len, st.val_fraction)?;
-        let data = self.dataset(&st.config, st.seq_len, st.val_fraction)?;
+        let spec = &file.state.spec;
+        let plan = self.plan(spec)?;
+        let data = self.dataset(spec)?;
         let base = self.base()?;
         let trainer = Trainer::resume(base.model.clone(), data, &file, &base.name)?;
         self.trainer = Some(trainer);
-        self.val_fraction = st.val_fraction;
         Ok(plan)
     }
 

@@ -6,6 +6,9 @@ use serde_json::{Value as Json, json};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
 
+/// Each token's byte range in the text it came from.
+pub type Offsets = Vec<(usize, usize)>;
+
 /// A tokenizer and the special tokens a model needs around it.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -54,10 +57,14 @@ impl Tokenizer {
     /// and the chat template.
     pub fn from_json(file: &str, bytes: &[u8], tokenizer_config: Option<&str>) -> Result<Self> {
         check_before_tokenizers(file, bytes)?;
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             file: file.to_string(),
             problem: format!("not a valid tokenizer.json: {e}"),
         })?;
+        // A file's truncation and padding are for batching inputs to a model: applied here they
+        // would cut a training text or a prompt to their length, or pad it, without a word.
+        let _ = inner.with_truncation(None);
+        inner.with_padding(None);
         let config: Json = match tokenizer_config {
             Some(text) => serde_json::from_str(text).map_err(|e| Error::Tokenizer {
                 file: "tokenizer_config.json".to_string(),
@@ -159,7 +166,7 @@ impl Tokenizer {
         let pre_tokenizer = gpt2_pre_tokenizer(pre, &byte_level).ok_or_else(|| {
             err(format!(
                 "pre-tokenizer `{pre}` (tokenizer.ggml.pre) is not supported (supported: default, \
-                 gpt2, smollm, starcoder, llama3); open the model's tokenizer.json instead"
+                 gpt2, smollm, starcoder, llama3, qwen2); open the model's tokenizer.json instead"
             ))
         })?;
         let spec = json!({
@@ -204,6 +211,17 @@ impl Tokenizer {
         self.inner
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                file: self.file.clone(),
+                problem: format!("could not encode: {e}"),
+            })
+    }
+
+    /// [`Self::encode`], with each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        self.inner
+            .encode(text, false)
+            .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
             .map_err(|e| Error::Tokenizer {
                 file: self.file.clone(),
                 problem: format!("could not encode: {e}"),
@@ -335,8 +353,18 @@ fn gpt2_pre_tokenizer(pre: &str, byte_level: &Json) -> Option<Json> {
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
             ],
         })),
+        // Qwen2's: Llama 3's with every numeral its own pre-token (llama.cpp's QWEN2).
+        "qwen2" => Some(json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+            ],
+        })),
         _ => None,
     }
 }
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

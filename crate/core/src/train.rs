@@ -12,200 +12,24 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use crate::checkpoint::{self, CheckpointFile, RunState};
-use crate::data::{BatchOrder, Dataset};
+use crate::data::{self, BatchOrder, Dataset};
 use crate::error::{Error, Result};
 use crate::lora::LoraBranch;
-use crate::lora::LoraConfig;
 use crate::model::CausalLM;
 use crate::optim::AdamW;
+use crate::spec::RunSpec;
 
-/// Everything that shapes a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    pub lora: LoraConfig,
-    /// Optimizer steps.
-    pub steps: usize,
-    /// Windows per micro-batch.
-    pub batch_size: usize,
-    /// Micro-batches whose gradients are summed into one step.
-    pub grad_accum: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Steps of linear warmup (None: 10% of the steps).
-    pub warmup_steps: Option<usize>,
-    /// The cosine decays to lr * min_lr_ratio.
-    pub min_lr_ratio: f64,
-    pub weight_decay: f64,
-    /// Clip the global gradient norm of all A and B to this (None: no clipping).
-    pub max_grad_norm: Option<f64>,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_epsilon: f64,
-    /// Evaluate every this many steps (0: only at the start and the end).
-    pub eval_every: usize,
-    /// At most this many validation windows per evaluation (0: all).
-    pub eval_windows: usize,
-    /// Read the training loss (with the gradients' norm, checked finite) back every this many
-    /// steps (0: only when evaluating, at checkpoints and at the end). None: by the device,
-    /// every step on the CPU, where reading costs nothing, and every
-    /// [`crate::defaults::GPU_LOG_EVERY`] steps on a GPU, where each read waits for the queue to
-    /// drain. A non-finite step found late still ends the run with the adapter from the last
-    /// step read back finite.
-    pub log_every: Option<usize>,
-    /// A checkpoint is due every this many steps (0: only when pausing): [`Trainer::next`] says
-    /// so, the caller stores it (a file, the browser's storage).
-    pub checkpoint_every: usize,
-    pub seed: u64,
-    /// Activation recomputation (gradient checkpointing): keep only each decoder layer's input
-    /// and run the layer again in the backward pass. Less memory (one layer's activations
-    /// instead of all of them), for one more forward pass of the layers.
-    pub recompute: bool,
-    /// The frozen base kept in f16 ([`CausalLM::with_base_in_f16`]; the CPU backend): half the
-    /// base's memory; every product still runs in f32, from the weights rounded to f16. Load
-    /// the model so (`BaseModel::from_path_with` and the like): converted later, the f32 model
-    /// has been whole in memory and the peak does not go down. The trainer converts a model
-    /// given in f32 (the run then computes what was asked, for memory on top of the f32 base).
-    pub base_f16: bool,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            lora: LoraConfig::default(),
-            steps: 100,
-            batch_size: 4,
-            grad_accum: 1,
-            lr: 5e-4,
-            warmup_steps: None,
-            min_lr_ratio: 0.1,
-            weight_decay: 0.01,
-            max_grad_norm: Some(1.0),
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_epsilon: 1e-8,
-            eval_every: 25,
-            eval_windows: 16,
-            log_every: None,
-            checkpoint_every: crate::defaults::CHECKPOINT_EVERY,
-            seed: 0,
-            recompute: false,
-            base_f16: false,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Checks every setting against [`crate::limits`] with windows of `seq_len` tokens: a
-    /// setting typed by hand gets a message naming it, not an allocation failure mid-run.
-    pub fn validate(&self, seq_len: usize) -> Result<()> {
-        use crate::limits::*;
-        self.lora.validate()?;
-        let range = |name: &str, v: usize, lo: usize, hi: usize| {
-            if (lo..=hi).contains(&v) {
-                Ok(())
-            } else {
-                Err(Error::Invalid(format!(
-                    "{name} is {v}; it must be between {lo} and {hi}"
-                )))
-            }
-        };
-        range("the number of steps", self.steps, 1, MAX_STEPS)?;
-        range("the batch size", self.batch_size, 1, MAX_BATCH_SIZE)?;
-        range("gradient accumulation", self.grad_accum, 1, MAX_GRAD_ACCUM)?;
-        range("the sequence length", seq_len, 2, MAX_SEQ_LEN)?;
-        range("the warmup", self.warmup(), 0, self.steps)?;
-        range("the evaluation period", self.eval_every, 0, MAX_STEPS)?;
-        range(
-            "the evaluation windows",
-            self.eval_windows,
-            0,
-            MAX_EVAL_WINDOWS,
-        )?;
-        if let Some(every) = self.log_every {
-            range("the logging period", every, 0, MAX_STEPS)?;
-        }
-        let tokens = self.batch_size.saturating_mul(seq_len);
-        if tokens > MAX_BATCH_TOKENS {
-            return Err(Error::Invalid(format!(
-                "batch size x sequence length is {tokens} tokens; at most {MAX_BATCH_TOKENS} fit \
-                 in one micro-batch (use gradient accumulation for larger batches)"
-            )));
-        }
-        let real = |name: &str, v: f64, ok: bool, want: &str| {
-            if v.is_finite() && ok {
-                Ok(())
-            } else {
-                Err(Error::Invalid(format!("{name} is {v}; it must be {want}")))
-            }
-        };
-        real(
-            "the learning rate",
-            self.lr,
-            self.lr > 0.0 && self.lr <= MAX_LEARNING_RATE,
-            &format!("above 0 and at most {MAX_LEARNING_RATE}"),
-        )?;
-        let unit = |v: f64, open: bool| v >= 0.0 && if open { v < 1.0 } else { v <= 1.0 };
-        real(
-            "min_lr_ratio",
-            self.min_lr_ratio,
-            unit(self.min_lr_ratio, false),
-            "in [0, 1]",
-        )?;
-        real(
-            "the weight decay",
-            self.weight_decay,
-            unit(self.weight_decay, false),
-            "in [0, 1]",
-        )?;
-        real(
-            "adam_beta1",
-            self.adam_beta1,
-            unit(self.adam_beta1, true),
-            "in [0, 1)",
-        )?;
-        real(
-            "adam_beta2",
-            self.adam_beta2,
-            unit(self.adam_beta2, true),
-            "in [0, 1)",
-        )?;
-        real(
-            "adam_epsilon",
-            self.adam_epsilon,
-            self.adam_epsilon > 0.0,
-            "positive",
-        )?;
-        if let Some(n) = self.max_grad_norm {
-            real("max_grad_norm", n, n > 0.0, "positive")?;
-        }
-        Ok(())
-    }
-
-    pub fn warmup(&self) -> usize {
-        self.warmup_steps.unwrap_or(self.steps / 10)
-    }
-
-    /// Learning rate for optimizer step `step` (0-based).
-    pub fn lr_at(&self, step: usize) -> f64 {
-        let warmup = self.warmup();
-        if step < warmup {
-            return self.lr * (step + 1) as f64 / warmup as f64;
-        }
-        let span = self.steps.saturating_sub(warmup).max(1);
-        let progress = ((step - warmup) as f64 / span as f64).min(1.0);
-        let min = self.lr * self.min_lr_ratio;
-        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-    }
-}
-
-/// A progress report, sent after every step.
+/// A progress report, sent after every step (and once before the first: step 0, the base
+/// model's validation loss).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub step: usize,
     pub total_steps: usize,
     pub epoch: usize,
     pub tokens_seen: usize,
+    /// Targets the loss learned so far: `tokens_seen` but for chat data's prompts and padding.
+    #[serde(default)]
+    pub learned_tokens: usize,
     /// Mean training loss of this step (when read back this step).
     pub train_loss: Option<f32>,
     /// Validation loss (when evaluated this step).
@@ -276,7 +100,8 @@ pub fn cross_entropy(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
     crate::kernels::cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t]))
 }
 
-/// Input and target ids of some windows.
+/// Input and target ids of some windows; a target marked [`data::NOT_TRAINED`] (chat data's
+/// prompt, padding) is [`crate::kernels::IGNORED_TARGET`].
 ///
 /// # Shapes
 /// - returns `([n, seq_len], [n, seq_len])`
@@ -286,8 +111,14 @@ pub fn batch_tensors(windows: &[&[u32]], device: &Device) -> (Tensor<2, Int>, Te
     let mut inputs = Vec::with_capacity(n * t);
     let mut targets = Vec::with_capacity(n * t);
     for w in windows {
-        inputs.extend(w[..t].iter().map(|&x| i64::from(x)));
-        targets.extend(w[1..].iter().map(|&x| i64::from(x)));
+        inputs.extend(w[..t].iter().map(|&x| i64::from(data::token_id(x))));
+        targets.extend(w[1..].iter().map(|&x| {
+            if data::is_trained(x) {
+                i64::from(x)
+            } else {
+                crate::kernels::IGNORED_TARGET
+            }
+        }));
     }
     (
         Tensor::<2, Int>::from_data(TensorData::new(inputs, [n, t]), device),
@@ -343,12 +174,18 @@ async fn evaluate_in_blocks(
     }
     let model = model.valid();
     let device = model.device();
-    // Weight each chunk by its size so the result is the mean over all windows.
+    // The mean over every target scored: each chunk's loss is a mean over its rows (targets not
+    // scored adding 0), so it is weighted by its rows, and the sum divided by the targets.
+    let scored: usize = sample.iter().map(|w| data::trained_targets(w)).sum();
+    if scored == 0 {
+        return Ok(None);
+    }
     let chunk_loss = |chunk: &[&[u32]]| {
         let (inputs, targets) = batch_tensors(chunk, &device);
+        let rows = targets.shape().num_elements();
         model
             .loss_in_blocks(inputs, targets, block_rows)
-            .mul_scalar(chunk.len() as f64)
+            .mul_scalar(rows as f64)
     };
     let chunks: Vec<&[&[u32]]> = sample.chunks(batch_size.max(1)).collect();
     // On the CPU, two chunks at a time on the threads (as a training step's shards: `shards`);
@@ -373,7 +210,7 @@ async fn evaluate_in_blocks(
         .reduce(|t, loss| t + loss)
         .expect("n > 0 gives a chunk");
     let sum = read_scalar(total).await?;
-    Ok(Some(sum / n as f32))
+    Ok(Some(sum / scored as f32))
 }
 
 async fn read_scalar(t: Tensor<1>) -> Result<f32> {
@@ -392,61 +229,55 @@ async fn read_values(t: Tensor<1>) -> Result<Vec<f32>> {
 }
 
 /// How [`crate::session::Session::measure`] times the step that a run's estimate divides by:
-/// `cfg` for the probe run on `device`, and how many of its steps to take before the one timed.
+/// `spec` for the probe run on `device`, and how many of its steps to take before the one timed.
 ///
 /// - On the CPU: the first step of a window per shard (one, or `shards::SHARDS` where
 ///   there are threads to run them at once). A step's time grows with its tokens, so a small
 ///   batch keeps the wait short, and the first step costs about what the others do (a little
 ///   more: memory is allocated), so the estimate errs long. One window on two threads left one
-///   of them mostly idle: the page's estimate of its default run on this 2-core machine was
-///   1.9x its time.
-/// - On a GPU: the run's own batch, after three steps. The first steps compile kernels (on an
-///   H200: 10.7 s, 2.0 s, 0.38 s, then 0.245 s a step; README, "On a GPU"), and a step's time
-///   hardly grows with its batch there (0.202 s for one window, 0.244 s for four), so a first
-///   step of one window made the estimate ~150x too long. Each step reads its loss back:
-///   otherwise a step is timed when its work is queued, not done.
+///   of them mostly idle.
+/// - On a GPU: the run's own batch, after three steps. The first steps compile kernels (tens of
+///   seconds, then a fraction of a second), and a step's time hardly grows with its batch there,
+///   so a first step of one window made the estimate two orders of magnitude too long. Each
+///   step reads its loss back: otherwise a step is timed when its work is queued, not done.
 ///
 /// The timed step is never the probe's last (which would also evaluate), nor one that evaluates.
-pub fn speed_probe(cfg: &TrainConfig, device: &Device) -> (TrainConfig, usize) {
+pub fn speed_probe(spec: &RunSpec, device: &Device) -> (RunSpec, usize) {
     let (batch_size, warmup) = if !crate::device::is_cpu(device) {
-        (cfg.batch_size, 3)
+        (spec.train.batch_size, 3)
     } else if crate::shards::parallel() {
-        (cfg.batch_size.min(crate::shards::SHARDS), 0)
+        (spec.train.batch_size.min(crate::shards::SHARDS), 0)
     } else {
         (1, 0)
     };
-    let probe = TrainConfig {
-        steps: warmup + 2,
-        batch_size,
-        grad_accum: 1,
-        eval_every: 0,
-        log_every: Some(1),
-        // On the base as it is: an f16 copy beside it would be memory for nothing.
-        base_f16: false,
-        ..cfg.clone()
-    };
+    let mut probe = spec.clone();
+    probe.train.steps = warmup + 2;
+    probe.train.batch_size = batch_size;
+    probe.train.grad_accum = 1;
+    probe.train.eval_every = 0;
+    probe.exec.log_every = Some(1);
+    // On the base as it is: an f16 copy beside it would be memory for nothing.
+    probe.exec.base_f16 = false;
     (probe, warmup)
 }
 
-/// Seconds a run of `cfg` should take at `tokens_per_sec` of training: its steps, plus its
+/// Seconds a run of `spec` should take at `tokens_per_sec` of training: its steps, plus its
 /// evaluations (a forward pass costs about a third of a training step on as many tokens).
-pub fn estimate_secs(
-    cfg: &TrainConfig,
-    seq_len: usize,
-    val_windows: usize,
-    tokens_per_sec: f64,
-) -> f64 {
-    let step_tokens = (cfg.batch_size * cfg.grad_accum * seq_len) as f64;
-    let evals = (1..=cfg.steps)
-        .filter(|&s| s == cfg.steps || (cfg.eval_every > 0 && s.is_multiple_of(cfg.eval_every)))
-        .count();
-    let eval_windows = if cfg.eval_windows == 0 {
+pub fn estimate_secs(spec: &RunSpec, val_windows: usize, tokens_per_sec: f64) -> f64 {
+    let t = &spec.train;
+    let step_tokens = spec.tokens_per_step() as f64;
+    // Before the first step, then as the run says.
+    let evals = 1
+        + (1..=t.steps)
+            .filter(|&s| s == t.steps || (t.eval_every > 0 && s.is_multiple_of(t.eval_every)))
+            .count();
+    let eval_windows = if t.eval_windows == 0 {
         val_windows
     } else {
-        val_windows.min(cfg.eval_windows)
+        val_windows.min(t.eval_windows)
     };
-    let eval_tokens = (eval_windows * seq_len) as f64 / 3.0;
-    (cfg.steps as f64 * step_tokens + evals as f64 * eval_tokens) / tokens_per_sec.max(1e-9)
+    let eval_tokens = (eval_windows * spec.data.seq_len) as f64 / 3.0;
+    (t.steps as f64 * step_tokens + evals as f64 * eval_tokens) / tokens_per_sec.max(1e-9)
 }
 
 /// The dropout seed of step `step` (0-based) of a run seeded with `seed`.
@@ -462,13 +293,14 @@ pub struct Trainer {
     /// `None` only transiently while the optimizer consumes it.
     model: Option<CausalLM>,
     optim: AdamW,
-    cfg: TrainConfig,
+    spec: RunSpec,
     data: Dataset,
     order: BatchOrder,
     device: Device,
     lora_ids: Vec<ParamId>,
     step: usize,
     tokens_seen: usize,
+    learned_tokens: usize,
     /// Seconds spent in optimizer steps so far (evaluation and pauses excluded).
     train_secs: f64,
     /// Seconds spent evaluating so far, and how many evaluations that was.
@@ -490,21 +322,32 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// `model` must live on an autodiff device and have LoRA attached (see [`crate::lora::attach`]).
-    pub fn new(model: CausalLM, data: Dataset, cfg: TrainConfig) -> Result<Self> {
+    /// `model` must live on an autodiff device and have LoRA attached (see [`crate::lora::attach`]);
+    /// `data` made with `spec.data` ([`Dataset::split`]). The model's products become the
+    /// spec's ([`RunSpec::products`]): the run's numerics are the spec's, whatever another run in
+    /// the same process chose.
+    pub fn new(model: CausalLM, data: Dataset, spec: RunSpec) -> Result<Self> {
         let device = model.device();
         if !device.is_autodiff() {
             return Err(Error::Invalid(
                 "training needs an autodiff device (device.autodiff())".into(),
             ));
         }
-        cfg.validate(data.seq_len)?;
+        spec.validate()?;
+        if data.seq_len != spec.data.seq_len {
+            return Err(Error::Invalid(format!(
+                "the windows hold {} tokens and data.seq_len is {}: split the texts with the \
+                 run's spec",
+                data.seq_len, spec.data.seq_len
+            )));
+        }
         model.check_length(data.seq_len)?;
-        let model = if cfg.base_f16 {
+        let model = if spec.exec.base_f16 {
             model.with_base_in_f16().0
         } else {
             model
         };
+        let model = model.with_products(spec.products());
         let lora_ids: Vec<ParamId> = model
             .projections()
             .into_iter()
@@ -517,23 +360,24 @@ impl Trainer {
             ));
         }
         let optim = AdamW::new(
-            cfg.adam_beta1,
-            cfg.adam_beta2,
-            cfg.adam_epsilon,
-            cfg.weight_decay,
+            spec.optim.adam_beta1,
+            spec.optim.adam_beta2,
+            spec.optim.adam_epsilon,
+            spec.optim.weight_decay,
         );
-        let order = BatchOrder::new(data.train.len(), cfg.batch_size, cfg.seed);
+        let order = BatchOrder::new(data.train.len(), spec.train.batch_size, spec.train.seed);
         Ok(Self {
             last_good: (0, model.clone()),
             model: Some(model),
             optim,
-            cfg,
+            spec,
             data,
             order,
             device,
             lora_ids,
             step: 0,
             tokens_seen: 0,
+            learned_tokens: 0,
             train_secs: 0.0,
             eval_secs: 0.0,
             evals: 0,
@@ -554,15 +398,17 @@ impl Trainer {
         self.model.expect("model is present between steps")
     }
 
-    /// Turns activation recomputation on or off for the steps to come ([`TrainConfig::recompute`]):
+    /// Turns activation recomputation on or off for the steps to come ([`crate::spec::ExecSpec::recompute`]):
     /// the gradients are the same either way, only memory and time change, so a run may switch
     /// (the page's "Save memory" when it resumes a run that ran out of memory).
     pub fn set_recompute(&mut self, on: bool) {
-        self.cfg.recompute = on;
+        self.spec.exec.recompute = on;
     }
 
-    pub fn config(&self) -> &TrainConfig {
-        &self.cfg
+    /// The run's settings (with the changes a run may make: [`Self::set_recompute`],
+    /// [`Self::set_checkpoint_every`]).
+    pub fn spec(&self) -> &RunSpec {
+        &self.spec
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -574,21 +420,20 @@ impl Trainer {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.stopped || self.step >= self.cfg.steps
+        self.stopped || self.step >= self.spec.train.steps
     }
 
     /// The run as a checkpoint file ([`crate::checkpoint`]): `base_model` names the model it
-    /// runs on, `val_fraction` is the split it was made with.
-    pub async fn checkpoint(&self, base_model: &str, val_fraction: f64) -> Result<Vec<u8>> {
+    /// runs on.
+    pub async fn checkpoint(&self, base_model: &str) -> Result<Vec<u8>> {
         let state = RunState {
-            format: 1,
+            format: checkpoint::FORMAT,
             base_model: base_model.to_string(),
-            config: self.cfg.clone(),
-            seq_len: self.data.seq_len,
-            val_fraction,
+            spec: self.spec.clone(),
             data_fingerprint: checkpoint::fingerprint(&self.data),
             step: self.step,
             tokens_seen: self.tokens_seen,
+            learned_tokens: self.learned_tokens,
             train_secs: self.train_secs,
             eval_secs: self.eval_secs,
             evals: self.evals,
@@ -610,18 +455,18 @@ impl Trainer {
     ) -> Result<Self> {
         file.check_matches(base_model, &data)?;
         let st = &file.state;
-        let cfg = st.config.clone();
+        let spec = st.spec.clone();
         // A base in f32 can be rounded to the run's f16 (Trainer::new does), not the reverse.
-        if model.base_in_f16() && !cfg.base_f16 {
+        if model.base_in_f16() && !spec.exec.base_f16 {
             return Err(Error::Invalid(format!(
                 "{}: this run trained on the base's f32 weights, and the model is loaded with \
                  its weights in f16: load it in f32 (without base_f16) to resume the run",
                 file.file_name()
             )));
         }
-        let targets = cfg.lora.resolve_targets(&model)?;
+        let targets = spec.lora.resolve_targets(&model)?;
         let device = model.device();
-        let r = cfg.lora.r;
+        let r = spec.lora.r;
         for (path, name, proj) in model.projections_mut() {
             if !targets.contains(&name) {
                 proj.lora = None;
@@ -636,7 +481,7 @@ impl Trainer {
             };
             let a = on_device(file.tensor(&name_a, [d_in, r], &device)?);
             let b = on_device(file.tensor(&name_b, [r, d_out], &device)?);
-            proj.lora = Some(LoraBranch::from_tensors(a, b, &cfg.lora));
+            proj.lora = Some(LoraBranch::from_tensors(a, b, &spec.lora));
         }
         let mut moments = std::collections::BTreeMap::new();
         for (path, _, proj) in model.projections() {
@@ -657,8 +502,8 @@ impl Trainer {
             }
         }
         let train_windows = data.train.len();
-        let mut t = Trainer::new(model, data, cfg)?;
-        if !st.order.fits(train_windows, t.cfg.batch_size) {
+        let mut t = Trainer::new(model, data, spec)?;
+        if !st.order.fits(train_windows, t.spec.train.batch_size) {
             return Err(Error::format(
                 file.file_name(),
                 "the checkpoint's batch order does not fit its texts",
@@ -670,6 +515,7 @@ impl Trainer {
         t.step = st.step;
         t.last_good = (st.step, t.model().clone());
         t.tokens_seen = st.tokens_seen;
+        t.learned_tokens = st.learned_tokens;
         t.train_secs = st.train_secs;
         t.eval_secs = st.eval_secs;
         t.evals = st.evals;
@@ -691,13 +537,13 @@ impl Trainer {
 
     /// Validation windows one evaluation reads.
     pub fn eval_sample_size(&self) -> usize {
-        eval_sample(&self.data.val, self.cfg.eval_windows).len()
+        eval_sample(&self.data.val, self.spec.train.eval_windows).len()
     }
 
     /// Validation loss of the current model.
     pub async fn evaluate(&self) -> Result<Option<f32>> {
         // A run that saves memory keeps evaluation's peak down too.
-        let block_rows = if self.cfg.recompute {
+        let block_rows = if self.spec.exec.recompute {
             crate::kernels::LOSS_BLOCK_ROWS_LOW_MEMORY
         } else {
             crate::kernels::LOSS_BLOCK_ROWS
@@ -705,10 +551,10 @@ impl Trainer {
         evaluate_in_blocks(
             self.model(),
             &self.data.val,
-            self.cfg.batch_size,
-            self.cfg.eval_windows,
+            self.spec.train.batch_size,
+            self.spec.train.eval_windows,
             block_rows,
-            !self.cfg.recompute,
+            !self.spec.exec.recompute,
         )
         .await
     }
@@ -719,21 +565,35 @@ impl Trainer {
             return Err(Error::Invalid("the run is finished".into()));
         }
         let started = Instant::now();
-        let lr = self.cfg.lr_at(self.step);
-        // Dropout draws from the device's generator (on the CPU, from streams seeded from the
-        // same seed: `shards`): seeded from the run's seed and the step, so that a run resumed
-        // from a checkpoint draws the same masks as one never interrupted. The generator is
-        // shared by the process: reproducibility holds for one run at a time.
-        let seed = step_seed(self.cfg.seed, self.step);
-        self.device.seed(seed);
+        let lr = self.spec.lr_at(self.step);
+        // Dropout's masks are seeded from the run's seed and the step, so that a run resumed
+        // from a checkpoint draws the masks of one never interrupted: on the CPU from streams of
+        // the run's own (`shards`, `recompute`), nothing the process shares; on a GPU from its
+        // device's generator, seeded here (two runs stepping at once on one GPU device would
+        // interleave their draws).
+        let seed = step_seed(self.spec.train.seed, self.step);
+        if !crate::device::is_cpu(&self.device) {
+            self.device.seed(seed);
+        }
         let model = self.model.take().expect("model is present between steps");
         let mut accumulator = GradientsAccumulator::<CausalLM>::new();
         let mut loss_sum: Option<Tensor<1>> = None;
-        let scale = 1.0 / self.cfg.grad_accum as f64;
-        for micro in 0..self.cfg.grad_accum {
-            let idx = self.order.next_batch();
+        let batches: Vec<Vec<usize>> = (0..self.spec.train.grad_accum)
+            .map(|_| self.order.next_batch())
+            .collect();
+        // The step's loss is the mean over every target it learns: each micro-batch's loss (a
+        // mean over its rows, targets not learned adding 0) is weighted by its rows over the
+        // step's learned targets. Plain text learns every target: 1 / grad_accum each.
+        let learned: usize = batches
+            .iter()
+            .flatten()
+            .map(|&i| data::trained_targets(&self.data.train[i]))
+            .sum();
+        for (micro, idx) in batches.iter().enumerate() {
             let refs: Vec<&[u32]> = idx.iter().map(|&i| self.data.train[i].as_slice()).collect();
-            let (loss, grads) = if self.cfg.recompute {
+            let rows = refs.len() * self.data.seq_len;
+            let scale = rows as f64 / learned.max(1) as f64;
+            let (loss, grads) = if self.spec.exec.recompute {
                 let (inputs, targets) = batch_tensors(&refs, &self.device);
                 let seed = seed.wrapping_add(micro as u64);
                 model.loss_recomputed(inputs, targets, scale, seed)
@@ -744,9 +604,7 @@ impl Trainer {
                 crate::shards::loss_and_grads(&model, &refs, &self.device, scale, seed)
             } else {
                 let (inputs, targets) = batch_tensors(&refs, &self.device);
-                let loss = model
-                    .loss(inputs, targets)
-                    .div_scalar(self.cfg.grad_accum as f64);
+                let loss = model.loss(inputs, targets).mul_scalar(scale);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 (loss, grads)
             };
@@ -756,11 +614,12 @@ impl Trainer {
                 None => detached,
                 Some(s) => s + detached,
             });
-            self.tokens_seen += refs.len() * self.data.seq_len;
+            self.tokens_seen += rows;
         }
+        self.learned_tokens += learned;
         let mut grads = accumulator.grads();
         let grad_sq = grad_sum_sq(&grads, &self.lora_ids);
-        if let (Some(max_norm), Some(sum_sq)) = (self.cfg.max_grad_norm, &grad_sq) {
+        if let (Some(max_norm), Some(sum_sq)) = (self.spec.optim.max_grad_norm, &grad_sq) {
             clip_global_norm(&mut grads, &self.lora_ids, sum_sq.clone(), max_norm);
         }
         // Parameters are shared handles: keeping the model from before the step copies nothing
@@ -855,9 +714,10 @@ impl Trainer {
         self.failure.as_deref()
     }
 
-    /// The period of [`TrainConfig::log_every`] on this run's device.
+    /// The period of [`crate::spec::ExecSpec::log_every`] on this run's device.
     fn log_every(&self) -> usize {
-        self.cfg
+        self.spec
+            .exec
             .log_every
             .unwrap_or(if crate::device::is_cpu(&self.device) {
                 1
@@ -871,7 +731,7 @@ impl Trainer {
     /// that reads pays for it: only whole periods add up).
     fn recent_window(&self) -> usize {
         let period = match self.log_every() {
-            0 => self.cfg.checkpoint_every,
+            0 => self.spec.train.checkpoint_every,
             every => every,
         };
         let period = period.clamp(1, 50);
@@ -880,14 +740,14 @@ impl Trainer {
 
     /// Whether a checkpoint is due after the step just taken (unless the run is finished).
     fn checkpoint_due(&self) -> bool {
-        let every = self.cfg.checkpoint_every;
+        let every = self.spec.train.checkpoint_every;
         every > 0 && self.step.is_multiple_of(every)
     }
 
     /// Whether the model is evaluated after optimizer step `step` (1-based).
     fn eval_due(&self, step: usize) -> bool {
-        step >= self.cfg.steps
-            || (self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every))
+        step >= self.spec.train.steps
+            || (self.spec.train.eval_every > 0 && step.is_multiple_of(self.spec.train.eval_every))
     }
 
     fn progress(
@@ -905,8 +765,8 @@ impl Trainer {
         } else {
             self.recent_steps.iter().sum::<f64>() / self.recent_steps.len() as f64
         };
-        let remaining = self.cfg.steps.saturating_sub(self.step);
-        let evals_left = (self.step + 1..=self.cfg.steps)
+        let remaining = self.spec.train.steps.saturating_sub(self.step);
+        let evals_left = (self.step + 1..=self.spec.train.steps)
             .filter(|&s| self.eval_due(s))
             .count();
         let per_eval = if self.evals > 0 {
@@ -915,13 +775,16 @@ impl Trainer {
             // Not measured yet: a forward pass over the sample costs about a third of a
             // training step (forward + backward) over as many windows.
             let windows = self.eval_sample_size() as f64;
-            per_step * windows / (self.cfg.batch_size * self.cfg.grad_accum).max(1) as f64 / 3.0
+            per_step * windows
+                / (self.spec.train.batch_size * self.spec.train.grad_accum).max(1) as f64
+                / 3.0
         };
         Progress {
             step: self.step,
-            total_steps: self.cfg.steps,
+            total_steps: self.spec.train.steps,
             epoch: self.order.epoch,
             tokens_seen: self.tokens_seen,
+            learned_tokens: self.learned_tokens,
             train_loss,
             val_loss,
             val_perplexity: val_loss.map(f32::exp),
@@ -935,7 +798,7 @@ impl Trainer {
             },
             elapsed_secs: self.train_secs + self.eval_secs,
             eta_secs: per_step * remaining as f64 + per_eval * evals_left as f64,
-            next_eval_step: (self.step + 1..=self.cfg.steps).find(|&s| self.eval_due(s)),
+            next_eval_step: (self.step + 1..=self.spec.train.steps).find(|&s| self.eval_due(s)),
             status: RunStatus::Running,
             checkpoint_due: false,
         }
@@ -943,7 +806,7 @@ impl Trainer {
 
     /// Sets how often a checkpoint is due (0: only on pausing), e.g. for a resumed run.
     pub fn set_checkpoint_every(&mut self, steps: usize) {
-        self.cfg.checkpoint_every = steps;
+        self.spec.train.checkpoint_every = steps;
     }
 
     /// Asks the run to pause: the next call of [`Self::next`] takes no step and reports
@@ -970,6 +833,13 @@ impl Trainer {
             self.check_unread_steps().await?;
             return Ok(self.report(RunStatus::Paused, true));
         }
+        if self.step == 0 && self.history.is_empty() {
+            // Before the first step, the base model's validation loss: what the run improves
+            // on (the chart's first point). A call that takes no step.
+            if let Some(progress) = self.evaluate_start().await? {
+                return Ok(progress);
+            }
+        }
         let mut progress = self.step().await?;
         if self.is_finished() {
             progress.status = RunStatus::Finished;
@@ -980,6 +850,32 @@ impl Trainer {
             *last = progress.clone();
         }
         Ok(progress)
+    }
+
+    /// The report of step 0: the validation loss before training, kept in the history (None
+    /// without validation windows).
+    async fn evaluate_start(&mut self) -> Result<Option<Progress>> {
+        let started = Instant::now();
+        let Some(loss) = self.evaluate().await? else {
+            return Ok(None);
+        };
+        if !loss.is_finite() {
+            // No step was taken: the model itself computes it, whatever the run's settings.
+            self.stopped = true;
+            let message = format!(
+                "the model's validation loss before training is {loss}: its weights (or its \
+                 configuration) give NaN or infinite values, so there is nothing to train"
+            );
+            self.failure = Some(message.clone());
+            return Err(Error::NonFinite(message));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        self.eval_secs += secs;
+        self.evals += 1;
+        let mut progress = self.progress(None, Some(loss), self.spec.lr_at(0), 0.0, Some(secs));
+        progress.status = RunStatus::Running;
+        self.history.push(progress.clone());
+        Ok(Some(progress))
     }
 
     /// Before a pause, whose checkpoint must not keep a broken adapter: on a GPU the steps since
@@ -997,7 +893,7 @@ impl Trainer {
                 "a step since step {} left NaN or infinite values in {name} (found at the pause)",
                 self.last_good.0
             );
-            return Err(self.fail(what, self.cfg.lr_at(self.step), false));
+            return Err(self.fail(what, self.spec.lr_at(self.step), false));
         }
         self.last_good = (self.step, self.model().clone());
         Ok(())
@@ -1010,7 +906,7 @@ impl Trainer {
             status,
             checkpoint_due,
             ..last
-                .unwrap_or_else(|| self.progress(None, None, self.cfg.lr_at(self.step), 0.0, None))
+                .unwrap_or_else(|| self.progress(None, None, self.spec.lr_at(self.step), 0.0, None))
         }
     }
 

@@ -5,11 +5,12 @@
 
 use webtune::base_model::BaseModel;
 use webtune::checkpoint::CheckpointFile;
-use webtune::data::{Dataset, SplitConfig, tokenize_files};
+use webtune::data::{Dataset, tokenize_files};
 use webtune::formats::Checkpoint as _;
 use webtune::formats::peft::Adapter;
 use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::model::ModelConfig;
+use webtune::spec::{DataSpec, RunSpec};
 use webtune::tokenizer::Tokenizer;
 use webtune::train::Trainer;
 
@@ -33,11 +34,11 @@ fn tiny_tokenizer() -> &'static Tokenizer {
 }
 
 /// The fixed text the training bodies train on (and `fuzz_smoke.rs`'s checkpoint seed was made
-/// from), tokenized by `tokenizer` and split into windows as `split` says.
-pub fn fixed_text_windows(tokenizer: &Tokenizer, split: &SplitConfig) -> webtune::Result<Dataset> {
+/// from), tokenized by `tokenizer` and split into windows as `spec` says.
+pub fn fixed_text_windows(tokenizer: &Tokenizer, spec: &RunSpec) -> webtune::Result<Dataset> {
     let text = "the cat sat on the mat and the dog sat on the log. ".repeat(20);
     let (docs, _) = tokenize_files([("a.txt", text.as_bytes())], tokenizer);
-    Dataset::split(&docs, Some(2), split)
+    Dataset::split(&docs, Some(2), &spec.data, spec.train.seed)
 }
 
 /// A GGUF model file: header, metadata, tokenizer, tensors, the model built from them.
@@ -68,23 +69,18 @@ pub fn gguf_use(data: &[u8]) {
         &[],
         |_| true,
     );
-    let split = SplitConfig {
-        seq_len: 8,
-        val_fraction: 0.1,
-        seed: 0,
-    };
-    let Ok(data) = fixed_text_windows(&base.tokenizer, &split) else {
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 8;
+    spec.train.steps = 1;
+    spec.train.batch_size = 2;
+    spec.exec.base_f16 = true;
+    let Ok(data) = fixed_text_windows(&base.tokenizer, &spec) else {
         return;
     };
-    let cfg = webtune::train::TrainConfig {
-        steps: 1,
-        batch_size: 2,
-        ..Default::default()
-    };
-    if webtune::lora::attach(&mut base.model, &cfg.lora, 0).is_err() {
+    if webtune::lora::attach(&mut base.model, &spec.lora, 0).is_err() {
         return;
     }
-    if let Ok(mut t) = Trainer::new(base.model, data, cfg) {
+    if let Ok(mut t) = Trainer::new(base.model, data, spec) {
         let _ = pollster::block_on(t.step());
     }
 }
@@ -131,12 +127,12 @@ pub fn tokenizer_json(data: &[u8]) {
 /// A text file to train on: checked, tokenized by the tiny model, split into windows.
 pub fn text(data: &[u8]) {
     let (docs, _) = tokenize_files([("fuzz.txt", data)], tiny_tokenizer());
-    let split = SplitConfig {
+    let split = DataSpec {
         seq_len: 16,
         val_fraction: 0.1,
-        seed: 0,
+        ..DataSpec::default()
     };
-    let _ = Dataset::split(&docs, Some(2), &split);
+    let _ = Dataset::split(&docs, Some(2), &split, 0);
 }
 
 /// A checkpoint file, resumed on the tiny model with a fixed text.
@@ -145,13 +141,7 @@ pub fn checkpoint(data: &[u8]) {
         return;
     };
     let base = tiny();
-    let st = &file.state;
-    let split = SplitConfig {
-        seq_len: st.seq_len,
-        val_fraction: st.val_fraction,
-        seed: st.config.seed,
-    };
-    if let Ok(data) = fixed_text_windows(&base.tokenizer, &split) {
+    if let Ok(data) = fixed_text_windows(&base.tokenizer, &file.state.spec) {
         let _ = Trainer::resume(base.model, data, &file, &base.name);
     }
 }

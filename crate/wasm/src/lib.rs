@@ -9,8 +9,8 @@
 //! s.loadGguf("model.gguf", bytes);                        // -> ModelInfo
 //! s.loadGguf("model.gguf", bytes, true);                  // the frozen weights kept in f16
 //! s.addText("notes.txt", bytes);                          // -> { name, tokens } or { name, skipped }
-//! s.plan(settings);                                       // -> Plan (trainable parameters, adapter size, split)
-//! s.start(settings);                                      // -> Plan; then the training loop, a call at a time:
+//! s.plan(spec);                                           // -> Plan (trainable parameters, adapter size, split)
+//! s.start(spec);                                          // -> Plan; then the training loop, a call at a time:
 //! const p = await s.step();                               // -> Progress { step, train_loss, val_loss, eta_secs,
 //!                                                         //    status, checkpoint_due, ... }: again while "running"
 //! s.pause(); s.stop();                                    // take effect at the next step()
@@ -24,7 +24,8 @@
 //! s2.resume(saved);                                       // later, same model and texts loaded
 //! WebSession.limits();                                    // { max_steps, max_batch_size, ... }
 //! ```
-//! `settings` is `{ seq_len, val_fraction, train: TrainConfig }` (every field optional). Errors
+//! `spec` is a run spec, `{ data, lora, train, optim, exec }` (the core's `RunSpec`; every key
+//! optional, an unknown or mistyped one an error that names it). Errors
 //! reject with a JavaScript `Error` whose message a person can read; nothing panics on input.
 //! Calls must not overlap (await each): a call made while another runs is refused as busy.
 
@@ -53,8 +54,8 @@ use wasm_bindgen_futures::future_to_promise;
 use webtune::base_model::{BaseModel, NamedFile};
 use webtune::formats::peft::AdapterDtype;
 use webtune::generate::SamplingConfig;
-use webtune::session::Session;
-use webtune::train::TrainConfig;
+use webtune::session::{FileOptions, Session};
+use webtune::spec::RunSpec;
 
 pub use backend::BackendInfo;
 #[cfg(feature = "threads")]
@@ -64,25 +65,6 @@ pub use crash::{report_crashes_to, test_crash_a_pool_thread};
 /// `WebSession.create` (it starts `n` Web Workers sharing the module's memory).
 #[cfg(feature = "threads")]
 pub use wasm_bindgen_rayon::init_thread_pool;
-
-/// `plan` / `start` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-struct Settings {
-    seq_len: usize,
-    val_fraction: f64,
-    train: TrainConfig,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            seq_len: webtune::defaults::SEQ_LEN,
-            val_fraction: webtune::defaults::VAL_FRACTION,
-            train: TrainConfig::default(),
-        }
-    }
-}
 
 /// `generate` options.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +101,28 @@ fn from_js<T: for<'de> Deserialize<'de> + Default>(value: JsValue) -> Result<T, 
         return Ok(T::default());
     }
     serde_wasm_bindgen::from_value(value).map_err(|e| err(format!("invalid settings: {e}")))
+}
+
+/// A run spec from JavaScript (undefined: the defaults); an unknown or mistyped key is an error
+/// naming its path (`train.stpes`), never a default silently trained with.
+fn spec_from_js(value: JsValue) -> Result<RunSpec, JsError> {
+    strict_from_js(value, "run spec")
+}
+
+/// `what` from JavaScript (undefined: its defaults), its unknown or mistyped keys errors that
+/// name their path.
+fn strict_from_js<T: for<'de> Deserialize<'de> + Default>(
+    value: JsValue,
+    what: &str,
+) -> Result<T, JsError> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
+    }
+    let de = serde_wasm_bindgen::Deserializer::from(value);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        err(format!("invalid {what}: {path}: {}", e.into_inner()))
+    })
 }
 
 /// The error of a call made while another holds the session.
@@ -174,20 +178,6 @@ impl WebSession {
         })
     }
 
-    /// How the CPU backend multiplies by the frozen base kept in f16 ("16-bit weights"): in
-    /// 16-bit integers (`true`, the default in wasm: `kernels::FrozenProducts::Int16`) or with
-    /// the weights widened to f32 (`false`). For the whole module; the page's `?products=widened`
-    /// (a comparison for developers, README "Speed").
-    #[wasm_bindgen(js_name = setInt16Products)]
-    pub fn set_int16_products(on: bool) {
-        use webtune::kernels::{FrozenProducts, set_frozen_products};
-        set_frozen_products(if on {
-            FrozenProducts::Int16
-        } else {
-            FrozenProducts::Widened
-        });
-    }
-
     /// Which backend runs, and why: `{ kind: "webgpu" | "cpu", adapter, reason, limits }`.
     pub fn backend(&self) -> Result<JsValue, JsError> {
         to_js(&self.backend)
@@ -237,10 +227,22 @@ impl WebSession {
         to_js(&s.set_model(base))
     }
 
-    /// Adds a text file; returns `{ name, tokens }`, or `{ name, skipped: reason }`.
+    /// Adds a file: plain text, or chat data (`.jsonl`, `.json`, `.csv`: records of messages,
+    /// prompt/completion or instruction/output; `options`: `{ format, columns: { prompt,
+    /// response } }`, every key optional). Returns `TextInfo`: `{ name, format, tokens,
+    /// examples, problems, columns, preview }`, or `{ name, skipped: reason }`.
     #[wasm_bindgen(js_name = addText)]
-    pub fn add_text(&self, name: String, bytes: Vec<u8>) -> Result<JsValue, JsError> {
-        let info = self.session()?.add_text(&name, &bytes).map_err(err)?;
+    pub fn add_text(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        options: JsValue,
+    ) -> Result<JsValue, JsError> {
+        let options: FileOptions = strict_from_js(options, "file options")?;
+        let info = self
+            .session()?
+            .add_file(&name, &bytes, &options)
+            .map_err(err)?;
         to_js(&info)
     }
 
@@ -250,38 +252,30 @@ impl WebSession {
         Ok(())
     }
 
-    /// What the settings imply: trainable parameters, adapter size, train/validation split.
-    pub fn plan(&self, settings: JsValue) -> Result<JsValue, JsError> {
-        let st: Settings = from_js(settings)?;
-        let plan = self
-            .session()?
-            .plan(&st.train, st.seq_len, st.val_fraction)
-            .map_err(err)?;
+    /// What a run spec implies: trainable parameters, adapter size, train/validation split.
+    pub fn plan(&self, spec: JsValue) -> Result<JsValue, JsError> {
+        let spec = spec_from_js(spec)?;
+        let plan = self.session()?.plan(&spec).map_err(err)?;
         to_js(&plan)
     }
 
-    /// Times one training step with these settings (on a throwaway copy of the model) so that
+    /// Times one training step of this spec (on a throwaway copy of the model) so that
     /// `plan` can estimate a run's duration; resolves to training tokens per second.
-    pub fn measure(&self, settings: JsValue) -> Promise {
+    pub fn measure(&self, spec: JsValue) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let st: Settings = from_js(settings).map_err(JsValue::from)?;
+            let spec = spec_from_js(spec).map_err(JsValue::from)?;
             let mut s = exclusive(&inner)?;
-            let tps = s
-                .measure(&st.train, st.seq_len, st.val_fraction)
-                .await
-                .map_err(|e| JsValue::from(err(e)))?;
+            let tps = s.measure(&spec).await.map_err(|e| JsValue::from(err(e)))?;
             Ok(JsValue::from_f64(tps))
         })
     }
 
-    /// Starts a run with fresh LoRA matrices.
-    pub fn start(&self, settings: JsValue) -> Result<JsValue, JsError> {
-        let st: Settings = from_js(settings)?;
-        let plan = self
-            .session()?
-            .start(st.train, st.seq_len, st.val_fraction)
-            .map_err(err)?;
+    /// Starts a run of `spec` (a `RunSpec`: `{ data, lora, train, optim, exec }`, every key
+    /// optional, an unknown one an error naming it) with fresh LoRA matrices.
+    pub fn start(&self, spec: JsValue) -> Result<JsValue, JsError> {
+        let spec = spec_from_js(spec)?;
+        let plan = self.session()?.start(spec).map_err(err)?;
         to_js(&plan)
     }
 
@@ -391,8 +385,8 @@ impl WebSession {
             .is_some_and(|t| t.steps_done() > 0))
     }
 
-    /// The defaults the page's form starts from (`{ seq_len, val_fraction, sample_tokens,
-    /// train: TrainConfig }`), the same the CLI's flags default to.
+    /// The defaults the page's form starts from (`{ spec: RunSpec, sample_tokens }`), the same
+    /// the CLI's flags default to.
     pub fn defaults() -> Result<JsValue, JsError> {
         to_js(&webtune::defaults::defaults())
     }

@@ -11,7 +11,8 @@ use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::lora::{self, LoraConfig};
 use webtune::model::CausalLM;
 use webtune::model::ModelConfig;
-use webtune::train::{TrainConfig, Trainer};
+use webtune::spec::RunSpec;
+use webtune::train::Trainer;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -83,15 +84,19 @@ async fn logits_match_transformers(device: &Device) {
 /// products' logits (the integer products ran).
 #[wasm_bindgen_test]
 async fn int16_products_match_transformers() {
-    use webtune::kernels::{FrozenProducts, frozen_products, set_frozen_products};
-    assert_eq!(frozen_products(), FrozenProducts::Int16, "wasm's default");
+    use webtune::kernels::FrozenProducts;
+    assert_eq!(
+        FrozenProducts::platform(),
+        FrozenProducts::Int16,
+        "wasm's default"
+    );
     let device = webtune::device::cpu();
     let (model, saved) = tiny_model(&device).with_base_in_f16();
     assert!(saved > 0);
+    let model = model.with_products(FrozenProducts::Int16);
     let (int16, expected) = logits_and_golden(&model, &device).await;
-    set_frozen_products(FrozenProducts::Widened);
+    let model = model.with_products(FrozenProducts::Widened);
     let (widened, _) = logits_and_golden(&model, &device).await;
-    set_frozen_products(FrozenProducts::Int16);
     assert_ne!(int16, widened, "the int16 products did not run");
     let diff = max_abs_diff(&int16, &expected);
     web_sys_log(&format!(
@@ -109,9 +114,10 @@ async fn int16_products_match_transformers() {
 /// 4 (20 rows, the widened products), every product summed in its own order.
 #[wasm_bindgen_test]
 async fn few_rows_of_an_f16_base_compute_what_its_widened_products_do() {
-    use webtune::kernels::{FrozenProducts, INT16_MIN_ROWS, set_frozen_products};
+    use webtune::kernels::{FrozenProducts, INT16_MIN_ROWS};
     let device = webtune::device::cpu();
     let (model, _) = tiny_model(&device).with_base_in_f16();
+    let model = model.with_products(FrozenProducts::Widened);
     let prompt: [i64; 5] = [3, 17, 5, 29, 11];
     let logits = |batch: usize| {
         let ids = webtune::burn::tensor::TensorData::new(prompt.repeat(batch), [batch, 5]);
@@ -119,10 +125,8 @@ async fn few_rows_of_an_f16_base_compute_what_its_widened_products_do() {
         model.forward(ids, None).flatten::<2>(0, 1)
     };
     const { assert!(5 < INT16_MIN_ROWS && 20 >= INT16_MIN_ROWS) };
-    set_frozen_products(FrozenProducts::Widened);
     let few = host(logits(1)).await;
     let widened = host(logits(4)).await;
-    set_frozen_products(FrozenProducts::Int16);
     let scale = widened.iter().fold(0f32, |m, x| m.max(x.abs()));
     let diff = max_abs_diff(&few, &widened[..few.len()]);
     web_sys_log(&format!("few rows of the f16 base: {diff:e} of {scale}"));
@@ -183,11 +187,12 @@ fn data() -> Dataset {
         train: (0..30).map(window).collect(),
         val: (30..34).map(window).collect(),
         val_documents: Vec::new(),
+        examples: Default::default(),
     }
 }
 
 /// Trains the tiny model for `steps` steps; the training loss must be read back every
-/// `read_every` steps and after the last (TrainConfig::log_every by the device).
+/// `read_every` steps and after the last (exec.log_every by the device).
 async fn train_tiny(device: Device, steps: usize, read_every: usize) {
     let device = device.autodiff();
     let config = ModelConfig::from_json("config.json", CONFIG).unwrap();
@@ -201,16 +206,17 @@ async fn train_tiny(device: Device, steps: usize, read_every: usize) {
     };
     lora::attach(&mut model, &lora_cfg, 1).unwrap();
     let before = base_weights(&model).await;
-    let cfg = TrainConfig {
+    let mut spec = RunSpec {
         lora: lora_cfg.clone(),
-        steps,
-        batch_size: 4,
-        lr: 2e-2,
-        warmup_steps: Some(0),
-        eval_every: 0,
-        ..TrainConfig::default()
+        ..RunSpec::default()
     };
-    let mut trainer = Trainer::new(model, data(), cfg).unwrap();
+    spec.data.seq_len = data().seq_len;
+    spec.train.steps = steps;
+    spec.train.batch_size = 4;
+    spec.train.eval_every = 0;
+    spec.optim.lr = 2e-2;
+    spec.optim.warmup_steps = Some(0);
+    let mut trainer = Trainer::new(model, data(), spec).unwrap();
     let first = trainer.evaluate().await.unwrap().unwrap();
     let mut last = None;
     while !trainer.is_finished() {
@@ -286,16 +292,20 @@ async fn javascript_api_runs_a_whole_session() {
     assert_eq!(info["base_f16"], false);
     // The tiny GGUF's vocabulary is byte-level symbols: plain lowercase text tokenizes.
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
-    let t: serde_json::Value =
-        serde_wasm_bindgen::from_value(s.add_text("a.txt".into(), text.into_bytes()).unwrap())
-            .unwrap();
+    let t: serde_json::Value = serde_wasm_bindgen::from_value(
+        s.add_text("a.txt".into(), text.into_bytes(), JsValue::UNDEFINED)
+            .unwrap(),
+    )
+    .unwrap();
     assert!(t["tokens"].as_u64().unwrap() > 500, "{t}");
-    let bad: serde_json::Value =
-        serde_wasm_bindgen::from_value(s.add_text("b.bin".into(), vec![0, 159, 146, 150]).unwrap())
-            .unwrap();
+    let bad: serde_json::Value = serde_wasm_bindgen::from_value(
+        s.add_text("b.bin".into(), vec![0, 159, 146, 150], JsValue::UNDEFINED)
+            .unwrap(),
+    )
+    .unwrap();
     assert!(bad["skipped"].as_str().unwrap().contains("binary"), "{bad}");
 
-    let settings = serde_json::json!({"seq_len": 16, "train": {"steps": 3, "batch_size": 2, "lora": {"r": 2}}});
+    let settings = serde_json::json!({"data": {"seq_len": 16}, "train": {"steps": 3, "batch_size": 2}, "lora": {"r": 2}});
     // As the page sends it: a plain object (not a JS Map).
     let settings = serde::Serialize::serialize(
         &settings,
@@ -309,6 +319,21 @@ async fn javascript_api_runs_a_whole_session() {
         plan["trainable_parameters"],
         2 * (2 * (32 + 32) + 2 * (32 + 16))
     );
+    // A misspelled or mistyped setting is refused with its path, never trained with a default.
+    for (bad, path) in [
+        (serde_json::json!({"train": {"stpes": 3}}), "train"),
+        (serde_json::json!({"lora": {"rank": 2}}), "lora"),
+        (serde_json::json!({"optim": {"lr": "fast"}}), "optim.lr"),
+    ] {
+        let bad =
+            serde::Serialize::serialize(&bad, &serde_wasm_bindgen::Serializer::json_compatible())
+                .unwrap();
+        let e = JsValue::from(s.plan(bad).expect_err("refused"));
+        let message: String = wasm_bindgen::JsCast::unchecked_into::<js_sys::Error>(e)
+            .message()
+            .into();
+        assert!(message.contains(path), "{path}: {message}");
+    }
     s.start(settings).unwrap();
     for step in 1..=3 {
         let p = wasm_bindgen_futures::JsFuture::from(s.step())
@@ -324,7 +349,7 @@ async fn javascript_api_runs_a_whole_session() {
     let zip = js_sys::Uint8Array::new(&zip).to_vec();
     assert_eq!(&zip[..4], b"PK\x03\x04");
     // Errors are values with a message, not panics.
-    let refused = s.add_text("c.txt".into(), b"ok".to_vec());
+    let refused = s.add_text("c.txt".into(), b"ok".to_vec(), JsValue::UNDEFINED);
     assert!(refused.is_ok());
     let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec(), None);
     assert!(err.is_err());
@@ -370,8 +395,9 @@ async fn javascript_api_fine_tunes_a_gpt2_model() {
     assert_eq!(info["base_f16"], true);
     assert_eq!(info["default_targets"], serde_json::json!(["c_attn"]));
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
-    s.add_text("a.txt".into(), text.into_bytes()).unwrap();
-    let settings = serde_json::json!({"seq_len": 16, "train": {"steps": 2, "batch_size": 2, "lora": {"r": 2}}});
+    s.add_text("a.txt".into(), text.into_bytes(), JsValue::UNDEFINED)
+        .unwrap();
+    let settings = serde_json::json!({"data": {"seq_len": 16}, "train": {"steps": 2, "batch_size": 2}, "lora": {"r": 2}, "exec": {"base_f16": true}});
     let settings = serde::Serialize::serialize(
         &settings,
         &serde_wasm_bindgen::Serializer::json_compatible(),

@@ -42,15 +42,7 @@ impl TensorEntry {
 
 /// ggml's type id.
 pub fn ggml_id(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 8,
-        GgmlType::BF16 => 30,
-        GgmlType::Other(id) => id,
-    }
+    t.id()
 }
 
 fn value_type(v: &Value) -> u32 {

@@ -379,11 +379,17 @@ pub fn log_sum_exp(x: &[f32], vocab: usize, out: &mut [f32]) {
     });
 }
 
-/// Mean over rows of lse - x[target]: the cross-entropy of `[rows, vocab]` logits.
+/// A row whose target is this is left out of the loss (it adds 0, and gets no gradient), and
+/// still counts in the mean's rows: [`super::IGNORED_TARGET`] as the kernels read it.
+pub const IGNORED: usize = usize::MAX;
+
+/// Mean over rows of lse - x[target]: the cross-entropy of `[rows, vocab]` logits (rows whose
+/// target is [`IGNORED`] add 0).
 pub fn cross_entropy(x: &[f32], vocab: usize, targets: &[usize], lse: &[f32]) -> f32 {
     let total: f64 = targets
         .iter()
         .enumerate()
+        .filter(|(_, t)| **t != IGNORED)
         .map(|(i, &t)| f64::from(lse[i] - x[i * vocab + t]))
         .sum();
     (total / targets.len().max(1) as f64) as f32
@@ -415,6 +421,10 @@ pub fn cross_entropy_grad_in_place(
     scale: f32,
 ) {
     for_rows(x, vocab, vocab, |i, row| {
+        if targets[i] == IGNORED {
+            row.fill(0.0);
+            return;
+        }
         let l = lse[i];
         for v in row.iter_mut() {
             *v = exp(*v - l) * scale;

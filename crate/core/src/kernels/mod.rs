@@ -1,7 +1,7 @@
 //! Fused operations for the model's memory-bound steps: RMSNorm, SwiGLU's gate, rotary
 //! embedding, causal softmax and the cross-entropy loss (also fused with the LM head), forward
 //! and backward; and the products with a frozen weight kept in f16 ([`frozen_matmul`]), which
-//! widen it for themselves, or run in 16-bit integers ([`int16`], [`frozen_products`]).
+//! widen it for themselves, or run in 16-bit integers ([`int16`], [`FrozenProducts`]).
 //!
 //! Why: on the CPU a training step spent more time in element-wise ops than in its matmuls. burn
 //! builds each of these from five to ten generic ops, each a pass over memory into a fresh tensor
@@ -61,49 +61,43 @@ fn next_dropout_seed() -> Option<u64> {
 
 /// How the CPU backend multiplies by a frozen matrix kept in f16 (the frozen base of
 /// `CausalLM::with_base_in_f16`, the page's "16-bit weights"): the product of an f32 matrix
-/// is always gemm's in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// is always gemm's in f32. A model carries its choice (`CausalLM::with_products`; a run's is
+/// its spec's, `RunSpec::products`), so that two models in one process compute each its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FrozenProducts {
     /// The weight widened to f32 a piece at a time, gemm's f32 product (for fewer than
     /// [`INT16_MIN_ROWS`] rows, [`cpu::f16_few_rows`]: the weight read in place): natively,
     /// where gemm's f32 runs at the CPU's fused multiply-add peak (on x86-64 with AVX2,
-    /// [`Self::Int16`] is faster, `webtune --int16`; README "Speed").
+    /// [`Self::Int16`] is faster, `webtune train --int16`).
     Widened,
     /// Both factors rounded to 16-bit integers and multiplied exactly in i32 ([`int16`]): in wasm,
     /// where an `i32x4.dot_i16x8_s` does twice the multiply-adds of 128-bit f32 SIMD without
-    /// fused multiply-add (README, "Speed"). Rows of fewer than [`INT16_MIN_ROWS`] (a generated
-    /// token's) do not: quantizing the weight would cost more than its product; they read the
-    /// f16 weight in place ([`cpu::f16_few_rows`]), as they do under [`Self::Widened`].
+    /// fused multiply-add. Rows of fewer than [`INT16_MIN_ROWS`] (a generated token's) do not:
+    /// quantizing the weight would cost more than its product; they read the f16 weight in
+    /// place ([`cpu::f16_few_rows`]), as they do under [`Self::Widened`].
     Int16,
+}
+
+impl FrozenProducts {
+    /// The platform's choice: [`Self::Int16`] in wasm with SIMD, [`Self::Widened`] elsewhere.
+    pub fn platform() -> Self {
+        if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+            Self::Int16
+        } else {
+            Self::Widened
+        }
+    }
+}
+
+impl Default for FrozenProducts {
+    fn default() -> Self {
+        Self::platform()
+    }
 }
 
 /// Products with fewer rows than this stay widened under [`FrozenProducts::Int16`].
 pub const INT16_MIN_ROWS: usize = 16;
-
-/// 0: the platform's default ([`frozen_products`]); 1: widened; 2: int16.
-static FROZEN_PRODUCTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// How this process multiplies by a frozen f16 matrix on the CPU: what
-/// [`set_frozen_products`] chose, else [`FrozenProducts::Int16`] in wasm with SIMD and
-/// [`FrozenProducts::Widened`] elsewhere. One choice for the whole process, like the backend:
-/// the page's worker runs one model.
-pub fn frozen_products() -> FrozenProducts {
-    match FROZEN_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => FrozenProducts::Widened,
-        2 => FrozenProducts::Int16,
-        _ if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) => FrozenProducts::Int16,
-        _ => FrozenProducts::Widened,
-    }
-}
-
-/// Chooses [`frozen_products`] for this process (the CLI's `--int16`, the tests).
-pub fn set_frozen_products(p: FrozenProducts) {
-    let v = match p {
-        FrozenProducts::Widened => 1,
-        FrozenProducts::Int16 => 2,
-    };
-    FROZEN_PRODUCTS.store(v, std::sync::atomic::Ordering::Relaxed);
-}
 
 /// Whether `device` runs the fused CPU kernels.
 pub fn fused(device: &Device) -> bool {
@@ -201,7 +195,13 @@ pub fn causal_softmax(scores: Tensor<4>, seq: usize, start: usize, scale: f64) -
     composed::causal_softmax(scores, seq, start, scale)
 }
 
-/// Mean next-token cross-entropy.
+/// A target that is not learned (a prompt's token, padding): its row adds 0 to the loss and
+/// gets no gradient, and still counts among the rows of the mean (the trainer scales the loss
+/// by the rows over the targets learned). PyTorch's `ignore_index`.
+pub const IGNORED_TARGET: i64 = -100;
+
+/// Mean next-token cross-entropy over the rows, rows whose target is [`IGNORED_TARGET`]
+/// adding 0.
 ///
 /// # Shapes
 /// - logits: `[rows, vocab]`, targets: `[rows]` -> `[1]`
@@ -240,6 +240,7 @@ pub fn linear_cross_entropy(
     w: Tensor<2>,
     targets: Tensor<1, Int>,
     block_rows: usize,
+    products: FrozenProducts,
 ) -> Tensor<1> {
     if fused(&h.device()) && !w.is_require_grad() {
         return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_linear_cross_entropy(
@@ -247,15 +248,16 @@ pub fn linear_cross_entropy(
             w.into_dispatch(),
             targets.into_dispatch(),
             block_rows,
+            products == FrozenProducts::Int16,
         ));
     }
-    cross_entropy(frozen_matmul(h, w.transpose()), targets)
+    cross_entropy(frozen_matmul(h, w.transpose(), products), targets)
 }
 
 /// x · w for a frozen w stored in any float type (a base kept in f16, `CausalLM::with_base_in_f16`):
 /// on the CPU backend one product that widens w a piece at a time and keeps only w itself for
-/// the backward pass (computed in f32: the CPU has no faster f16 arithmetic; in wasm, in 16-bit
-/// integers instead, [`FrozenProducts::Int16`]); on a GPU the
+/// the backward pass (computed in f32: the CPU has no faster f16 arithmetic; or in 16-bit
+/// integers, as `products` says: [`FrozenProducts::Int16`]); on a GPU the
 /// product in f16, x rounded to f16 and the sums accumulated in f32 (cubecl's matmul), then
 /// widened: half the bytes read, and no f32 copy of w. Its backward pass (x's gradient, dy · wᵀ)
 /// runs in f16 the same way, with dy scaled by [`F16_GRADIENT_SCALE`] on the way in and back on
@@ -263,7 +265,7 @@ pub fn linear_cross_entropy(
 ///
 /// # Shapes
 /// - x: `[rows, k]`, w: `[k, n]` -> `[rows, n]`
-pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>, products: FrozenProducts) -> Tensor<2> {
     if w.dtype() == DType::F32 {
         return x.matmul(w);
     }
@@ -271,6 +273,7 @@ pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
         return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_frozen_matmul(
             x.into_dispatch(),
             w.into_dispatch(),
+            products == FrozenProducts::Int16,
         ));
     }
     let s = F16_GRADIENT_SCALE;
@@ -365,8 +368,14 @@ pub mod composed {
 
     pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
         let [rows, _] = logits.dims();
+        let learned = targets.clone().greater_equal_elem(0).float();
+        let targets = targets.clamp_min(0);
         let logp = log_softmax(logits, 1);
-        logp.gather(1, targets.reshape([rows, 1])).mean().neg()
+        let picked = logp.gather(1, targets.reshape([rows, 1])).reshape([rows]);
+        (picked * learned)
+            .sum()
+            .div_scalar(rows.max(1) as f64)
+            .neg()
     }
 }
 

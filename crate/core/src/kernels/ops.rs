@@ -13,7 +13,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{DType, Distribution, FloatDType, Shape, TensorData};
 
-use super::{FrozenProducts, INT16_MIN_ROWS, cpu, int16};
+use super::{INT16_MIN_ROWS, cpu, int16};
 
 /// Shapes and constants the kernels need besides their tensors.
 #[backend_extension(Autodiff, Flex)]
@@ -100,11 +100,13 @@ pub trait FusedOps: Backend {
 
     /// Mean cross-entropy `[1]` of the logits h · wᵀ (h `[rows, d]`, w `[vocab, d]`, frozen)
     /// against targets `[rows]`. The logits exist `block_rows` rows at a time, never whole.
+    /// `int16`: an f16 w's products in 16-bit integers ([`super::FrozenProducts::Int16`]).
     fn fused_linear_cross_entropy(
         h: FloatTensor<Self>,
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block_rows: usize,
+        int16: bool,
     ) -> FloatTensor<Self>;
     /// The same loss, and its gradient for h `[rows, d]` from the same pass over the logits.
     fn fused_linear_cross_entropy_with_grad(
@@ -112,6 +114,7 @@ pub trait FusedOps: Backend {
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block_rows: usize,
+        int16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// x times the one value of `g` (`[1]`): a gradient times its upstream scalar.
     fn fused_scale(x: FloatTensor<Self>, g: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -119,11 +122,19 @@ pub trait FusedOps: Backend {
     /// x `[rows, k]` times a frozen w `[k, n]` stored in any float type -> `[rows, n]` in f32:
     /// an f16 base is widened for the product into a temporary f32 copy (an LM head's a few
     /// thousand of its `n` columns at a time), so the model keeps two bytes a weight; or in
-    /// 16-bit integers ([`FrozenProducts::Int16`]); or, for fewer than [`INT16_MIN_ROWS`] rows,
-    /// read in place ([`cpu::f16_few_rows`]). Only x is differentiated.
-    fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// 16-bit integers (with `int16`: [`FrozenProducts::Int16`]); or, for fewer than
+    /// [`INT16_MIN_ROWS`] rows, read in place ([`cpu::f16_few_rows`]). Only x is differentiated.
+    fn fused_frozen_matmul(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        int16: bool,
+    ) -> FloatTensor<Self>;
     /// x `[rows, n]` times wᵀ for w `[k, n]`: [`Self::fused_frozen_matmul`]'s backward pass.
-    fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn fused_frozen_matmul_t(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        int16: bool,
+    ) -> FloatTensor<Self>;
 }
 
 // ---- the CPU backend ------------------------------------------------------------------------
@@ -156,7 +167,7 @@ fn indices(t: &FlexTensor) -> Vec<usize> {
         .try_into_vec::<i64>()
         .unwrap_or_default()
         .into_iter()
-        .map(|v| v.max(0) as usize)
+        .map(|v| usize::try_from(v).unwrap_or(cpu::IGNORED))
         .collect()
 }
 
@@ -339,8 +350,9 @@ impl FusedOps for Flex {
         w: FlexTensor,
         targets: FlexTensor,
         block_rows: usize,
+        int16: bool,
     ) -> FlexTensor {
-        let (loss, _) = linear_cross_entropy(h, w, &targets, block_rows, false);
+        let (loss, _) = linear_cross_entropy(h, Head::new(w, int16), &targets, block_rows, false);
         out(vec![1], |o| o[0] = loss)
     }
 
@@ -349,8 +361,9 @@ impl FusedOps for Flex {
         w: FlexTensor,
         targets: FlexTensor,
         block_rows: usize,
+        int16: bool,
     ) -> (FlexTensor, FlexTensor) {
-        let (loss, dh) = linear_cross_entropy(h, w, &targets, block_rows, true);
+        let (loss, dh) = linear_cross_entropy(h, Head::new(w, int16), &targets, block_rows, true);
         let dh = dh.unwrap_or_else(|| FlexTensor::empty(Shape::from(vec![0, 0]), DType::F32));
         (out(vec![1], |o| o[0] = loss), dh)
     }
@@ -365,12 +378,12 @@ impl FusedOps for Flex {
         })
     }
 
-    fn fused_frozen_matmul(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        Head::new(Flex::float_transpose(w)).logits(widen(&x))
+    fn fused_frozen_matmul(x: FlexTensor, w: FlexTensor, int16: bool) -> FlexTensor {
+        Head::new(Flex::float_transpose(w), int16).logits(widen(&x))
     }
 
-    fn fused_frozen_matmul_t(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        Head::new(w).logits(widen(&x))
+    fn fused_frozen_matmul_t(x: FlexTensor, w: FlexTensor, int16: bool) -> FlexTensor {
+        Head::new(w, int16).logits(widen(&x))
     }
 }
 
@@ -398,14 +411,13 @@ fn widen(t: &FlexTensor) -> FlexTensor {
 /// logits while they are at hand, so backward has nothing left to recompute.
 fn linear_cross_entropy(
     h: FlexTensor,
-    w: FlexTensor,
+    head: Head,
     targets: &FlexTensor,
     block_rows: usize,
     with_grad: bool,
 ) -> (f32, Option<FlexTensor>) {
     let block_rows = block_rows.max(1);
     let h = f32s(&h);
-    let head = Head::new(w);
     let [rows, d] = [dims(&h)[0], dims(&h)[1]];
     let targets = indices(targets);
     let mut total = 0.0f64;
@@ -455,12 +467,14 @@ pub(super) const HEAD_CHUNK: usize = 4096;
 struct Head {
     w: FlexTensor,
     vocab: usize,
+    /// An f16 w's products (of [`INT16_MIN_ROWS`] rows or more) in 16-bit integers.
+    int16: bool,
 }
 
 impl Head {
-    fn new(w: FlexTensor) -> Self {
+    fn new(w: FlexTensor, int16: bool) -> Self {
         let vocab = dims(&w)[0];
-        Self { w, vocab }
+        Self { w, vocab, int16 }
     }
 
     /// block `[n, d]` · wᵀ -> `[n, vocab]`, contiguous.
@@ -559,11 +573,9 @@ impl Head {
 const INT16_BLOCK_ROWS: usize = 32;
 
 impl Head {
-    /// Whether this product runs in 16-bit integers ([`FrozenProducts::Int16`]).
+    /// Whether this product runs in 16-bit integers ([`super::FrozenProducts::Int16`]).
     fn int16(&self, rows: usize) -> bool {
-        self.w.dtype() == DType::F16
-            && rows >= INT16_MIN_ROWS
-            && super::frozen_products() == FrozenProducts::Int16
+        self.int16 && self.w.dtype() == DType::F16 && rows >= INT16_MIN_ROWS
     }
 
     /// [`Self::logits`] in 16-bit integers, [`HEAD_CHUNK`] of w's rows at a time.
@@ -781,13 +793,14 @@ impl<B: Backend + FusedOps> Backward<B, 1> for LinearCrossEntropyBackward {
 struct FrozenMatmulBackward;
 
 impl<B: Backend + FusedOps> Backward<B, 1> for FrozenMatmulBackward {
-    type State = P<B>;
+    type State = (P<B>, bool);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [px] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
+        let (w, int16) = ops.state;
         if let Some(node) = px {
-            grads.register::<B>(node.id, B::fused_frozen_matmul_t(dy, ops.state));
+            grads.register::<B>(node.id, B::fused_frozen_matmul_t(dy, w, int16));
         }
     }
 }
@@ -920,6 +933,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block_rows: usize,
+        int16: bool,
     ) -> FloatTensor<Self> {
         // w is frozen (the caller checks): only h is differentiated.
         let w = w.into_primitive();
@@ -934,6 +948,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     w,
                     targets,
                     block_rows,
+                    int16,
                 );
                 prep.finish(dh, loss)
             }
@@ -942,6 +957,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 w,
                 targets,
                 block_rows,
+                int16,
             )),
         }
     }
@@ -1028,35 +1044,47 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         w: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block_rows: usize,
+        int16: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (loss, dh) = B::fused_linear_cross_entropy_with_grad(
             h.into_primitive(),
             w.into_primitive(),
             targets,
             block_rows,
+            int16,
         );
         (constant::<B, C>(loss), constant::<B, C>(dh))
     }
 
-    fn fused_frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_frozen_matmul(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        int16: bool,
+    ) -> FloatTensor<Self> {
         // w is frozen (the caller checks): the state keeps the model's own tensor, in its
-        // own type, and no widened copy outlives the product.
+        // own type, and no widened copy outlives the product. The backward pass computes as
+        // the forward pass did (`int16`), whoever calls backward.
         let w = w.into_primitive();
-        let out = B::fused_frozen_matmul(x.primitive().clone(), w.clone());
+        let out = B::fused_frozen_matmul(x.primitive().clone(), w.clone(), int16);
         match FrozenMatmulBackward
             .prepare::<C>([x.node()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(w, out),
+            OpsKind::Tracked(prep) => prep.finish((w, int16), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 
-    fn fused_frozen_matmul_t(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_frozen_matmul_t(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        int16: bool,
+    ) -> FloatTensor<Self> {
         constant::<B, C>(B::fused_frozen_matmul_t(
             x.into_primitive(),
             w.into_primitive(),
+            int16,
         ))
     }
 

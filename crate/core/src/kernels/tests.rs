@@ -7,6 +7,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::*;
 use crate::rng::Rng;
 
+/// The f16 products widened to f32: what these tests compare with the f32 products.
+const WIDENED: FrozenProducts = FrozenProducts::Widened;
+
 fn device() -> Device {
     crate::device::cpu().autodiff()
 }
@@ -104,7 +107,7 @@ fn silu_mul_matches_composed() {
 fn rope_matches_composed() {
     let (b, t, h, hd) = (2, 5, 3, 8);
     let x = random([b * t, h * hd], 5, 1.0);
-    let (cos, sin) = crate::model::llama::rope::tables(1e4, hd, 3, t, &device());
+    let (cos, sin) = crate::model::llama::rope::Rope::new(1e4, hd).tables(3, t, &device());
     check(
         "rope",
         &[x],
@@ -146,6 +149,44 @@ fn cross_entropy_matches_composed() {
 }
 
 #[test]
+fn ignored_targets_add_nothing_and_get_no_gradient() {
+    // Chat data's prompt and padding: IGNORED_TARGET rows, in the plain and the head-fused loss.
+    let logits = random([6, 41], 8, 8.0);
+    let ignored = IGNORED_TARGET;
+    let targets = Tensor::<1, Int>::from_data(
+        TensorData::new(vec![ignored, 40, ignored, 7, 13, ignored], [6]),
+        &device(),
+    );
+    check(
+        "cross_entropy with ignored targets",
+        std::slice::from_ref(&logits),
+        |xs| cross_entropy(xs[0].clone(), targets.clone()),
+        |xs| composed::cross_entropy(xs[0].clone(), targets.clone()),
+        1e-5,
+    );
+    // The composed loss is what it says: the learned rows' mean over all rows.
+    let logp = host(burn::tensor::activation::log_softmax(logits.clone(), 1));
+    let want = -(logp[41 + 40] + logp[3 * 41 + 7] + logp[4 * 41 + 13]) / 6.0;
+    let got = host(composed::cross_entropy(logits, targets.clone()))[0];
+    assert!((got - want).abs() < 1e-5, "{got} against {want}");
+    // The head-fused loss, and its gradient: nothing flows to an ignored row.
+    let (d, vocab) = (5, 41);
+    let h = random([6, d], 9, 2.0).require_grad();
+    let w = Tensor::<2>::from_data(random([vocab, d], 10, 1.0).to_data(), &device());
+    let loss = linear_cross_entropy(h.clone(), w.clone(), targets.clone(), 4, WIDENED);
+    let grads = loss.clone().backward();
+    let dh = host(h.grad(&grads).expect("h gets a gradient"));
+    for row in [0, 2, 5] {
+        assert!(
+            dh[row * d..(row + 1) * d].iter().all(|&g| g == 0.0),
+            "row {row}"
+        );
+    }
+    let composed = composed::cross_entropy(h.matmul(w.transpose()), targets);
+    assert_close("the head-fused loss", &host(loss), &host(composed), 1e-5);
+}
+
+#[test]
 fn linear_cross_entropy_matches_the_logits_then_the_loss() {
     // 600 rows: full blocks of the fused loss (256 or 64 rows) and a partial one.
     let (rows, d, vocab) = (600, 19, 53);
@@ -171,7 +212,7 @@ fn linear_cross_entropy_matches_the_logits_then_the_loss() {
         let run = |fused_path: bool| {
             let h = Tensor::<2>::from_data(h.to_data(), &device()).require_grad();
             let loss = if fused_path {
-                linear_cross_entropy(h.clone(), w.clone(), targets.clone(), block_rows)
+                linear_cross_entropy(h.clone(), w.clone(), targets.clone(), block_rows, WIDENED)
             } else {
                 composed::cross_entropy(h.clone().matmul(w.clone().transpose()), targets.clone())
             };
@@ -191,6 +232,7 @@ fn linear_cross_entropy_matches_the_logits_then_the_loss() {
             Tensor::from_data(w.to_data(), &plain),
             Tensor::from_data(targets.to_data(), &plain),
             block_rows,
+            WIDENED,
         );
         assert_close(
             &format!("{name} loss without autodiff"),
@@ -216,7 +258,7 @@ fn f16_weights_in_chunks_give_the_products_of_their_rounded_f32_values() {
         let w32 = rounded(&w16);
         let run = |w: &Tensor<2>| {
             let x = Tensor::<2>::from_data(x.to_data(), &device()).require_grad();
-            let y = frozen_matmul(x.clone(), w.clone());
+            let y = frozen_matmul(x.clone(), w.clone(), WIDENED);
             // A weighting, so that the gradient of x is not the same in every row.
             let weights = random([rows, vocab], 24, 1.0).detach();
             let grads = (y.clone() * weights).sum().backward();
@@ -233,7 +275,13 @@ fn f16_weights_in_chunks_give_the_products_of_their_rounded_f32_values() {
         let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [rows]), &device());
         let loss = |w: &Tensor<2>| {
             let h = Tensor::<2>::from_data(x.to_data(), &device()).require_grad();
-            let loss = linear_cross_entropy(h.clone(), w.clone().transpose(), targets.clone(), 32);
+            let loss = linear_cross_entropy(
+                h.clone(),
+                w.clone().transpose(),
+                targets.clone(),
+                32,
+                WIDENED,
+            );
             let grads = loss.clone().backward();
             (host(loss), host(h.grad(&grads).expect("h gets a gradient")))
         };

@@ -4,7 +4,7 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{CausalLM, Gpt2Config, LlamaConfig};
+use super::{CausalLM, Gpt2Config, LlamaConfig, Qwen2Config};
 use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::formats::gguf::{GgufFile, GgufTensorMap};
@@ -60,16 +60,18 @@ pub trait FamilyConfig {
 pub enum ModelConfig {
     Llama(LlamaConfig),
     Gpt2(Gpt2Config),
+    Qwen2(Qwen2Config),
 }
 
 /// The families webtune runs, by `model_type` / `general.architecture`.
-pub const SUPPORTED: &str = "llama, gpt2";
+pub const SUPPORTED: &str = "llama, gpt2, qwen2";
 
 impl ModelConfig {
     pub fn family(&self) -> &(dyn FamilyConfig + 'static) {
         match self {
             Self::Llama(c) => c,
             Self::Gpt2(c) => c,
+            Self::Qwen2(c) => c,
         }
     }
 
@@ -91,6 +93,7 @@ impl ModelConfig {
         match model_type.as_str() {
             "llama" => Ok(Self::Llama(LlamaConfig::from_json(file, json)?)),
             "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json(file, json)?)),
+            "qwen2" => Ok(Self::Qwen2(Qwen2Config::from_json(file, json)?)),
             other => Err(Error::config(
                 file,
                 format!("model_type `{other}` is not supported (supported: {SUPPORTED})"),
@@ -108,6 +111,7 @@ impl ModelConfig {
         match arch {
             "llama" => Ok(Self::Llama(LlamaConfig::from_gguf(gguf)?)),
             "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_gguf(gguf)?)),
+            "qwen2" => Ok(Self::Qwen2(Qwen2Config::from_gguf(gguf)?)),
             other => Err(Error::config(
                 file,
                 format!("architecture `{other}` is not supported (supported: {SUPPORTED})"),
@@ -171,7 +175,7 @@ pub(crate) fn config_json<C: Serialize + FamilyConfig>(config: &C) -> Result<ser
 /// this machine (u64 in the file, usize here: 32 bits on wasm32; never truncated).
 pub(crate) struct GgufParams<'a> {
     pub gguf: &'a GgufFile,
-    pub arch: &'static str,
+    pub arch: &'a str,
 }
 
 impl GgufParams<'_> {

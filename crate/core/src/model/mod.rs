@@ -10,6 +10,7 @@ pub mod config;
 pub mod gpt2;
 pub mod kv_cache;
 pub mod llama;
+pub mod qwen2;
 mod recompute;
 mod weights;
 
@@ -21,7 +22,9 @@ pub use config::{FamilyConfig, ModelConfig, TokenIds};
 pub use gpt2::{Gpt2Config, Gpt2LMHeadModel};
 pub use kv_cache::KvCache;
 pub use llama::{LlamaConfig, LlamaForCausalLM};
+pub use qwen2::{Qwen2Config, Qwen2ForCausalLM};
 
+use crate::kernels::FrozenProducts;
 use crate::lora::LoraLinear;
 
 /// A linear projection of a model: its HF module path (`model.layers.0.self_attn.q_proj`), its
@@ -74,6 +77,8 @@ pub trait CausalLanguageModel {
     fn projections(&self) -> Vec<Projection<'_>>;
     /// [`Self::projections`], mutable.
     fn projections_mut(&mut self) -> Vec<ProjectionMut<'_>>;
+    /// How every product with a frozen f16 matrix runs (the projections and the LM head).
+    fn set_products(&mut self, products: FrozenProducts);
     /// The short names LoRA may target (`all-linear` means all of them).
     fn lora_targets(&self) -> &'static [&'static str];
     /// The targets a run gets when none are chosen (the LoRA paper's: the attention's).
@@ -225,6 +230,13 @@ impl CausalLM {
         let mut mapper = weights::BaseToF16::default();
         let model = self.map(&mut mapper);
         (model, mapper.saved)
+    }
+
+    /// The model with its products with frozen f16 matrices computed as `products` says
+    /// (on the CPU backend; elsewhere the choice changes nothing).
+    pub fn with_products(mut self, products: FrozenProducts) -> Self {
+        self.family_mut().set_products(products);
+        self
     }
 
     /// Whether the frozen base is kept in f16 ([`Self::with_base_in_f16`]).

@@ -5,6 +5,7 @@ use burn::module::{ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::formats::HostTensor;
+use crate::kernels::FrozenProducts;
 use crate::lora::LoraLinear;
 
 /// A 2-D host tensor on `device`.
@@ -47,7 +48,7 @@ pub(crate) fn hf_row(t: Tensor<1>) -> (Vec<usize>, Tensor<2>) {
 }
 
 /// Next-token logits from final hidden rows: the model's own head, or the token embedding
-/// (`[vocab, hidden]`) when the head is tied to it.
+/// (`[vocab, hidden]`) when the head is tied to it, its products as `products` says.
 ///
 /// # Shapes
 /// - h: `[batch * seq, hidden]` -> `[batch, seq, vocab]`
@@ -56,10 +57,11 @@ pub(crate) fn lm_logits(
     head: Option<&LoraLinear>,
     embedding: &Param<Tensor<2>>,
     [b, t]: [usize; 2],
+    products: FrozenProducts,
 ) -> Tensor<3> {
     let logits = match head {
         Some(head) => head.forward(h),
-        None => crate::kernels::frozen_matmul(h, embedding.val().transpose()),
+        None => crate::kernels::frozen_matmul(h, embedding.val().transpose(), products),
     };
     let [_, vocab] = logits.dims();
     logits.reshape([b, t, vocab])
@@ -78,6 +80,7 @@ pub(crate) fn lm_loss(
     embedding: &Param<Tensor<2>>,
     targets: Tensor<2, Int>,
     block_rows: usize,
+    products: FrozenProducts,
 ) -> Tensor<1> {
     let [b, t] = targets.dims();
     let targets = targets.reshape([b * t]);
@@ -89,7 +92,7 @@ pub(crate) fn lm_loss(
         Some(head) => return crate::kernels::cross_entropy(head.forward(h), targets),
         None => embedding.val(),
     };
-    crate::kernels::linear_cross_entropy(h, w, targets, block_rows)
+    crate::kernels::linear_cross_entropy(h, w, targets, block_rows, products)
 }
 
 /// Turns every frozen matrix of a model (projections, embeddings, the LM head) into f16, and

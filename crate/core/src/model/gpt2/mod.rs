@@ -19,7 +19,7 @@ use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, matrix, to_tensor
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::{Checkpoint, HostTensor};
-use crate::kernels;
+use crate::kernels::{self, FrozenProducts};
 use crate::lora::LoraLinear;
 
 /// The HF module tree of the projections, spelled once for both borrows.
@@ -142,6 +142,9 @@ pub struct Gpt2LMHeadModel {
     pub transformer: Gpt2Model,
     /// `[n_embd, vocab]`; `None` when tied to the token embedding (GPT-2's own models).
     pub lm_head: Option<LoraLinear>,
+    /// How the tied head's products with an f16 embedding run (the projections carry their own).
+    #[module(skip)]
+    pub products: FrozenProducts,
 }
 
 impl Gpt2LMHeadModel {
@@ -186,6 +189,7 @@ impl Gpt2LMHeadModel {
             &self.transformer.wte.weight,
             targets,
             block_rows,
+            self.products,
         )
     }
 
@@ -273,6 +277,7 @@ impl Gpt2LMHeadModel {
                 ln_f: layer_norm("transformer.ln_f")?,
             },
             lm_head,
+            products: FrozenProducts::platform(),
         })
     }
 }
@@ -286,6 +291,7 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
             self.lm_head.as_ref(),
             &self.transformer.wte.weight,
             [b, t],
+            self.products,
         )
     }
 
@@ -334,6 +340,16 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
 
     fn projections_mut(&mut self) -> Vec<ProjectionMut<'_>> {
         projections!(self, iter_mut, &mut)
+    }
+
+    fn set_products(&mut self, products: FrozenProducts) {
+        self.products = products;
+        for (_, _, p) in self.projections_mut() {
+            p.products = products;
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.products = products;
+        }
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {

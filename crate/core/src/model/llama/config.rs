@@ -4,6 +4,7 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::rope::{Llama3Scaling, Rope};
 use crate::error::{Error, Result};
 use crate::formats::Checkpoint;
 use crate::formats::gguf::{GgufFile, GgufTensorMap};
@@ -12,13 +13,22 @@ use crate::model::config::{
 };
 use crate::model::{CausalLM, LlamaForCausalLM};
 
-/// transformers 5 moved `rope_theta` into `rope_parameters`.
+/// transformers 5 moved `rope_theta` and the scaling (4's `rope_scaling`) into
+/// `rope_parameters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RopeParameters {
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    #[serde(default)]
+    #[serde(default, alias = "type")]
     pub rope_type: Option<String>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
 }
 
 /// `LlamaConfig` as in transformers' `config.json`.
@@ -59,6 +69,10 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Read from a GGUF file: it holds llama.cpp's rotary frequency factors
+    /// (`rope_freqs.weight`, Llama 3's scaling as its converter writes it).
+    #[serde(skip)]
+    pub gguf_rope_freqs: bool,
 }
 
 fn default_rms_norm_eps() -> f64 {
@@ -85,11 +99,15 @@ impl LlamaConfig {
     /// Reads the `llama.*` metadata of a GGUF file (one whose `general.architecture` is
     /// `llama`: [`crate::model::ModelConfig::from_gguf`] picks the family).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        let file = gguf.file_name.as_str();
-        let p = GgufParams {
-            gguf,
-            arch: "llama",
-        };
+        let config = Self::from_gguf_keys(gguf, "llama")?;
+        config.validate(&gguf.file_name)?;
+        Ok(config)
+    }
+
+    /// The decoder's hyperparameters under `{arch}.*` keys (llama.cpp writes the families built
+    /// like Llama's with the same keys under their own name), not validated.
+    pub fn from_gguf_keys(gguf: &GgufFile, arch: &str) -> Result<Self> {
+        let p = GgufParams { gguf, arch };
         let vocab_size = match p.int_opt("vocab_size")? {
             Some(v) => v,
             None => p.embedding_rows()?,
@@ -100,7 +118,7 @@ impl LlamaConfig {
             None => p.int_opt("rope.dimension_count")?,
         };
         let config = LlamaConfig {
-            model_type: Some("llama".to_string()),
+            model_type: Some(arch.to_string()),
             vocab_size,
             hidden_size: p.int("embedding_length")?,
             intermediate_size: p.int("feed_forward_length")?,
@@ -115,7 +133,7 @@ impl LlamaConfig {
             rope_theta: Some(p.float("rope.freq_base").unwrap_or(DEFAULT_ROPE_THETA)),
             rope_parameters: None,
             rope_scaling: gguf
-                .get("llama.rope.scaling.type")
+                .get(&format!("{arch}.rope.scaling.type"))
                 .and_then(|v| v.as_str())
                 .filter(|t| *t != "none")
                 .map(|t| serde_json::json!({ "rope_type": t })),
@@ -124,10 +142,10 @@ impl LlamaConfig {
             bos_token_id: p.token_id("bos_token_id")?,
             eos_token_id: p.token_id("eos_token_id")?.map(TokenIds::One),
             hidden_act: "silu".to_string(),
-            attention_bias: false,
-            mlp_bias: false,
+            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+            mlp_bias: gguf.tensor_info("blk.0.ffn_up.bias").is_some(),
+            gguf_rope_freqs: gguf.tensor_info("rope_freqs.weight").is_some(),
         };
-        config.validate(file)?;
         Ok(config)
     }
 
@@ -144,6 +162,66 @@ impl LlamaConfig {
         self.rope_theta
             .or_else(|| self.rope_parameters.as_ref().and_then(|p| p.rope_theta))
             .unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The projections with a bias: the attention's four with `attention_bias`, the MLP's three
+    /// with `mlp_bias` (transformers' Llama).
+    pub fn biases(&self) -> super::Biases {
+        super::Biases {
+            qkv: self.attention_bias,
+            o: self.attention_bias,
+            mlp: self.mlp_bias,
+        }
+    }
+
+    /// The rotary scaling: none, or Llama 3's; an error names any other.
+    pub fn rope_scaling(&self) -> std::result::Result<Option<Llama3Scaling>, String> {
+        let scaling: Option<RopeParameters> = match &self.rope_scaling {
+            Some(v) if !v.is_null() => Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| format!("rope_scaling is not understood: {e}"))?,
+            ),
+            _ => self.rope_parameters.clone(),
+        };
+        let Some(p) = scaling else { return Ok(None) };
+        match p.rope_type.as_deref() {
+            None | Some("default") => Ok(None),
+            Some("llama3") => {
+                let get = |name: &str, v: Option<f64>| {
+                    v.filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(|| format!("rope scaling `llama3` needs a positive {name}"))
+                };
+                let s = Llama3Scaling {
+                    factor: get("factor", p.factor)?,
+                    low_freq_factor: get("low_freq_factor", p.low_freq_factor)?,
+                    high_freq_factor: get("high_freq_factor", p.high_freq_factor)?,
+                    original_max_position_embeddings: get(
+                        "original_max_position_embeddings",
+                        p.original_max_position_embeddings,
+                    )?,
+                };
+                if s.high_freq_factor <= s.low_freq_factor {
+                    return Err(
+                        "rope scaling `llama3` needs high_freq_factor above low_freq_factor"
+                            .to_string(),
+                    );
+                }
+                Ok(Some(s))
+            }
+            Some(other) => Err(format!(
+                "rope scaling `{other}` is not supported (supported: none, llama3)"
+            )),
+        }
+    }
+
+    /// The model's rotary frequencies: from theta, scaled as the config says (a GGUF file's
+    /// factors are applied by the loader, which reads them as a tensor).
+    pub fn rope(&self) -> Rope {
+        let rope = Rope::new(self.rope_theta(), self.head_dim());
+        match self.rope_scaling() {
+            Ok(Some(s)) => rope.llama3(&s),
+            _ => rope,
+        }
     }
 
     /// [`Self::num_parameters`] in 64 bits, saturating: safe on any config, checked or not.
@@ -174,14 +252,21 @@ impl LlamaConfig {
     /// Rejects what the model code does not implement, so it fails here with a message
     /// instead of giving wrong numbers later.
     pub fn validate(&self, file: &str) -> Result<()> {
-        let bad = |problem: String| Err(Error::config(file, problem));
         if let Some(t) = &self.model_type
             && t != "llama"
         {
-            return bad(format!(
-                "model_type `{t}` is not supported (supported: {SUPPORTED})"
+            return Err(Error::config(
+                file,
+                format!("model_type `{t}` is not supported (supported: {SUPPORTED})"),
             ));
         }
+        self.check_shape(file)
+    }
+
+    /// [`Self::validate`]'s checks of the decoder itself, whatever family names it: sizes and
+    /// limits, heads, activation, rotary scaling, epsilon.
+    pub fn check_shape(&self, file: &str) -> Result<()> {
+        let bad = |problem: String| Err(Error::config(file, problem));
         // Limits before anything is allocated for them (crate::limits).
         use crate::limits::{MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
         let mut special = self.eos_token_ids();
@@ -223,32 +308,7 @@ impl LlamaConfig {
                 self.hidden_act
             ));
         }
-        if self.attention_bias || self.mlp_bias {
-            return bad("attention_bias / mlp_bias are not supported".to_string());
-        }
-        let rope_type = self
-            .rope_scaling
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .map(|v| {
-                v.get("rope_type")
-                    .or_else(|| v.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("unknown")
-                    .to_string()
-            })
-            .or_else(|| {
-                self.rope_parameters
-                    .as_ref()
-                    .and_then(|p| p.rope_type.clone())
-            });
-        if let Some(t) = rope_type
-            && t != "default"
-        {
-            return bad(format!(
-                "rope scaling `{t}` is not supported (only unscaled rotary embeddings)"
-            ));
-        }
+        self.rope_scaling().map_err(|e| Error::config(file, e))?;
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return bad("rms_norm_eps must be positive".to_string());
         }
@@ -302,13 +362,14 @@ impl FamilyConfig for LlamaConfig {
         device: &Device,
         base_f16: bool,
     ) -> Result<CausalLM> {
-        LlamaForCausalLM::load(self, ckpt, device, base_f16).map(CausalLM::Llama)
+        LlamaForCausalLM::load(self, self.biases(), ckpt, device, base_f16).map(CausalLM::Llama)
     }
 
     fn gguf_map(&self) -> Box<dyn GgufTensorMap> {
         Box::new(super::gguf::LlamaGgufMap {
             num_heads: self.num_attention_heads,
             num_kv_heads: self.num_key_value_heads(),
+            permuted: true,
         })
     }
 

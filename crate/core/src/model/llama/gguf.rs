@@ -4,33 +4,25 @@
 use crate::formats::HostTensor;
 use crate::formats::gguf::GgufTensorMap;
 
-/// HF name -> GGUF name for the llama family (llama.cpp's `tensor_mapping`).
+/// HF name -> GGUF name for the llama family (llama.cpp's `tensor_mapping`), from the family's
+/// one table of names ([`super::names`]).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let simple = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(s) = simple {
-        return Some(s.to_string());
+    use super::names::{LAYER, Name, TOP};
+    if hf == super::ROPE_FREQS {
+        return Some(hf.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
+    let (module, kind) = hf.rsplit_once('.')?;
+    if !matches!(kind, "weight" | "bias") {
+        return None;
+    }
+    if let Some((_, gguf)) = TOP.iter().find(|(h, _)| *h == module) {
+        return Some(format!("{gguf}.{kind}"));
+    }
+    let rest = module.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let gguf = match module {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{gguf}"))
+    let (_, gguf): &Name = LAYER.iter().find(|(h, _)| *h == module)?;
+    Some(format!("blk.{layer}.{gguf}.{kind}"))
 }
 
 /// Undoes llama.cpp's rotary row permutation of q/k weights (`LlamaModel.permute` in
@@ -74,18 +66,25 @@ fn move_rows(
     Some(HostTensor::new(t.shape.clone(), data))
 }
 
-/// The llama GGUF layout of a model with these head counts.
+/// The GGUF layout of a model of the family with these head counts.
 pub struct LlamaGgufMap {
     pub num_heads: usize,
     pub num_kv_heads: usize,
+    /// Whether q's and k's rows are in llama.cpp's rotary order: its converter permutes them for
+    /// `llama`, not for the families built like it (`qwen2`).
+    pub permuted: bool,
 }
 
 impl LlamaGgufMap {
-    /// The heads whose rotary halves llama.cpp interleaves in the rows of `hf`, if any.
+    /// The heads whose rotary halves llama.cpp interleaves in the rows of `hf` (a weight or a
+    /// bias of q or k), if any.
     fn permuted_heads(&self, hf: &str) -> Option<usize> {
-        if hf.ends_with("self_attn.q_proj.weight") {
+        let (module, _) = hf.rsplit_once('.')?;
+        if !self.permuted {
+            None
+        } else if module.ends_with(super::names::Q.0) {
             Some(self.num_heads)
-        } else if hf.ends_with("self_attn.k_proj.weight") {
+        } else if module.ends_with(super::names::K.0) {
             Some(self.num_kv_heads)
         } else {
             None
@@ -168,5 +167,30 @@ mod tests {
             Some("blk.12.attn_output.weight")
         );
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.k_proj.bias").as_deref(),
+            Some("blk.3.attn_k.bias")
+        );
+        assert_eq!(
+            gguf_name("model.norm.weight").as_deref(),
+            Some("output_norm.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens.weight").as_deref(),
+            Some("token_embd.weight")
+        );
+    }
+
+    #[test]
+    fn the_lora_targets_are_the_projections_short_names() {
+        let shorts: Vec<&str> = super::super::names::PROJECTIONS
+            .iter()
+            .map(|&m| super::super::names::short(m))
+            .collect();
+        assert_eq!(shorts, super::super::TARGETS);
     }
 }

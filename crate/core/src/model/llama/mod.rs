@@ -1,6 +1,10 @@
 //! The Llama family (`LlamaForCausalLM` in transformers): token embedding, pre-norm decoder layers
 //! with grouped-query attention, rotary positions and a SwiGLU MLP, final RMSNorm, and an LM head
-//! that may be tied to the embedding.
+//! that may be tied to the embedding. Its decoder serves the families built like it (Qwen2:
+//! `crate::model::qwen2`), which differ in their biases ([`Biases`]) and their files.
+//!
+//! Every tensor's name is written once, in [`names`]: loading, the projections LoRA targets,
+//! writing the model back out and the GGUF map all read it.
 
 use burn::module::Module;
 use burn::nn::{Embedding, RmsNorm};
@@ -18,26 +22,86 @@ use super::weights::{frozen_param, hf_row, lm_logits, lm_loss, matrix, to_tensor
 use super::{CausalLanguageModel, KvCache, Projection, ProjectionMut};
 use crate::error::Result;
 use crate::formats::Checkpoint;
-use crate::kernels;
+use crate::kernels::{self, FrozenProducts};
 use crate::lora::LoraLinear;
 
-/// The HF module tree of the projections, spelled once for both borrows.
+/// The family's tensor names: each module's HF path and llama.cpp's GGUF name, written once.
+pub mod names {
+    /// A module: its HF path (under `model.layers.{i}.` for a layer's) and its GGUF name (under
+    /// `blk.{i}.`).
+    pub type Name = (&'static str, &'static str);
+
+    pub const EMBED: Name = ("model.embed_tokens", "token_embd");
+    pub const NORM: Name = ("model.norm", "output_norm");
+    pub const HEAD: Name = ("lm_head", "output");
+    /// Modules outside the layers.
+    pub const TOP: [Name; 3] = [EMBED, NORM, HEAD];
+
+    pub const INPUT_NORM: Name = ("input_layernorm", "attn_norm");
+    pub const POST_NORM: Name = ("post_attention_layernorm", "ffn_norm");
+    pub const Q: Name = ("self_attn.q_proj", "attn_q");
+    pub const K: Name = ("self_attn.k_proj", "attn_k");
+    pub const V: Name = ("self_attn.v_proj", "attn_v");
+    pub const O: Name = ("self_attn.o_proj", "attn_output");
+    pub const GATE: Name = ("mlp.gate_proj", "ffn_gate");
+    pub const UP: Name = ("mlp.up_proj", "ffn_up");
+    pub const DOWN: Name = ("mlp.down_proj", "ffn_down");
+    /// The projections, in HF module order: what LoRA may target.
+    pub const PROJECTIONS: [Name; 7] = [Q, K, V, O, GATE, UP, DOWN];
+    /// A layer's modules.
+    pub const LAYER: [Name; 9] = [INPUT_NORM, Q, K, V, O, POST_NORM, GATE, UP, DOWN];
+
+    /// The HF name of `module`'s `kind` (`weight`, `bias`) in layer `l`.
+    pub fn layer(l: usize, module: Name, kind: &str) -> String {
+        format!("model.layers.{l}.{}.{kind}", module.0)
+    }
+
+    /// The short name LoRA targets a projection by: its path's last part (`q_proj`).
+    pub fn short(module: Name) -> &'static str {
+        module.0.rsplit('.').next().unwrap_or(module.0)
+    }
+}
+
+/// The projections LoRA may target, by their short names, in HF module order: the last part of
+/// each of [`names::PROJECTIONS`]' paths (a test checks the two agree).
+pub const TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The projections of a model of the family, for both borrows: the names from [`names`], the
+/// fields the module tree has.
 macro_rules! projections {
     ($self:ident, $iter:ident, $($borrow:tt)+) => {{
+        use names::*;
         let mut out = Vec::new();
         for (l, layer) in $self.model.layers.$iter().enumerate() {
-            let p = format!("model.layers.{l}");
+            let p = |m: Name| format!("model.layers.{l}.{}", m.0);
             let (attn, mlp) = ($($borrow)+ layer.self_attn, $($borrow)+ layer.mlp);
-            out.push((format!("{p}.self_attn.q_proj"), "q_proj", $($borrow)+ attn.q_proj));
-            out.push((format!("{p}.self_attn.k_proj"), "k_proj", $($borrow)+ attn.k_proj));
-            out.push((format!("{p}.self_attn.v_proj"), "v_proj", $($borrow)+ attn.v_proj));
-            out.push((format!("{p}.self_attn.o_proj"), "o_proj", $($borrow)+ attn.o_proj));
-            out.push((format!("{p}.mlp.gate_proj"), "gate_proj", $($borrow)+ mlp.gate_proj));
-            out.push((format!("{p}.mlp.up_proj"), "up_proj", $($borrow)+ mlp.up_proj));
-            out.push((format!("{p}.mlp.down_proj"), "down_proj", $($borrow)+ mlp.down_proj));
+            out.push((p(Q), short(Q), $($borrow)+ attn.q_proj));
+            out.push((p(K), short(K), $($borrow)+ attn.k_proj));
+            out.push((p(V), short(V), $($borrow)+ attn.v_proj));
+            out.push((p(O), short(O), $($borrow)+ attn.o_proj));
+            out.push((p(GATE), short(GATE), $($borrow)+ mlp.gate_proj));
+            out.push((p(UP), short(UP), $($borrow)+ mlp.up_proj));
+            out.push((p(DOWN), short(DOWN), $($borrow)+ mlp.down_proj));
         }
         out
     }};
+}
+
+/// Which projections carry a (frozen) bias: none in Llama (transformers' `attention_bias` puts
+/// one on the four attention projections, `mlp_bias` on the MLP's); Qwen2 on q, k and v.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Biases {
+    pub qkv: bool,
+    pub o: bool,
+    pub mlp: bool,
 }
 
 #[derive(Module, Debug)]
@@ -143,7 +207,9 @@ pub struct LlamaModel {
     pub embed_tokens: Embedding,
     pub layers: Vec<LlamaDecoderLayer>,
     pub norm: RmsNorm,
-    pub rope_theta: f64,
+    /// The rotary frequencies (from `rope_theta`, with the config's scaling).
+    #[module(skip)]
+    pub rope: rope::Rope,
 }
 
 #[derive(Module, Debug)]
@@ -151,6 +217,9 @@ pub struct LlamaForCausalLM {
     pub model: LlamaModel,
     /// `[hidden, vocab]`; `None` when tied to the token embedding.
     pub lm_head: Option<LoraLinear>,
+    /// How the tied head's products with an f16 embedding run (the projections carry their own).
+    #[module(skip)]
+    pub products: FrozenProducts,
 }
 
 impl LlamaForCausalLM {
@@ -195,8 +264,7 @@ impl LlamaForCausalLM {
 
     /// The rotary tables for `len` positions from `start`.
     fn rope_tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let head_dim = self.model.layers[0].self_attn.head_dim;
-        rope::tables(self.model.rope_theta, head_dim, start, len, device)
+        self.model.rope.tables(start, len, device)
     }
 
     /// # Shapes
@@ -219,16 +287,20 @@ impl LlamaForCausalLM {
             &self.model.embed_tokens.weight,
             targets,
             block_rows,
+            self.products,
         )
     }
 
-    /// Builds the model from a checkpoint that holds HF tensor names. Every weight is frozen.
+    /// Builds the model from a checkpoint that holds HF tensor names, its projections' biases
+    /// as `biases` says. Every weight is frozen.
     pub fn load(
         config: &LlamaConfig,
+        biases: Biases,
         ckpt: &dyn Checkpoint,
         device: &Device,
         base_f16: bool,
     ) -> Result<Self> {
+        use names::*;
         let to_tensor2 = |t, device: &Device| matrix(t, device, base_f16);
         let (h, i, v) = (
             config.hidden_size,
@@ -242,9 +314,17 @@ impl LlamaForCausalLM {
         );
         let get = |name: &str, shape: &[usize]| ckpt.load_shaped(name, shape);
         // HF stores linear weights [out, in]; burn's Linear wants [in, out].
-        let linear = |name: &str, d_out: usize, d_in: usize| -> Result<LoraLinear> {
-            let w = get(name, &[d_out, d_in])?.transposed();
-            Ok(LoraLinear::frozen(to_tensor2(w, device)))
+        let linear = |path: &str, d_out: usize, d_in: usize, bias: bool| -> Result<LoraLinear> {
+            let w = get(&format!("{path}.weight"), &[d_out, d_in])?.transposed();
+            let b = match bias {
+                true => Some(to_tensor1(
+                    get(&format!("{path}.bias"), &[d_out])?,
+                    d_out,
+                    device,
+                )),
+                false => None,
+            };
+            Ok(LoraLinear::frozen_with_bias(to_tensor2(w, device), b))
         };
         let norm = |name: &str| -> Result<RmsNorm> {
             let w = get(name, &[h])?;
@@ -254,59 +334,66 @@ impl LlamaForCausalLM {
             })
         };
 
-        let embed = get("model.embed_tokens.weight", &[v, h])?;
+        let embed = get(&format!("{}.weight", EMBED.0), &[v, h])?;
         let embed_tokens = Embedding {
             weight: frozen_param(to_tensor2(embed, device)),
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{l}");
+            let p = |m: Name| format!("model.layers.{l}.{}", m.0);
             layers.push(LlamaDecoderLayer {
-                input_layernorm: norm(&format!("{p}.input_layernorm.weight"))?,
+                input_layernorm: norm(&layer(l, INPUT_NORM, "weight"))?,
                 self_attn: LlamaAttention {
-                    q_proj: linear(&format!("{p}.self_attn.q_proj.weight"), nh * hd, h)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj.weight"), nkv * hd, h)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj.weight"), nkv * hd, h)?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj.weight"), h, nh * hd)?,
+                    q_proj: linear(&p(Q), nh * hd, h, biases.qkv)?,
+                    k_proj: linear(&p(K), nkv * hd, h, biases.qkv)?,
+                    v_proj: linear(&p(V), nkv * hd, h, biases.qkv)?,
+                    o_proj: linear(&p(O), h, nh * hd, biases.o)?,
                     num_heads: nh,
                     num_kv_heads: nkv,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: norm(&layer(l, POST_NORM, "weight"))?,
                 mlp: LlamaMlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj.weight"), i, h)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj.weight"), i, h)?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj.weight"), h, i)?,
+                    gate_proj: linear(&p(GATE), i, h, biases.mlp)?,
+                    up_proj: linear(&p(UP), i, h, biases.mlp)?,
+                    down_proj: linear(&p(DOWN), h, i, biases.mlp)?,
                 },
             });
         }
+        // llama.cpp's converter writes Llama 3's scaling as per-frequency factors, a tensor.
+        let rope = if config.gguf_rope_freqs {
+            let factors = get(ROPE_FREQS, &[hd / 2])?;
+            if let Some(bad) = factors.data.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+                return Err(crate::Error::format(
+                    ckpt.file_name(),
+                    format!("`{ROPE_FREQS}` holds {bad}, not a positive factor"),
+                ));
+            }
+            config.rope().with_freq_factors(&factors.data)
+        } else {
+            config.rope()
+        };
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(linear("lm_head.weight", v, h)?)
+            Some(linear(HEAD.0, v, h, false)?)
         };
         Ok(Self {
             model: LlamaModel {
                 embed_tokens,
                 layers,
-                norm: norm("model.norm.weight")?,
-                rope_theta: config.rope_theta(),
+                norm: norm(&format!("{}.weight", NORM.0))?,
+                rope,
             },
             lm_head,
+            products: FrozenProducts::platform(),
         })
     }
 }
 
-/// The projections LoRA may target, in HF module order.
-pub const TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// llama.cpp's rotary frequency factors in a GGUF file (no HF tensor: [`LlamaConfig::rope`]
+/// computes the same from `config.json`'s scaling).
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 impl CausalLanguageModel for LlamaForCausalLM {
     /// Next-token logits at every position.
@@ -321,6 +408,7 @@ impl CausalLanguageModel for LlamaForCausalLM {
             self.lm_head.as_ref(),
             &self.model.embed_tokens.weight,
             [b, t],
+            self.products,
         )
     }
 
@@ -372,6 +460,16 @@ impl CausalLanguageModel for LlamaForCausalLM {
         projections!(self, iter_mut, &mut)
     }
 
+    fn set_products(&mut self, products: FrozenProducts) {
+        self.products = products;
+        for (_, _, p) in self.projections_mut() {
+            p.products = products;
+        }
+        if let Some(head) = &mut self.lm_head {
+            head.products = products;
+        }
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &TARGETS
     }
@@ -384,6 +482,7 @@ impl CausalLanguageModel for LlamaForCausalLM {
     /// [`Self::load`] reads them, with the shape to write: for writing the model back out (a
     /// merged export). Norm weights come as `[1, hidden]` tensors of shape `[hidden]`.
     fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)> {
+        use names::*;
         let row = hf_row;
         let linear = |t: Tensor<2>| {
             let t = t.transpose(); // burn's [in, out] -> HF's [out, in]
@@ -391,29 +490,29 @@ impl CausalLanguageModel for LlamaForCausalLM {
         };
         let mut out = Vec::new();
         let embed = self.model.embed_tokens.weight.val();
-        out.push((
-            "model.embed_tokens.weight".to_string(),
-            embed.dims().to_vec(),
-            embed,
-        ));
+        out.push((format!("{}.weight", EMBED.0), embed.dims().to_vec(), embed));
         for (l, layer) in self.model.layers.iter().enumerate() {
             for (name, norm) in [
-                ("input_layernorm", &layer.input_layernorm),
-                ("post_attention_layernorm", &layer.post_attention_layernorm),
+                (INPUT_NORM, &layer.input_layernorm),
+                (POST_NORM, &layer.post_attention_layernorm),
             ] {
                 let (shape, t) = row(norm.gamma.val());
-                out.push((format!("model.layers.{l}.{name}.weight"), shape, t));
+                out.push((names::layer(l, name, "weight"), shape, t));
             }
         }
         for (path, _, proj) in self.projections() {
             let (shape, t) = linear(proj.base.weight.val());
             out.push((format!("{path}.weight"), shape, t));
+            if let Some(bias) = &proj.base.bias {
+                let (shape, t) = row(bias.val());
+                out.push((format!("{path}.bias"), shape, t));
+            }
         }
         let (shape, t) = row(self.model.norm.gamma.val());
-        out.push(("model.norm.weight".to_string(), shape, t));
+        out.push((format!("{}.weight", NORM.0), shape, t));
         if let Some(head) = &self.lm_head {
             let (shape, t) = linear(head.base.weight.val());
-            out.push(("lm_head.weight".to_string(), shape, t));
+            out.push((format!("{}.weight", HEAD.0), shape, t));
         }
         out
     }

@@ -3,15 +3,12 @@
 //! behaviour. None may panic or allocate for a size it has not checked.
 // Native only: reads fixtures from disk (the CLI end to end is crate/cli/tests/cli.rs, the browser
 // tests crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::gguf_writer::{TensorEntry, rewrite, tiny_gguf};
-use common::*;
+use crate::common::gguf_writer::{TensorEntry, rewrite, tiny_gguf};
+use crate::common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::Tensor;
-use webtune::data::{Dataset, Document, SplitConfig, tokenize_files};
+use webtune::data::{Dataset, Document, tokenize_files};
 use webtune::formats::gguf::{GgufFile, Value};
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::formats::safetensors::SafetensorsCheckpoint;
@@ -19,7 +16,8 @@ use webtune::formats::{Checkpoint, HostTensor};
 use webtune::lora::{self, LoraConfig};
 use webtune::model::ModelConfig;
 use webtune::session::Session;
-use webtune::train::{RunStatus, TrainConfig, Trainer};
+use webtune::spec::{DataSpec, RunSpec};
+use webtune::train::{RunStatus, Trainer};
 use webtune::{BaseModel, Error, NamedFile};
 
 fn load_gguf(bytes: Vec<u8>) -> Result<BaseModel, Error> {
@@ -287,23 +285,28 @@ fn train_until_the_poisoned_window(
     let device = webtune::device::cpu().autodiff();
     const POISON: u32 = 90;
     let mut model = poisoned_model(POISON as usize, &device);
-    let cfg = TrainConfig {
+    let mut spec = RunSpec {
+        data: DataSpec {
+            seq_len: 16,
+            val_fraction: 0.1,
+            ..DataSpec::default()
+        },
         lora: LoraConfig {
             r: 4,
             dropout: 0.0,
             ..LoraConfig::default()
         },
-        steps: 40,
-        batch_size: 1,
-        lr: 1e-2,
-        eval_every: 0,
-        log_every,
-        // Checkpoints and evaluations are read back too: none until the end.
-        checkpoint_every: 0,
-        seed,
-        ..TrainConfig::default()
+        ..RunSpec::default()
     };
-    lora::attach(&mut model, &cfg.lora, cfg.seed).unwrap();
+    spec.train.steps = 40;
+    spec.train.batch_size = 1;
+    spec.train.eval_every = 0;
+    // Checkpoints and evaluations are read back too: none until the end.
+    spec.train.checkpoint_every = 0;
+    spec.train.seed = seed;
+    spec.optim.lr = 1e-2;
+    spec.exec.log_every = log_every;
+    lora::attach(&mut model, &spec.lora, seed).unwrap();
     // One document, split by position (the last 10% for validation): the poisoned token sits in
     // one training window, which a shuffled epoch reaches at some step.
     let mut tokens: Vec<u32> = (0..400).map(|i| 3 + (i * 7) % 40).collect();
@@ -312,15 +315,10 @@ fn train_until_the_poisoned_window(
         name: "a.txt".into(),
         tokens,
     }];
-    let split = SplitConfig {
-        seq_len: 16,
-        val_fraction: 0.1,
-        seed: 1,
-    };
-    let data = Dataset::split(&docs, Some(2), &split).unwrap();
+    let data = Dataset::split(&docs, Some(2), &spec.data, 1).unwrap();
     assert!(data.train.iter().any(|w| w.contains(&POISON)));
     let every = log_every.unwrap_or(1);
-    let mut t = Trainer::new(model, data, cfg).unwrap();
+    let mut t = Trainer::new(model, data, spec).unwrap();
     let mut snapshot = lora_tensors(&t);
     let mut last_read = 0;
     let err = loop {
@@ -407,89 +405,43 @@ fn session_with_text() -> Session {
 #[test]
 fn out_of_range_settings_are_named() {
     let s = session_with_text();
-    s.plan(&TrainConfig::default(), 128, 0.1).unwrap();
-    let lora = |r| LoraConfig {
-        r,
-        ..LoraConfig::default()
+    s.plan(&RunSpec::default()).unwrap();
+    let with = |edit: &dyn Fn(&mut RunSpec)| {
+        let mut spec = RunSpec::default();
+        edit(&mut spec);
+        spec
     };
-    let cases: Vec<(TrainConfig, usize, f64, &str)> = vec![
+    let cases: Vec<(RunSpec, &str)> = vec![
         (
-            TrainConfig {
-                batch_size: 1_000_000_000,
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "batch size",
+            with(&|s| s.train.batch_size = 1_000_000_000),
+            "train.batch_size",
         ),
+        (with(&|s| s.lora.r = 100_000_000), "lora.r"),
+        (with(&|s| s.lora.r = 0), "lora.r"),
+        (with(&|s| s.train.steps = usize::MAX), "train.steps"),
+        (with(&|s| s.data.seq_len = usize::MAX), "data.seq_len"),
         (
-            TrainConfig {
-                lora: lora(100_000_000),
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "rank",
-        ),
-        (
-            TrainConfig {
-                lora: lora(0),
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "rank",
-        ),
-        (
-            TrainConfig {
-                steps: usize::MAX,
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "steps",
-        ),
-        (TrainConfig::default(), usize::MAX, 0.1, "sequence length"),
-        (
-            TrainConfig {
-                batch_size: 512,
-                ..TrainConfig::default()
-            },
-            8192,
-            0.1,
+            with(&|s| {
+                s.train.batch_size = 512;
+                s.data.seq_len = 8192;
+            }),
             "micro-batch",
         ),
+        (with(&|s| s.optim.lr = f64::NAN), "optim.lr"),
+        (with(&|s| s.optim.lr = 1e30), "optim.lr"),
         (
-            TrainConfig {
-                lr: f64::NAN,
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "learning rate",
+            with(&|s| s.train.grad_accum = usize::MAX),
+            "train.grad_accum",
         ),
+        (with(&|s| s.data.val_fraction = 2.0), "data.val_fraction"),
         (
-            TrainConfig {
-                lr: 1e30,
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "learning rate",
+            with(&|s| s.data.val_fraction = f64::NAN),
+            "data.val_fraction",
         ),
-        (
-            TrainConfig {
-                grad_accum: usize::MAX,
-                ..TrainConfig::default()
-            },
-            128,
-            0.1,
-            "gradient accumulation",
-        ),
-        (TrainConfig::default(), 128, 2.0, "validation share"),
+        (with(&|s| s.data.val_fraction = -1.0), "data.val_fraction"),
     ];
-    for (cfg, seq_len, val, what) in cases {
-        let m = message(s.plan(&cfg, seq_len, val));
+    for (spec, what) in cases {
+        let m = message(s.plan(&spec));
         assert!(m.contains(what), "{what}: {m}");
     }
 }
@@ -582,14 +534,14 @@ fn an_oversized_text_file_is_refused_with_a_message() {
 fn a_gpt2_gguf_with_an_overflowing_width_is_refused() {
     let bytes = std::fs::read(fixtures().join("tiny-gpt2-q.gguf")).unwrap();
     let file = GgufFile::parse("tiny-gpt2-q.gguf", bytes).unwrap();
-    let (mut meta, tensors) = common::gguf_writer::parts(&file);
+    let (mut meta, tensors) = crate::common::gguf_writer::parts(&file);
     meta.retain(|(k, _)| k != "gpt2.feed_forward_length");
     for (k, v) in &mut meta {
         if k == "gpt2.embedding_length" {
             *v = Value::U64(1 << 62);
         }
     }
-    let bytes = common::gguf_writer::write(&meta, &tensors);
+    let bytes = crate::common::gguf_writer::write(&meta, &tensors);
     let m = message(load_gguf_named("hostile-gpt2.gguf", bytes));
     assert!(
         m.contains("hostile-gpt2.gguf") && m.contains("n_embd"),

@@ -2,11 +2,8 @@
 //! `convert_lora_to_gguf.py` and of its adapter loader (`llama-adapter.cpp`), and read back
 //! through webtune's own GGUF reader.
 // Native only: reads fixtures from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Distribution, Tensor};
 use webtune::formats::gguf::{GgufFile, Value};

@@ -4,13 +4,10 @@
 //! the same weights without the `transformer.` key prefix, and from a GGUF file written as
 //! llama.cpp's converter writes GPT-2; greedy tokens through the KV cache; the tokenizer files.
 // Native only: reads fixtures from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
-
-mod common;
 
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 use webtune::formats::HostTensor;
 use webtune::formats::safetensors::SafetensorsCheckpoint;
 use webtune::generate::{SamplingConfig, generate_blocking};
@@ -192,17 +189,17 @@ fn windows_longer_than_the_learned_positions_are_refused() {
         train: windows.clone(),
         val: Vec::new(),
         val_documents: Vec::new(),
+        examples: Default::default(),
     };
     let device = webtune::device::cpu().autodiff();
     let mut model = BaseModel::from_path(&fixtures().join("tiny-gpt2"), &device)
         .unwrap()
         .model;
     webtune::lora::attach(&mut model, &Default::default(), 0).unwrap();
-    let cfg = webtune::train::TrainConfig {
-        batch_size: 1,
-        ..Default::default()
-    };
-    let err = webtune::train::Trainer::new(model, data, cfg)
+    let mut spec = webtune::RunSpec::default();
+    spec.data.seq_len = 65;
+    spec.train.batch_size = 1;
+    let err = webtune::train::Trainer::new(model, data, spec)
         .err()
         .unwrap()
         .to_string();

@@ -3,19 +3,12 @@
 //! logits, loss, the gradients of every A and B, with every activation kept and with each layer
 //! recomputed. Natively these run the kernel's portable path, which computes what its wasm SIMD
 //! path does to the bit (the same exact integer sums, the same f32 operations per block).
-//!
-//! A test binary of its own: the choice of products is the process's (the page's worker runs one
-//! model), and here the tests switch it, one at a time.
-#![cfg(not(target_arch = "wasm32"))]
+//! Each model carries its choice (`CausalLM::with_products`): both ways run side by side.
 
-mod common;
-
-use std::sync::{Mutex, MutexGuard};
-
-use common::*;
+use crate::common::*;
 use webtune::burn::tensor::Device;
 use webtune::formats::peft::Adapter;
-use webtune::kernels::{FrozenProducts, set_frozen_products};
+use webtune::kernels::FrozenProducts;
 use webtune::model::CausalLM;
 
 /// The fixtures' adapters and their bases: Llama with its head tied and untied, GPT-2.
@@ -34,17 +27,8 @@ const LOGITS: f32 = 1e-2;
 const LOSS: f32 = 1e-4;
 const GRADIENTS: f32 = 1e-2;
 
-/// One test at a time holds the process's choice of products.
-static PRODUCTS: Mutex<()> = Mutex::new(());
-
-fn products(p: FrozenProducts) -> MutexGuard<'static, ()> {
-    let guard = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
-    set_frozen_products(p);
-    guard
-}
-
-/// The case's adapter on its base, the base's matrices kept in f16.
-fn model(case: &str, base: &str, device: &Device) -> CausalLM {
+/// The case's adapter on its base, the base's matrices kept in f16, its products as `products`.
+fn model(case: &str, base: &str, device: &Device, products: FrozenProducts) -> CausalLM {
     let mut model = load_fixture_model(base, device);
     let dir = fixtures().join(format!("peft/{case}-adapter"));
     let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
@@ -55,31 +39,26 @@ fn model(case: &str, base: &str, device: &Device) -> CausalLM {
         .unwrap();
     let (model, saved) = model.with_base_in_f16();
     assert!(saved > 0, "{case}: nothing was kept in f16");
-    model
+    model.with_products(products)
 }
 
 fn golden(case: &str) -> Golden {
     Golden::open(&fixtures().join(format!("peft/{case}-golden.safetensors")))
 }
 
-fn logits(case: &str, base: &str) -> Vec<f32> {
+fn logits(case: &str, base: &str, products: FrozenProducts) -> Vec<f32> {
     let device = webtune::device::cpu();
     let g = golden(case);
     let (shape, ids) = g.i64("input_ids");
-    to_vec(model(case, base, &device).forward(ids_tensor(&shape, &ids, &device), None))
+    let model = model(case, base, &device, products);
+    to_vec(model.forward(ids_tensor(&shape, &ids, &device), None))
 }
 
 #[test]
 fn logits_match_peft() {
     for (case, base) in CASES {
-        let widened = {
-            let _p = products(FrozenProducts::Widened);
-            logits(case, base)
-        };
-        let got = {
-            let _p = products(FrozenProducts::Int16);
-            logits(case, base)
-        };
+        let widened = logits(case, base, FrozenProducts::Widened);
+        let got = logits(case, base, FrozenProducts::Int16);
         // The products ran in integers at all: the f16 base's widened products differ.
         assert_ne!(got, widened, "{case}: the int16 products did not run");
         let (_, want) = golden(case).f32("logits");
@@ -91,9 +70,14 @@ fn logits_match_peft() {
 
 /// The loss and every LoRA gradient (PEFT's key, values in PEFT's layout) on training's path
 /// (the head fused with the loss), with every activation kept or each layer recomputed.
-fn loss_and_gradients(case: &str, base: &str, recompute: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+fn loss_and_gradients(
+    case: &str,
+    base: &str,
+    recompute: bool,
+    products: FrozenProducts,
+) -> (f32, Vec<(String, Vec<f32>)>) {
     let device = webtune::device::cpu().autodiff();
-    let model = model(case, base, &device);
+    let model = model(case, base, &device, products);
     let (loss, grads) = golden_loss_and_gradients(&model, &golden(case), &device, recompute);
     let mut out = Vec::new();
     for (path, _, proj) in model.projections() {
@@ -110,13 +94,9 @@ fn loss_and_gradients(case: &str, base: &str, recompute: bool) -> (f32, Vec<(Str
 #[test]
 fn loss_and_gradients_match_torch_autograd() {
     for (case, base) in CASES {
-        let (_, widened) = {
-            let _p = products(FrozenProducts::Widened);
-            loss_and_gradients(case, base, false)
-        };
-        let _p = products(FrozenProducts::Int16);
+        let (_, widened) = loss_and_gradients(case, base, false, FrozenProducts::Widened);
         for recompute in [false, true] {
-            let (loss, grads) = loss_and_gradients(case, base, recompute);
+            let (loss, grads) = loss_and_gradients(case, base, recompute, FrozenProducts::Int16);
             assert_ne!(grads, widened, "{case}: the int16 products did not run");
             let g = golden(case);
             let (_, want) = g.f32("loss");

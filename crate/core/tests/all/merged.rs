@@ -1,11 +1,8 @@
 //! Merged export: base + adapter folded into one model gives the logits base + adapter gives,
 //! and loads back through webtune's own loaders (Hugging Face folder, GGUF F16).
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Tensor, TensorData};
 use webtune::formats::gguf::{GgufFile, Value};
@@ -154,18 +151,17 @@ fn merged_smollm2_gives_the_adapted_logits() {
 fn a_run_in_a_session_exports_its_merged_model() {
     // As in the page: the model lives on an autodiff device and has trained.
     use webtune::session::Session;
-    use webtune::train::TrainConfig;
+    use webtune::spec::RunSpec;
     let mut s = Session::new(webtune::device::cpu());
     let bytes = std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap();
     s.set_model(BaseModel::from_gguf("tiny-llama-q.gguf", bytes, s.device()).unwrap());
     s.add_text("a.txt", "the cat sat on the mat. ".repeat(40).as_bytes())
         .unwrap();
-    let cfg = TrainConfig {
-        steps: 2,
-        batch_size: 2,
-        ..TrainConfig::default()
-    };
-    s.start(cfg, 16, 0.1).unwrap();
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 16;
+    spec.train.steps = 2;
+    spec.train.batch_size = 2;
+    s.start(spec).unwrap();
     pollster::block_on(s.step()).unwrap();
     let (name, gguf) = pollster::block_on(s.export_merged()).unwrap();
     assert!(name.ends_with("-merged-f16.gguf"), "{name}");

@@ -1,11 +1,8 @@
 //! The real default model: SmolLM2-135M-Instruct (Q4_1 GGUF) against transformers loading the
 //! same file. Needs the GGUF fetched by `tests/setup.sh`.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use webtune::BaseModel;
 use webtune::generate::{SamplingConfig, generate_blocking};

@@ -2,13 +2,10 @@
 //! thousand mutations of them: a short, deterministic smoke of what libFuzzer runs for hours
 //! (crate/fuzz/README.md). Any panic fails the test.
 // Native only: reads fixtures from disk.
-#![cfg(not(target_arch = "wasm32"))]
-
-#[path = "../../fuzz/fuzz_targets/bodies.rs"]
+#[path = "../../../fuzz/fuzz_targets/bodies.rs"]
 mod bodies;
-mod common;
 
-use common::fixtures;
+use crate::common::fixtures;
 use webtune::rng::Rng;
 
 /// Bit flips, byte overwrites with boundary values, truncations and splices of `seed`.
@@ -156,28 +153,22 @@ fn text() {
 #[test]
 fn checkpoint() {
     // A real checkpoint: two steps of the tiny model on the text bodies::checkpoint resumes with.
-    use webtune::data::SplitConfig;
-    use webtune::train::{TrainConfig, Trainer};
+    use webtune::spec::RunSpec;
+    use webtune::train::Trainer;
     let device = webtune::device::cpu().autodiff();
     let mut base =
         webtune::BaseModel::from_gguf("tiny.gguf", bodies::TINY_GGUF.to_vec(), &device).unwrap();
-    let split = SplitConfig {
-        seq_len: 16,
-        val_fraction: 0.1,
-        seed: 0,
-    };
-    let data = bodies::fixed_text_windows(&base.tokenizer, &split).unwrap();
-    let cfg = TrainConfig {
-        steps: 4,
-        batch_size: 2,
-        ..TrainConfig::default()
-    };
-    webtune::lora::attach(&mut base.model, &cfg.lora, 0).unwrap();
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 16;
+    spec.train.steps = 4;
+    spec.train.batch_size = 2;
+    let data = bodies::fixed_text_windows(&base.tokenizer, &spec).unwrap();
+    webtune::lora::attach(&mut base.model, &spec.lora, 0).unwrap();
     let name = base.name.clone();
-    let mut t = Trainer::new(base.model, data, cfg).unwrap();
+    let mut t = Trainer::new(base.model, data, spec).unwrap();
     pollster::block_on(t.step()).unwrap();
     pollster::block_on(t.step()).unwrap();
-    let seed = pollster::block_on(t.checkpoint(&name, 0.1)).unwrap();
+    let seed = pollster::block_on(t.checkpoint(&name)).unwrap();
     // The seed itself resumes (so mutations explore past the parser).
     bodies::checkpoint(&seed);
     run(bodies::checkpoint, &[seed], 600);

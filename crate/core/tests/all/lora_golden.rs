@@ -3,19 +3,17 @@
 //! base, and the adapter files webtune writes. GPT-2's projections are `Conv1D`s, which PEFT
 //! adapts with `fan_in_fan_out`.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
-
-mod common;
 
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use webtune::burn::optim::GradientsParams;
 use webtune::burn::tensor::{Device, Tensor};
 use webtune::data::Dataset;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::model::CausalLM;
-use webtune::train::{Control, TrainConfig, Trainer};
+use webtune::spec::{OptimSpec, RunSpec};
+use webtune::train::{Control, Trainer};
 
 fn load_base(name: &str, device: &Device) -> CausalLM {
     load_fixture_model(name, device)
@@ -131,7 +129,7 @@ fn all_linear_rslora_adapter_logits_match_peft() {
 fn gradients_match_torch(case: &str, base: &str) {
     let device = webtune::device::cpu().autodiff();
     // Both training paths: every activation kept for the backward pass, and each layer's
-    // recomputed in it (TrainConfig::recompute).
+    // recomputed in it (exec.recompute).
     for recompute in [false, true] {
         gradients_match_torch_on(&device, case, base, recompute, false, F32);
     }
@@ -329,21 +327,24 @@ fn one_adamw_step_matches_torch(case: &str, base: &str) {
         train: windows,
         val: Vec::new(),
         val_documents: Vec::new(),
+        examples: Default::default(),
     };
     // torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), no clipping,
     // constant learning rate.
-    let cfg = TrainConfig {
-        steps: 1,
-        batch_size: 2,
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = shape[1] - 1;
+    spec.train.steps = 1;
+    spec.train.batch_size = 2;
+    spec.train.eval_every = 0;
+    spec.optim = OptimSpec {
         lr: 1e-2,
         warmup_steps: Some(0),
         min_lr_ratio: 1.0,
         weight_decay: 0.01,
         max_grad_norm: None,
-        eval_every: 0,
-        ..TrainConfig::default()
+        ..OptimSpec::default()
     };
-    let mut trainer = Trainer::new(model, data, cfg).unwrap();
+    let mut trainer = Trainer::new(model, data, spec).unwrap();
     trainer.run_blocking(|_| Control::Continue).unwrap();
     let model = trainer.into_model();
     for (key, value) in lora_values(&model) {
@@ -604,7 +605,8 @@ mod gpu {
             let grads = (product(x.clone()) * dy.clone()).sum().backward();
             to_vec(x.grad(&grads).expect("x gets a gradient"))
         };
-        let half = gradient(&|x| webtune::kernels::frozen_matmul(x, w.clone()));
+        let products = webtune::kernels::FrozenProducts::platform();
+        let half = gradient(&|x| webtune::kernels::frozen_matmul(x, w.clone(), products));
         let full = gradient(&|x| x.matmul(w.clone().cast(FloatDType::F32)));
         let d = rel_l2(&half, &full);
         println!("x's gradient, f16 product against f32: {d:e} apart (relative L2)");

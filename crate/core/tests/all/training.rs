@@ -1,26 +1,16 @@
 //! The trainer's behaviour: reproducible runs, pause/resume, stop, progress events, the learning
 //! rate schedule, and that training lowers the loss.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use webtune::burn::module::Param;
 use webtune::burn::tensor::{Device, Distribution};
 use webtune::checkpoint::{self, CheckpointFile};
-use webtune::data::{Dataset, Document, SplitConfig};
+use webtune::data::{Dataset, Document};
 use webtune::lora::{self, LoraConfig};
 use webtune::model::CausalLM;
-use webtune::train::{Control, Progress, RunEnd, RunStatus, TrainConfig, Trainer};
-
-/// burn's device random generator (dropout masks) is shared by the whole process: runs that must
-/// be reproducible take turns.
-static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+use webtune::spec::{DataSpec, RunSpec};
+use webtune::train::{Control, Progress, RunEnd, RunStatus, Trainer};
 
 fn tiny(device: &Device) -> CausalLM {
     load_fixture_model("tiny-llama-tied", device)
@@ -33,42 +23,46 @@ fn data() -> Dataset {
         tokens: (0..400).map(|i| 3 + (i * 7 + offset) % 40).collect(),
     };
     let docs = [doc("a.txt", 0), doc("b.txt", 5), doc("c.txt", 11)];
-    Dataset::split(
-        &docs,
-        Some(2),
-        &SplitConfig {
-            seq_len: 16,
-            val_fraction: 0.3,
-            seed: 1,
-        },
-    )
-    .unwrap()
+    Dataset::split(&docs, Some(2), &data_spec(), 1).unwrap()
 }
 
-fn config(steps: usize, seed: u64) -> TrainConfig {
-    TrainConfig {
+fn data_spec() -> DataSpec {
+    DataSpec {
+        seq_len: 16,
+        val_fraction: 0.3,
+        ..DataSpec::default()
+    }
+}
+
+fn spec(steps: usize, seed: u64) -> RunSpec {
+    let mut spec = RunSpec {
+        data: data_spec(),
         lora: LoraConfig {
             r: 4,
             alpha: 8.0,
             dropout: 0.05,
             ..LoraConfig::default()
         },
-        steps,
-        batch_size: 4,
-        grad_accum: 2,
-        lr: 1e-2,
-        eval_every: 5,
-        seed,
-        ..TrainConfig::default()
-    }
+        ..RunSpec::default()
+    };
+    spec.train.steps = steps;
+    spec.train.batch_size = 4;
+    spec.train.grad_accum = 2;
+    spec.train.eval_every = 5;
+    spec.train.seed = seed;
+    spec.optim.lr = 1e-2;
+    spec
 }
 
 fn trainer(steps: usize, seed: u64) -> Trainer {
+    trainer_of(spec(steps, seed))
+}
+
+fn trainer_of(spec: RunSpec) -> Trainer {
     let device = webtune::device::cpu().autodiff();
     let mut model = tiny(&device);
-    let cfg = config(steps, seed);
-    lora::attach(&mut model, &cfg.lora, seed).unwrap();
-    Trainer::new(model, data(), cfg).unwrap()
+    lora::attach(&mut model, &spec.lora, spec.train.seed).unwrap();
+    Trainer::new(model, data(), spec).unwrap()
 }
 
 fn lora_state(t: &Trainer) -> Vec<Vec<f32>> {
@@ -86,7 +80,6 @@ fn lora_state(t: &Trainer) -> Vec<Vec<f32>> {
 
 #[test]
 fn training_lowers_the_validation_loss_and_reports_progress() {
-    let _turn = serial();
     let mut t = trainer(30, 3);
     let before = pollster::block_on(t.evaluate()).unwrap().unwrap();
     let mut events: Vec<Progress> = Vec::new();
@@ -113,7 +106,6 @@ fn training_lowers_the_validation_loss_and_reports_progress() {
 
 #[test]
 fn same_seed_same_run_bit_for_bit() {
-    let _turn = serial();
     let run = |seed| {
         let mut t = trainer(4, seed);
         t.run_blocking(|_| Control::Continue).unwrap();
@@ -128,7 +120,6 @@ fn same_seed_same_run_bit_for_bit() {
 fn the_number_of_threads_changes_nothing() {
     // A CPU step runs its batch's shards at once on several threads, each drawing dropout masks
     // from a stream of its own: on one thread, one after the other, the run must be the same.
-    let _turn = serial();
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -153,7 +144,6 @@ fn the_number_of_threads_changes_nothing() {
 
 #[test]
 fn pause_and_resume_give_the_same_result_as_one_run() {
-    let _turn = serial();
     let mut whole = trainer(6, 9);
     whole.run_blocking(|_| Control::Continue).unwrap();
 
@@ -178,7 +168,6 @@ fn pause_and_resume_give_the_same_result_as_one_run() {
 
 #[test]
 fn stop_ends_the_run_early() {
-    let _turn = serial();
     let mut t = trainer(10, 1);
     let end = t
         .run_blocking(|p| {
@@ -198,10 +187,16 @@ fn stop_ends_the_run_early() {
 #[test]
 fn the_loop_applies_pause_and_stop_and_says_when_a_checkpoint_is_due() {
     // What the page's worker and the CLI drive: call `next` while it reports Running.
-    let _turn = serial();
     let mut t = trainer(7, 3);
     t.set_checkpoint_every(3);
     let next = |t: &mut Trainer| pollster::block_on(t.next()).unwrap();
+    // The first call takes no step: the base model's validation loss, the history's step 0.
+    let p = next(&mut t);
+    assert_eq!(
+        (p.status, p.step, t.steps_done()),
+        (RunStatus::Running, 0, 0)
+    );
+    assert!(p.val_loss.is_some() && p.train_loss.is_none());
     let mut due = Vec::new();
     for _ in 0..4 {
         let p = next(&mut t);
@@ -233,10 +228,11 @@ fn the_loop_applies_pause_and_stop_and_says_when_a_checkpoint_is_due() {
     );
     let again = next(&mut t);
     assert_eq!((again.status, again.step), (RunStatus::Finished, 7));
-    assert_eq!(t.history.len(), 7);
+    assert_eq!(t.history.len(), 8, "steps 0 to 7");
 
     // A stop ends it before the next step.
     let mut t = trainer(7, 3);
+    next(&mut t);
     next(&mut t);
     t.stop();
     let p = next(&mut t);
@@ -255,14 +251,13 @@ fn the_loop_applies_pause_and_stop_and_says_when_a_checkpoint_is_due() {
 fn gradient_checkpointing_device_trains_the_same() {
     // burn's gradient checkpointing (Device::gradient_checkpointing) refuses to mix tensors of
     // two strategies: the optimizer's updated A and B must keep the device's.
-    let _turn = serial();
     let mut plain = trainer(3, 5);
     plain.run_blocking(|_| Control::Continue).unwrap();
     let device = webtune::device::cpu().autodiff().gradient_checkpointing();
     let mut model = tiny(&device);
-    let cfg = config(3, 5);
-    lora::attach(&mut model, &cfg.lora, 5).unwrap();
-    let mut checkpointed = Trainer::new(model, data(), cfg).unwrap();
+    let spec = spec(3, 5);
+    lora::attach(&mut model, &spec.lora, 5).unwrap();
+    let mut checkpointed = Trainer::new(model, data(), spec).unwrap();
     checkpointed.run_blocking(|_| Control::Continue).unwrap();
     let (a, b) = (lora_state(&plain), lora_state(&checkpointed));
     let diff = a
@@ -275,20 +270,19 @@ fn gradient_checkpointing_device_trains_the_same() {
 
 #[test]
 fn recomputing_the_layers_trains_the_same_without_dropout() {
-    // TrainConfig::recompute through the trainer (two micro-batches a step, each scaled by 1/2):
+    // exec.recompute through the trainer (two micro-batches a step, each scaled by 1/2):
     // the same adapter as keeping every activation. Its gradients against PEFT's:
     // tests/lora_golden.rs.
-    let _turn = serial();
     // `switch`: recomputation turned on after the first step (Trainer::set_recompute, as the
     // page's Resume with "Save memory" does).
     let run = |recompute: bool, switch: bool| {
         let device = webtune::device::cpu().autodiff();
         let mut model = tiny(&device);
-        let mut cfg = config(3, 6);
-        cfg.lora.dropout = 0.0;
-        cfg.recompute = recompute;
-        lora::attach(&mut model, &cfg.lora, 6).unwrap();
-        let mut t = Trainer::new(model, data(), cfg).unwrap();
+        let mut spec = spec(3, 6);
+        spec.lora.dropout = 0.0;
+        spec.exec.recompute = recompute;
+        lora::attach(&mut model, &spec.lora, 6).unwrap();
+        let mut t = Trainer::new(model, data(), spec).unwrap();
         t.run_blocking(|p| {
             if switch && p.step == 1 {
                 Control::Pause
@@ -323,7 +317,6 @@ fn recomputed_gradients_with_dropout_match_finite_differences() {
     // With dropout, the recomputed layer must draw the masks its first forward pass drew, or the
     // gradients belong to another function than the loss: check them against the loss itself,
     // (L(p + eps g) - L(p - eps g)) / 2 eps = |g|^2 along the gradient g.
-    let _turn = serial();
     let device = webtune::device::cpu().autodiff();
     let mut model = load_fixture_model("tiny-llama-untied", &device);
     let cfg = LoraConfig {
@@ -394,24 +387,21 @@ fn recomputed_gradients_with_dropout_match_finite_differences() {
 
 #[test]
 fn schedule_warms_up_linearly_then_decays_by_cosine() {
-    let cfg = TrainConfig {
-        steps: 110,
-        lr: 1e-3,
-        warmup_steps: Some(10),
-        min_lr_ratio: 0.1,
-        ..TrainConfig::default()
-    };
-    assert!((cfg.lr_at(0) - 1e-4).abs() < 1e-12);
-    assert!((cfg.lr_at(9) - 1e-3).abs() < 1e-12);
-    assert!((cfg.lr_at(10) - 1e-3).abs() < 1e-12);
-    assert!((cfg.lr_at(60) - 0.55e-3).abs() < 1e-9); // halfway: (max + min) / 2
-    assert!((cfg.lr_at(110) - 1e-4).abs() < 1e-12);
+    let mut spec = RunSpec::default();
+    spec.train.steps = 110;
+    spec.optim.lr = 1e-3;
+    spec.optim.warmup_steps = Some(10);
+    spec.optim.min_lr_ratio = 0.1;
+    assert!((spec.lr_at(0) - 1e-4).abs() < 1e-12);
+    assert!((spec.lr_at(9) - 1e-3).abs() < 1e-12);
+    assert!((spec.lr_at(10) - 1e-3).abs() < 1e-12);
+    assert!((spec.lr_at(60) - 0.55e-3).abs() < 1e-9); // halfway: (max + min) / 2
+    assert!((spec.lr_at(110) - 1e-4).abs() < 1e-12);
 }
 
 #[test]
 fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
-    let _turn = serial();
-    // Dropout is on (config()): the masks of a resumed step must be the masks it would have had.
+    // Dropout is on (spec()): the masks of a resumed step must be the masks it would have had.
     let mut whole = trainer(10, 4);
     whole.run_blocking(|_| Control::Continue).unwrap();
 
@@ -425,7 +415,7 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
             }
         })
         .unwrap();
-    let bytes = pollster::block_on(first.checkpoint("tiny", 0.3)).unwrap();
+    let bytes = pollster::block_on(first.checkpoint("tiny")).unwrap();
     drop(first);
 
     // A fresh process would have: the base model, the same texts, the checkpoint file.
@@ -452,12 +442,7 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
             name: "z.txt".into(),
             tokens: (0..400).map(|i| 3 + (i * 5) % 40).collect(),
         }];
-        let split = SplitConfig {
-            seq_len: 16,
-            val_fraction: 0.3,
-            seed: 1,
-        };
-        Dataset::split(&docs, Some(2), &split).unwrap()
+        Dataset::split(&docs, Some(2), &data_spec(), 1).unwrap()
     };
     let err = Trainer::resume(tiny(&device), other_text, &file, "tiny")
         .err()
@@ -498,16 +483,15 @@ fn a_run_resumed_from_a_checkpoint_equals_one_never_interrupted() {
 #[cfg(feature = "gpu")]
 #[test]
 fn a_run_on_the_gpu_with_its_base_in_f16_follows_the_cpu_run_in_f32() {
-    let _turn = serial();
     let run = |device: Device, base_f16: bool| {
         let mut model = tiny(&device);
-        let mut cfg = config(10, 4);
+        let mut spec = spec(10, 4);
         // No dropout: the devices draw different masks.
-        cfg.lora.dropout = 0.0;
-        cfg.base_f16 = base_f16;
-        cfg.log_every = Some(1);
-        lora::attach(&mut model, &cfg.lora, 4).unwrap();
-        let mut t = Trainer::new(model, data(), cfg).unwrap();
+        spec.lora.dropout = 0.0;
+        spec.exec.base_f16 = base_f16;
+        spec.exec.log_every = Some(1);
+        lora::attach(&mut model, &spec.lora, 4).unwrap();
+        let mut t = Trainer::new(model, data(), spec).unwrap();
         assert_eq!(t.model().base_in_f16(), base_f16, "base in f16");
         let mut losses = Vec::new();
         let end = t
@@ -556,12 +540,9 @@ fn a_run_on_the_gpu_with_its_base_in_f16_follows_the_cpu_run_in_f32() {
 /// `measure` runs it: on the CPU, and on the GPU (lavapipe in CI).
 #[test]
 fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
-    let _turn = serial();
-    let cfg = TrainConfig {
-        eval_every: 1,
-        log_every: None,
-        ..config(100, 5)
-    };
+    let mut run = spec(100, 5);
+    run.train.eval_every = 1;
+    run.exec.log_every = None;
     let mut devices = vec![(webtune::device::cpu().autodiff(), true)];
     #[cfg(feature = "gpu")]
     match webtune::device::gpu() {
@@ -569,16 +550,19 @@ fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
         Err(e) => panic!("{e} (tests/setup.sh installs Mesa's lavapipe for this test)"),
     }
     for (device, on_cpu) in devices {
-        let (probe, warmup) = webtune::train::speed_probe(&cfg, &device);
-        let batch = probe.batch_size;
+        let (probe, warmup) = webtune::train::speed_probe(&run, &device);
+        let batch = probe.train.batch_size;
         if on_cpu {
-            assert!((1..=cfg.batch_size).contains(&batch), "{batch} on the CPU");
+            assert!(
+                (1..=run.train.batch_size).contains(&batch),
+                "{batch} on the CPU"
+            );
         } else {
-            assert_eq!(batch, cfg.batch_size, "on a GPU");
+            assert_eq!(batch, run.train.batch_size, "on a GPU");
         }
         assert!(on_cpu || warmup >= 2, "a GPU's first steps compile kernels");
         let mut model = tiny(&device);
-        lora::attach(&mut model, &probe.lora, probe.seed).unwrap();
+        lora::attach(&mut model, &probe.lora, probe.train.seed).unwrap();
         let mut t = Trainer::new(model, data(), probe).unwrap();
         for _ in 0..warmup {
             pollster::block_on(t.step()).unwrap();
@@ -598,4 +582,65 @@ fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
         );
         assert_eq!(p.tokens_seen, (warmup + 1) * batch * 16, "on_cpu {on_cpu}");
     }
+}
+
+/// Two sessions in one process, training at once on two threads, each with its own seed and its
+/// own products with its frozen f16 base (16-bit integers in one, widened in the other), end
+/// with the adapters each ends with alone: bit for bit on the CPU. Nothing a run computes with
+/// is the process's: the products are the model's, the dropout masks the run's own streams.
+#[test]
+fn two_sessions_train_at_once_each_as_it_would_alone() {
+    use webtune::kernels::FrozenProducts;
+    use webtune::session::Session;
+    let gguf = std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap();
+    let run = |seed: u64, products: FrozenProducts| {
+        let mut s = Session::new(webtune::device::cpu());
+        let base = webtune::BaseModel::from_gguf_with("tiny.gguf", gguf.clone(), s.device(), true)
+            .unwrap();
+        s.set_model(base);
+        let text = "the cat sat on the mat and the dog sat on the log. ".repeat(30);
+        s.add_text("a.txt", text.as_bytes()).unwrap();
+        let mut spec = RunSpec::default();
+        spec.data.seq_len = 16;
+        spec.train.steps = 6;
+        spec.train.seed = seed;
+        spec.optim.lr = 1e-2;
+        spec.exec.base_f16 = true;
+        spec.exec.products = Some(products);
+        s.start(spec).unwrap();
+        let mut losses = Vec::new();
+        loop {
+            let p = pollster::block_on(s.step()).unwrap();
+            losses.push(p.train_loss);
+            if p.status != RunStatus::Running {
+                break;
+            }
+        }
+        let adapter =
+            pollster::block_on(s.export_adapter(webtune::formats::peft::AdapterDtype::F32))
+                .unwrap();
+        (losses, adapter.safetensors)
+    };
+    let a = (3, FrozenProducts::Int16);
+    let b = (8, FrozenProducts::Widened);
+    let alone = [run(a.0, a.1), run(b.0, b.1)];
+    let together = std::thread::scope(|scope| {
+        let ta = scope.spawn(|| run(a.0, a.1));
+        let tb = scope.spawn(|| run(b.0, b.1));
+        [ta.join().unwrap(), tb.join().unwrap()]
+    });
+    assert!(
+        together[0] == alone[0],
+        "the int16 run changed beside the other"
+    );
+    assert!(
+        together[1] == alone[1],
+        "the widened run changed beside the other"
+    );
+    // Each choice is its own: the same seed with the other products trains another adapter.
+    assert!(
+        run(a.0, b.1).1 != alone[0].1,
+        "the products changed nothing"
+    );
+    assert!(run(b.0, b.1).0 == alone[1].0);
 }

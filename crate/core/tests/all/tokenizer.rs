@@ -1,11 +1,8 @@
 //! Token ids equal transformers' for SmolLM2 (built from the GGUF vocabulary) and GPT-2 (built
 //! from vocab.json + merges.txt); decode(encode(s)) == s.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use webtune::Tokenizer;
 use webtune::formats::gguf::GgufFile;

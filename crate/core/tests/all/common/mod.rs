@@ -58,6 +58,13 @@ impl Golden {
         (t.shape().to_vec(), v)
     }
 
+    pub fn u8(&self, name: &str) -> Vec<u8> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), Dtype::U8, "{name}");
+        t.data().to_vec()
+    }
+
     pub fn i64(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let st = SafeTensors::deserialize(&self.bytes).unwrap();
         let t = st.tensor(name).unwrap();
@@ -116,7 +123,7 @@ pub fn golden_windows(g: &Golden) -> Vec<Vec<u32>> {
 
 /// `model`'s loss on the golden case's windows and its gradients, on the training path (the LM
 /// head fused with the loss on the CPU backend), with every activation kept or each layer
-/// recomputed in the backward pass (`TrainConfig::recompute`). `device` has autodiff.
+/// recomputed in the backward pass (`exec.recompute`). `device` has autodiff.
 pub fn golden_loss_and_gradients(
     model: &webtune::model::CausalLM,
     g: &Golden,

@@ -1,11 +1,8 @@
 //! The Llama model against transformers: logits of tiny random models (tied, untied with an
 //! explicit head_dim, f16, sharded bf16, quantized GGUF) must equal transformers' within 1e-4.
 // Native only: reads fixtures and fetched files from disk (the browser tests are in crate/wasm/tests/browser.rs).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use webtune::burn::tensor::Device;
 use webtune::formats::Checkpoint;
 use webtune::formats::gguf::{GgufCheckpoint, GgufFile};
