@@ -86,6 +86,8 @@ pub struct Plan {
     pub val_documents: Vec<String>,
     /// What chat data's examples became: training, validation, cut, left out.
     pub examples: crate::data::ExampleCounts,
+    /// A few held-out prompts to compare the base and the adapted model with.
+    pub val_prompts: Vec<String>,
     pub tokens_per_step: usize,
     /// How many times the run goes over the training text.
     pub epochs: f64,
@@ -93,6 +95,32 @@ pub struct Plan {
     /// was measured.
     pub estimated_secs: Option<f64>,
 }
+
+/// What the next run continues instead of fresh LoRA matrices: an adapter (its matrices; a
+/// fresh AdamW), or a saved run (its matrices and AdamW's state).
+struct Opened {
+    info: AdapterInfo,
+    /// The base with the adapter's branches: what generation compares before any run.
+    model: crate::model::CausalLM,
+    /// A saved run's checkpoint, when that is what was opened.
+    checkpoint: Option<CheckpointFile>,
+}
+
+/// An adapter opened to continue or to compare ([`Session::open_adapter`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterInfo {
+    pub name: String,
+    /// Its LoRA settings (a run that continues it keeps them).
+    pub lora: crate::lora::LoraConfig,
+    pub parameters: usize,
+    /// Whether AdamW's state came with it (a webtune checkpoint): the continued run picks the
+    /// optimizer up where it was.
+    pub optimizer_state: bool,
+}
+
+/// Bytes of one file in an adapter's ZIP archive (an adapter is megabytes; a merged model is
+/// not an adapter).
+const MAX_ADAPTER_FILE: usize = 1 << 30;
 
 /// The page's state.
 pub struct Session {
@@ -106,6 +134,8 @@ pub struct Session {
     trainer: Option<Trainer>,
     /// Training tokens per second measured on this device with this model.
     speed: Option<f64>,
+    /// An adapter the next run continues (and generation compares before it).
+    opened: Option<Opened>,
 }
 
 impl Session {
@@ -118,6 +148,7 @@ impl Session {
             chats: Vec::new(),
             trainer: None,
             speed: None,
+            opened: None,
         }
     }
 
@@ -129,6 +160,7 @@ impl Session {
     /// are dropped here, as are any run and adapter.
     pub fn set_model(&mut self, base: BaseModel) -> ModelInfo {
         self.trainer = None;
+        self.opened = None;
         self.docs.clear();
         self.chats.clear();
         self.speed = None;
@@ -284,8 +316,18 @@ impl Session {
         Dataset::build(&self.docs, &self.chats, eos, &spec.data, spec.train.seed)
     }
 
+    /// The spec a run of `spec` trains with: an opened adapter's LoRA settings in place of its own.
+    fn effective(&self, spec: &RunSpec) -> RunSpec {
+        let mut spec = spec.clone();
+        if let Some(o) = &self.opened {
+            spec.lora = o.info.lora.clone();
+        }
+        spec
+    }
+
     /// What `spec` would do with the current texts.
     pub fn plan(&self, spec: &RunSpec) -> Result<Plan> {
+        let spec = &self.effective(spec);
         let base = self.base()?;
         let data = self.dataset(spec)?;
         let targets = spec.lora.resolve_targets(&base.model)?;
@@ -311,6 +353,7 @@ impl Session {
             val_tokens: data.val_tokens(),
             val_documents: data.val_documents.clone(),
             examples: data.examples.clone(),
+            val_prompts: data.val_prompts.clone(),
             tokens_per_step,
             epochs: (spec.train.steps * spec.train.batch_size * spec.train.grad_accum) as f64
                 / data.train.len().max(1) as f64,
@@ -343,6 +386,7 @@ impl Session {
     /// must say how the model was loaded ([`ModelInfo::base_f16`]): the session never converts
     /// its model (the f32 model has been whole in memory, so the peak would not go down).
     pub fn start(&mut self, spec: RunSpec) -> Result<Plan> {
+        let spec = self.effective(&spec);
         let plan = self.plan(&spec)?;
         let data = self.dataset(&spec)?;
         let base = self.base()?;
@@ -360,10 +404,86 @@ impl Session {
             )));
         }
         // Parameters are shared handles: the copy costs no weight memory.
-        let mut model = base.model.clone();
-        crate::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
-        self.trainer = Some(Trainer::new(model, data, spec)?);
+        let trainer = match &self.opened {
+            Some(Opened {
+                checkpoint: Some(file),
+                ..
+            }) => Trainer::continue_from(base.model.clone(), data, spec, file)?,
+            Some(o) => Trainer::new(o.model.clone(), data, spec)?,
+            None => {
+                let mut model = base.model.clone();
+                crate::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
+                Trainer::new(model, data, spec)?
+            }
+        };
+        self.trainer = Some(trainer);
         Ok(plan)
+    }
+
+    /// Opens an adapter for the next run to continue (on new texts, with its LoRA settings) and
+    /// for generation to compare before it: a PEFT adapter (`adapter_config.json` and
+    /// `adapter_model.safetensors`, or a ZIP archive holding them), or a webtune checkpoint (a
+    /// saved run: AdamW's state comes with it). The adapter must fit the loaded model.
+    pub fn open_adapter(&mut self, files: Vec<crate::NamedFile>) -> Result<AdapterInfo> {
+        let base = self.base()?;
+        let mut files = files;
+        if let [one] = files.as_slice()
+            && one.name.to_ascii_lowercase().ends_with(".zip")
+        {
+            files = crate::formats::zip::read(&one.name, &one.bytes, MAX_ADAPTER_FILE)?
+                .into_iter()
+                .map(|(name, bytes)| crate::NamedFile::new(name, bytes))
+                .collect();
+        }
+        let find = |name: &str| {
+            files
+                .iter()
+                .find(|f| f.name == name || f.name.ends_with(&format!("/{name}")))
+        };
+        let name = files.first().map(|f| f.name.clone()).unwrap_or_default();
+        let mut model = base.model.clone();
+        let (lora, checkpoint) = match (find(peft::CONFIG_FILE), find(peft::WEIGHTS_FILE)) {
+            (Some(config), Some(weights)) => {
+                let config = std::str::from_utf8(&config.bytes)
+                    .map_err(|_| Error::format(peft::CONFIG_FILE, "not UTF-8 text"))?;
+                let adapter = peft::Adapter::parse(config, weights.bytes.clone())?;
+                adapter.apply(&mut model)?;
+                (adapter.lora_config(), None)
+            }
+            _ => {
+                let saved = files
+                    .iter()
+                    .find(|f| f.name.ends_with(".safetensors"))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{name}: open a PEFT adapter ({} and {}, or a ZIP of them) or a                              webtune checkpoint",
+                            peft::CONFIG_FILE,
+                            peft::WEIGHTS_FILE
+                        ))
+                    })?;
+                let file = CheckpointFile::parse(&saved.name, saved.bytes.clone())?;
+                let lora = file.state.spec.lora.clone();
+                crate::train::restore_from(&mut model, &file, &lora)?;
+                (lora, Some(file))
+            }
+        };
+        let info = AdapterInfo {
+            name,
+            parameters: model.num_lora_parameters(),
+            lora,
+            optimizer_state: checkpoint.is_some(),
+        };
+        self.opened = Some(Opened {
+            info: info.clone(),
+            model,
+            checkpoint,
+        });
+        Ok(info)
+    }
+
+    /// Forgets the opened adapter: the next run starts with fresh LoRA matrices.
+    pub fn close_adapter(&mut self) {
+        self.opened = None;
     }
 
     /// The current run as a checkpoint file ([`crate::checkpoint`]).
@@ -444,11 +564,27 @@ impl Session {
         sampling: &SamplingConfig,
         adapted: bool,
     ) -> Result<String> {
+        self.generate_streaming(prompt, chat, sampling, adapted, |_| true)
+            .await
+    }
+
+    /// [`Self::generate`], telling `on_text` the completion so far as it grows (whole
+    /// characters: a token that ends inside one waits for the next); `on_text` returns false to
+    /// stop early.
+    pub async fn generate_streaming(
+        &self,
+        prompt: &str,
+        chat: bool,
+        sampling: &SamplingConfig,
+        adapted: bool,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<String> {
         let base = self.base()?;
-        let model = match (&self.trainer, adapted) {
-            (Some(t), true) => t.model().clone(),
-            (None, true) => return Err(Error::Invalid("there is no adapter yet".into())),
-            (_, false) => base.model.clone(),
+        let model = match (&self.trainer, &self.opened, adapted) {
+            (Some(t), _, true) => t.model().clone(),
+            (None, Some(o), true) => o.model.clone(),
+            (None, None, true) => return Err(Error::Invalid("there is no adapter yet".into())),
+            (_, _, false) => base.model.clone(),
         };
         let model = burn::module::Module::valid(&model);
         let text = if chat {
@@ -457,7 +593,16 @@ impl Session {
             prompt.to_string()
         };
         let ids = base.tokenizer.encode(&text)?;
-        let out = generate(&model, &ids, sampling, &base.stop_tokens(), |_| true).await?;
+        let mut so_far = Vec::new();
+        let tokenizer = &base.tokenizer;
+        let out = generate(&model, &ids, sampling, &base.stop_tokens(), |t| {
+            so_far.push(t);
+            match tokenizer.decode(&so_far, true) {
+                Ok(text) if !text.ends_with('\u{fffd}') => on_text(&text),
+                _ => true,
+            }
+        })
+        .await?;
         base.tokenizer.decode(&out, true)
     }
 

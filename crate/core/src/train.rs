@@ -464,43 +464,7 @@ impl Trainer {
                 file.file_name()
             )));
         }
-        let targets = spec.lora.resolve_targets(&model)?;
-        let device = model.device();
-        let r = spec.lora.r;
-        for (path, name, proj) in model.projections_mut() {
-            if !targets.contains(&name) {
-                proj.lora = None;
-                continue;
-            }
-            let [d_in, d_out] = proj.dims();
-            let [name_a, name_b] = crate::optim::matrix_names(&path);
-            // On the model's autodiff device, with its gradient-checkpointing strategy.
-            let on_device = |t| match device.gradient_checkpointing_strategy() {
-                Some(s) => Tensor::from_inner(t).with_gradient_checkpointing_strategy(s),
-                None => Tensor::from_inner(t),
-            };
-            let a = on_device(file.tensor(&name_a, [d_in, r], &device)?);
-            let b = on_device(file.tensor(&name_b, [r, d_out], &device)?);
-            proj.lora = Some(LoraBranch::from_tensors(a, b, &spec.lora));
-        }
-        let mut moments = std::collections::BTreeMap::new();
-        for (path, _, proj) in model.projections() {
-            let Some(lora) = &proj.lora else { continue };
-            let [name_a, name_b] = crate::optim::matrix_names(&path);
-            for (name, dims) in [(name_a, lora.a.dims()), (name_b, lora.b.dims())] {
-                // A checkpoint of step 0 has no moments yet.
-                if file.state.optimizer_steps == 0 {
-                    continue;
-                }
-                moments.insert(
-                    name.clone(),
-                    crate::optim::Moments {
-                        exp_avg: file.tensor(&format!("{name}.exp_avg"), dims, &device)?,
-                        exp_avg_sq: file.tensor(&format!("{name}.exp_avg_sq"), dims, &device)?,
-                    },
-                );
-            }
-        }
+        let moments = restore_from(&mut model, file, &spec.lora)?;
         let train_windows = data.train.len();
         let mut t = Trainer::new(model, data, spec)?;
         if !st.order.fits(train_windows, t.spec.train.batch_size) {
@@ -527,6 +491,24 @@ impl Trainer {
             .take(t.recent_window())
             .map(|p| p.step_secs)
             .collect();
+        Ok(t)
+    }
+
+    /// A new run of `spec` on new `data` that continues the LoRA matrices and AdamW's state of
+    /// the run saved in `file` (a finished one, say): its own schedule, batches and history
+    /// from step 0, the saved run's LoRA settings (`spec.lora` is replaced by them). `model` is
+    /// the base model, on an autodiff device.
+    pub fn continue_from(
+        mut model: CausalLM,
+        data: Dataset,
+        mut spec: RunSpec,
+        file: &CheckpointFile,
+    ) -> Result<Self> {
+        spec.lora = file.state.spec.lora.clone();
+        let moments = restore_from(&mut model, file, &spec.lora)?;
+        let mut t = Trainer::new(model, data, spec)?;
+        t.optim.steps = file.state.optimizer_steps;
+        t.optim.moments = moments;
         Ok(t)
     }
 
@@ -942,6 +924,53 @@ impl Trainer {
     ) -> Result<RunEnd> {
         pollster::block_on(self.run(on_progress))
     }
+}
+
+/// Puts the LoRA matrices of the run saved in `file` into `model` (on its autodiff device: the
+/// branches of `lora`'s targets; other projections lose theirs), and returns AdamW's moments
+/// for them (none for a checkpoint of step 0).
+pub(crate) fn restore_from(
+    model: &mut CausalLM,
+    file: &CheckpointFile,
+    lora: &crate::lora::LoraConfig,
+) -> Result<std::collections::BTreeMap<String, crate::optim::Moments>> {
+    let targets = lora.resolve_targets(model)?;
+    let device = model.device();
+    let r = lora.r;
+    for (path, name, proj) in model.projections_mut() {
+        if !targets.contains(&name) {
+            proj.lora = None;
+            continue;
+        }
+        let [d_in, d_out] = proj.dims();
+        let [name_a, name_b] = crate::optim::matrix_names(&path);
+        // On the model's autodiff device, with its gradient-checkpointing strategy.
+        let on_device = |t| match device.gradient_checkpointing_strategy() {
+            Some(s) => Tensor::from_inner(t).with_gradient_checkpointing_strategy(s),
+            None => Tensor::from_inner(t),
+        };
+        let a = on_device(file.tensor(&name_a, [d_in, r], &device)?);
+        let b = on_device(file.tensor(&name_b, [r, d_out], &device)?);
+        proj.lora = Some(LoraBranch::from_tensors(a, b, lora));
+    }
+    let mut moments = std::collections::BTreeMap::new();
+    if file.state.optimizer_steps == 0 {
+        return Ok(moments);
+    }
+    for (path, _, proj) in model.projections() {
+        let Some(branch) = &proj.lora else { continue };
+        let [name_a, name_b] = crate::optim::matrix_names(&path);
+        for (name, dims) in [(name_a, branch.a.dims()), (name_b, branch.b.dims())] {
+            moments.insert(
+                name.clone(),
+                crate::optim::Moments {
+                    exp_avg: file.tensor(&format!("{name}.exp_avg"), dims, &device)?,
+                    exp_avg_sq: file.tensor(&format!("{name}.exp_avg_sq"), dims, &device)?,
+                },
+            );
+        }
+    }
+    Ok(moments)
 }
 
 /// The sum of squares of the gradients of `ids`, on the device (None: none has a gradient).

@@ -227,6 +227,32 @@ impl WebSession {
         to_js(&s.set_model(base))
     }
 
+    /// Opens an adapter for the next run to continue and for `generate({ adapted: true })` to
+    /// compare before it: a PEFT adapter (`adapter_config.json` and
+    /// `adapter_model.safetensors`, or one ZIP of them) or a webtune checkpoint (a saved run,
+    /// with AdamW's state). `names[i]` names `files[i]`. Returns `{ name, lora, parameters,
+    /// optimizer_state }`; an adapter of another model is refused with the reason.
+    #[wasm_bindgen(js_name = openAdapter)]
+    pub fn open_adapter(&self, names: Vec<String>, files: Array) -> Result<JsValue, JsError> {
+        if names.len() != files.length() as usize {
+            return Err(err("names and files differ in length"));
+        }
+        let files: Vec<NamedFile> = names
+            .into_iter()
+            .zip(files.iter())
+            .map(|(n, f)| NamedFile::new(n, Uint8Array::new(&f).to_vec()))
+            .collect();
+        let info = self.session()?.open_adapter(files).map_err(err)?;
+        to_js(&info)
+    }
+
+    /// Forgets the opened adapter: the next run starts with fresh LoRA matrices.
+    #[wasm_bindgen(js_name = closeAdapter)]
+    pub fn close_adapter(&self) -> Result<(), JsError> {
+        self.session()?.close_adapter();
+        Ok(())
+    }
+
     /// Adds a file: plain text, or chat data (`.jsonl`, `.json`, `.csv`: records of messages,
     /// prompt/completion or instruction/output; `options`: `{ format, columns: { prompt,
     /// response } }`, every key optional). Returns `TextInfo`: `{ name, format, tokens,
@@ -413,16 +439,41 @@ impl WebSession {
     }
 
     /// Completes a prompt; options `{ chat, adapted, max_new_tokens, temperature, top_k, top_p, seed }`.
-    pub fn generate(&self, prompt: String, options: JsValue) -> Promise {
+    ///
+    /// `onText` (optional) is called with the completion so far as it grows; returning `false`
+    /// from it stops the generation there.
+    pub fn generate(
+        &self,
+        prompt: String,
+        options: JsValue,
+        on_text: Option<js_sys::Function>,
+    ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let o: GenerateOptions = from_js(options).map_err(JsValue::from)?;
             let s = shared(&inner)?;
             let text = s
-                .generate(&prompt, o.chat, &o.sampling, o.adapted)
+                .generate_streaming(&prompt, o.chat, &o.sampling, o.adapted, |so_far| {
+                    on_text.as_ref().is_none_or(|f| {
+                        f.call1(&JsValue::NULL, &JsValue::from_str(so_far))
+                            .map(|r| r.as_bool() != Some(false))
+                            .unwrap_or(true)
+                    })
+                })
                 .await
                 .map_err(|e| JsValue::from(err(e)))?;
             Ok(JsValue::from_str(&text))
+        })
+    }
+
+    /// The validation loss of the model as it is now (the run's adapter included), on the
+    /// run's validation windows: a number, or null without validation windows.
+    pub fn evaluate(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let s = shared(&inner)?;
+            let loss = s.evaluate().await.map_err(|e| JsValue::from(err(e)))?;
+            Ok(loss.map_or(JsValue::NULL, |l| JsValue::from_f64(f64::from(l))))
         })
     }
 

@@ -188,6 +188,7 @@ fn data() -> Dataset {
         val: (30..34).map(window).collect(),
         val_documents: Vec::new(),
         examples: Default::default(),
+        val_prompts: Vec::new(),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Example {
     pub tokens: Vec<u32>,
     /// Its line (row, item) in its file.
     pub line: usize,
+    /// The user's message its first answer replies to: what a person may ask the model to see
+    /// whether training helped (held-out examples' prompts).
+    pub prompt: String,
 }
 
 /// A file of chat data: its examples, and the records that could not be read.
@@ -98,6 +101,7 @@ pub fn tokenize_conversations(
             Ok(tokens) if trained_targets(&tokens) > 0 => examples.push(Example {
                 tokens,
                 line: c.line,
+                prompt: first_prompt(&c.messages),
             }),
             Ok(_) => problems.push(Problem {
                 line: c.line,
@@ -110,6 +114,19 @@ pub fn tokenize_conversations(
         }
     }
     (examples, problems)
+}
+
+/// The last user message before a conversation's first answer (empty without one).
+fn first_prompt(messages: &[Message]) -> String {
+    let first_answer = messages
+        .iter()
+        .position(|m| m.role == "assistant")
+        .unwrap_or(messages.len());
+    messages[..first_answer]
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map_or_else(String::new, |m| m.content.clone())
 }
 
 /// A conversation as the page previews it: the rendered text in pieces, each learned or not
@@ -240,7 +257,13 @@ pub struct Dataset {
     pub val_documents: Vec<String>,
     /// What the examples of chat data became (all zero without chat data).
     pub examples: ExampleCounts,
+    /// A few held-out examples' prompts ([`VAL_PROMPTS`] at most): questions the model was not
+    /// trained on, to compare the base and the adapted model with.
+    pub val_prompts: Vec<String>,
 }
+
+/// Held-out prompts a [`Dataset`] keeps.
+pub const VAL_PROMPTS: usize = 3;
 
 impl Dataset {
     /// Plain text's windows only: [`Self::build`] without chat data.
@@ -324,10 +347,17 @@ impl Dataset {
                 counts.train += 1;
             }
         }
+        let mut val_prompts: Vec<String> = Vec::new();
         for e in val_examples {
             if let Some(w) = window(e) {
                 val.push(w);
                 counts.val += 1;
+                if val_prompts.len() < VAL_PROMPTS
+                    && !e.prompt.trim().is_empty()
+                    && !val_prompts.contains(&e.prompt)
+                {
+                    val_prompts.push(e.prompt.clone());
+                }
             }
         }
         let mut val_documents = val_documents;
@@ -361,6 +391,7 @@ impl Dataset {
             val,
             val_documents,
             examples: counts,
+            val_prompts,
         })
     }
 

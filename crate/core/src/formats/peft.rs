@@ -324,10 +324,16 @@ impl Adapter {
                         ));
                     }
                     used += 2;
-                    branches.push(Some((
-                        self.weights.load(&key_a)?,
-                        self.weights.load(&key_b)?,
-                    )));
+                    let (a, b) = (self.weights.load(&key_a)?, self.weights.load(&key_b)?);
+                    for (key, t) in [(&key_a, &a), (&key_b, &b)] {
+                        if !t.is_finite() {
+                            return Err(Error::format(
+                                WEIGHTS_FILE,
+                                format!("`{key}` holds NaN or infinite values"),
+                            ));
+                        }
+                    }
+                    branches.push(Some((a, b)));
                 }
                 _ => return mismatch(format!("{path} has only one of lora_A / lora_B")),
             }

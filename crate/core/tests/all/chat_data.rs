@@ -184,6 +184,22 @@ fn examples_are_windows_of_their_own_cut_or_padded_and_counted() {
     held.val_fraction = 0.5;
     let a = Dataset::build(&[], &chats, eos, &held, 1).unwrap();
     assert_eq!((a.examples.train, a.examples.val), (3, 3));
+    // Its prompts are offered to compare the models with: held out, never trained on.
+    assert_eq!(a.val_prompts.len(), 3);
+    let trained: Vec<&str> = chats[0]
+        .examples
+        .iter()
+        .filter(|e| {
+            let n = e.tokens.len().min(longest + 1);
+            a.train.iter().any(|w| w.starts_with(&e.tokens[..n]))
+        })
+        .map(|e| e.prompt.as_str())
+        .collect();
+    assert_eq!(trained.len(), 3);
+    assert!(
+        a.val_prompts.iter().all(|p| !trained.contains(&p.as_str())),
+        "{trained:?}"
+    );
     let b = Dataset::build(&[], &chats, eos, &held, 2).unwrap();
     assert_ne!(a.val, b.val, "the seed picks the examples held out");
     held.val_fraction = 0.99;
@@ -212,6 +228,7 @@ fn a_refused_malformed_record_names_its_file_and_line() {
         examples: vec![webtune::data::Example {
             tokens: vec![5, 6, 7],
             line: 1,
+            prompt: "hi".into(),
         }],
         problems: vec![records::Problem {
             line: 7,

@@ -190,6 +190,7 @@ fn windows_longer_than_the_learned_positions_are_refused() {
         val: Vec::new(),
         val_documents: Vec::new(),
         examples: Default::default(),
+        val_prompts: Vec::new(),
     };
     let device = webtune::device::cpu().autodiff();
     let mut model = BaseModel::from_path(&fixtures().join("tiny-gpt2"), &device)

@@ -328,6 +328,7 @@ fn one_adamw_step_matches_torch(case: &str, base: &str) {
         val: Vec::new(),
         val_documents: Vec::new(),
         examples: Default::default(),
+        val_prompts: Vec::new(),
     };
     // torch.optim.AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), no clipping,
     // constant learning rate.

@@ -644,3 +644,88 @@ fn two_sessions_train_at_once_each_as_it_would_alone() {
     );
     assert!(run(b.0, b.1).0 == alone[1].0);
 }
+
+/// A finished run's adapter, opened in a fresh session (a PEFT zip, or its checkpoint), is what
+/// the next run continues on new texts: it starts from the adapter's matrices (and, from a
+/// checkpoint, AdamW's state), with the adapter's LoRA settings; generation compares it before.
+#[test]
+fn an_opened_adapter_is_what_the_next_run_continues() {
+    use webtune::NamedFile;
+    use webtune::formats::peft::AdapterDtype;
+    use webtune::session::Session;
+    let gguf = std::fs::read(fixtures().join("tiny-llama-q.gguf")).unwrap();
+    let session = || {
+        let mut s = Session::new(webtune::device::cpu());
+        let base = webtune::BaseModel::from_gguf("tiny.gguf", gguf.clone(), s.device()).unwrap();
+        s.set_model(base);
+        s
+    };
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 16;
+    spec.train.steps = 3;
+    spec.lora.r = 4;
+    spec.optim.lr = 1e-2;
+    let mut first = session();
+    let text = "the cat sat on the mat and the dog sat on the log. ".repeat(30);
+    first.add_text("a.txt", text.as_bytes()).unwrap();
+    first.start(spec.clone()).unwrap();
+    while pollster::block_on(first.step()).unwrap().status == RunStatus::Running {}
+    let files = pollster::block_on(first.export_adapter(AdapterDtype::F32)).unwrap();
+    let saved = pollster::block_on(first.checkpoint()).unwrap();
+
+    let mut next = session();
+    let info = next
+        .open_adapter(vec![NamedFile::new("run.zip", files.to_zip())])
+        .unwrap();
+    assert_eq!((info.lora.r, info.optimizer_state), (4, false));
+    let sampling = webtune::SamplingConfig::greedy(4);
+    pollster::block_on(next.generate("the cat", false, &sampling, true)).unwrap();
+    next.add_text(
+        "b.txt",
+        "a new text about the log and the dog. "
+            .repeat(30)
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut other = spec.clone();
+    other.lora.r = 8; // the adapter's settings win
+    let plan = next.start(other).unwrap();
+    assert_eq!(plan.trainable_parameters, info.parameters);
+    let at_start = pollster::block_on(next.export_adapter(AdapterDtype::F32)).unwrap();
+    assert!(
+        at_start.safetensors == files.safetensors,
+        "it starts from the adapter"
+    );
+    assert_eq!(next.trainer().unwrap().spec().lora.r, 4);
+    assert!(pollster::block_on(next.step()).is_ok());
+
+    // A checkpoint brings AdamW's state along.
+    let mut again = session();
+    let info = again
+        .open_adapter(vec![NamedFile::new("checkpoint.safetensors", saved)])
+        .unwrap();
+    assert!(info.optimizer_state);
+    again
+        .add_text(
+            "b.txt",
+            "a new text about the log and the dog. "
+                .repeat(30)
+                .as_bytes(),
+        )
+        .unwrap();
+    again.start(spec.clone()).unwrap();
+    let at_start = pollster::block_on(again.export_adapter(AdapterDtype::F32)).unwrap();
+    assert!(at_start.safetensors == files.safetensors);
+    while pollster::block_on(again.step()).unwrap().status == RunStatus::Running {}
+
+    // An adapter of another model is refused with the reason.
+    let mut gpt2 = Session::new(webtune::device::cpu());
+    gpt2.set_model(
+        webtune::BaseModel::from_path(&fixtures().join("tiny-gpt2"), gpt2.device()).unwrap(),
+    );
+    let e = gpt2
+        .open_adapter(vec![NamedFile::new("run.zip", files.to_zip())])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit"), "{e}");
+}
