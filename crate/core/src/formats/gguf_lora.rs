@@ -41,6 +41,11 @@ pub async fn export(
                 "the adapter's `{key}` holds NaN or infinite values: it is not written"
             )));
         }
+        if dtype == AdapterDtype::F16 && !t.fits_f16() {
+            return Err(Error::NonFinite(format!(
+                "the adapter's `{key}` holds values beyond f16's range: write it in f32"
+            )));
+        }
         // base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight
         //   -> model.layers.0.self_attn.q_proj.weight -> blk.0.attn_q.weight
         let (hf, suffix) = match key.strip_suffix(".lora_A.weight") {

@@ -103,6 +103,12 @@ pub async fn gguf_f16(base: &BaseModel, model: &CausalLM) -> Result<Vec<u8>> {
         let t = map
             .hf_to_gguf(&hf, t)
             .map_err(|problem| Error::Invalid(format!("`{hf}` {problem}")))?;
+        if t.shape.len() > 1 && !t.fits_f16() {
+            return Err(Error::NonFinite(format!(
+                "the merged `{hf}` holds values beyond f16's range: write the merged Hugging \
+                 Face folder (f32) instead"
+            )));
+        }
         // 1-D tensors (the norms) stay F32, as llama.cpp's converter keeps them.
         entries.push(if t.shape.len() == 1 {
             TensorEntry::f32(name, t.shape, &t.data)

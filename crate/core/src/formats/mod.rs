@@ -26,6 +26,12 @@ impl HostTensor {
     }
 
     /// Whether every value is finite (no NaN, no infinity).
+    /// Whether every value survives a conversion to f16 (is within its finite range): checked
+    /// on what is written in f16, after which a value beyond it would be infinite.
+    pub fn fits_f16(&self) -> bool {
+        self.data.iter().all(|x| x.abs() <= 65_504.0)
+    }
+
     pub fn is_finite(&self) -> bool {
         self.data.iter().all(|x| x.is_finite())
     }
@@ -73,6 +79,18 @@ pub trait Checkpoint {
                 found,
             });
         }
-        self.load(name)
+        let t = self.load(name)?;
+        // A model's weights are finite: a NaN or an infinity would surface later as a NaN loss,
+        // blamed on the run's settings. Named here, where it is read.
+        if !t.is_finite() {
+            return Err(crate::Error::format(
+                self.file_name(),
+                format!(
+                    "tensor `{}` holds NaN or infinite values: the model file is broken",
+                    self.source_name(name)
+                ),
+            ));
+        }
+        Ok(t)
     }
 }

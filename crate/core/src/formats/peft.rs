@@ -206,6 +206,13 @@ pub async fn export(
             "the adapter's `{name}` holds NaN or infinite values: it is not written"
         )));
     }
+    if dtype == AdapterDtype::F16
+        && let Some((name, _)) = tensors.iter().find(|(_, t)| !t.fits_f16())
+    {
+        return Err(Error::NonFinite(format!(
+            "the adapter's `{name}` holds values beyond f16's range: write it in f32"
+        )));
+    }
     let config = config_for(&cfg, model.fan_in_fan_out(), base_model);
     let config_json = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::Invalid(format!("could not write adapter_config.json: {e}")))?;

@@ -178,31 +178,71 @@ fn gguf_array_counts_are_checked_before_reserving() {
 }
 
 /// The tiny untied model with token `poison`'s embedding row set to infinity.
-fn poisoned_model(poison: usize, device: &webtune::burn::tensor::Device) -> webtune::CausalLM {
-    /// The fixture's checkpoint with one embedding row replaced as it is read.
-    struct Poisoned(SafetensorsCheckpoint, usize);
-    impl Checkpoint for Poisoned {
-        fn file_name(&self) -> &str {
-            self.0.file_name()
-        }
-        fn shape(&self, name: &str) -> Option<Vec<usize>> {
-            self.0.shape(name)
-        }
-        fn load(&self, name: &str) -> webtune::Result<HostTensor> {
-            let mut t = self.0.load(name)?;
-            if name == "model.embed_tokens.weight" {
-                let hidden = t.shape[1];
-                t.data[self.1 * hidden..(self.1 + 1) * hidden].fill(f32::INFINITY);
-            }
-            Ok(t)
-        }
+/// The fixture's checkpoint with one embedding row set to infinity as it is read.
+struct Poisoned(SafetensorsCheckpoint, usize);
+
+impl Checkpoint for Poisoned {
+    fn file_name(&self) -> &str {
+        self.0.file_name()
     }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.0.shape(name)
+    }
+    fn load(&self, name: &str) -> webtune::Result<HostTensor> {
+        let mut t = self.0.load(name)?;
+        if name == "model.embed_tokens.weight" {
+            let hidden = t.shape[1];
+            t.data[self.1 * hidden..(self.1 + 1) * hidden].fill(f32::INFINITY);
+        }
+        Ok(t)
+    }
+}
+
+fn untied_fixture() -> (ModelConfig, SafetensorsCheckpoint) {
     let dir = fixtures().join("tiny-llama-untied");
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let config = ModelConfig::from_json("config.json", &config).unwrap();
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
-    let ckpt = SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap();
-    config.load(&Poisoned(ckpt, poison), device).unwrap()
+    (
+        config,
+        SafetensorsCheckpoint::single("model.safetensors", bytes).unwrap(),
+    )
+}
+
+// A weight that is not finite is refused as the model loads, naming the tensor: a NaN loss
+// later is then the run's settings, never a broken file.
+#[test]
+fn a_model_with_an_infinite_weight_is_refused_naming_the_tensor() {
+    let (config, ckpt) = untied_fixture();
+    let device = webtune::device::cpu();
+    let e = config
+        .load(&Poisoned(ckpt, 5), &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.embed_tokens.weight") && e.contains("NaN or infinite"),
+        "{e}"
+    );
+}
+
+/// The fixture model, loaded, with one embedding row then set to infinity: a run reaches a
+/// non-finite step when a batch holds the token.
+fn poisoned_model(poison: usize, device: &webtune::burn::tensor::Device) -> webtune::CausalLM {
+    use webtune::burn::module::Param;
+    use webtune::burn::tensor::{Tensor, TensorData};
+    let (config, ckpt) = untied_fixture();
+    let mut model = config.load(&ckpt, device).unwrap();
+    let webtune::CausalLM::Llama(m) = &mut model else {
+        unreachable!("a Llama fixture")
+    };
+    let w = &mut m.model.embed_tokens.weight;
+    let [vocab, hidden] = w.val().dims();
+    let mut values = w.val().into_data().to_vec::<f32>().unwrap();
+    values[poison * hidden..(poison + 1) * hidden].fill(f32::INFINITY);
+    let t = Tensor::<2>::from_data(TensorData::new(values, [vocab, hidden]), device);
+    *w = Param::initialized(w.id, t).set_require_grad(false);
+    model
 }
 
 fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -391,6 +431,24 @@ fn a_non_finite_adapter_is_never_written() {
         .unwrap();
     assert!(matches!(err, Error::NonFinite(_)), "{err:?}");
     assert!(err.to_string().contains("lora_B"), "{err}");
+    // Finite in f32 but beyond f16's range: written in f32, refused in f16 (in PEFT's format and
+    // llama.cpp's), where it would be infinite.
+    let (_, _, proj) = model.projections_mut().into_iter().next().unwrap();
+    let branch = proj.lora.as_mut().unwrap();
+    branch.b = Param::from_tensor(Tensor::full(dims, 1e5, &device));
+    pollster::block_on(peft::export(&model, "tiny", AdapterDtype::F32)).unwrap();
+    let err = pollster::block_on(peft::export(&model, "tiny", AdapterDtype::F16))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("f16's range"), "{err}");
+    let config = ModelConfig::from_json(
+        "config.json",
+        &std::fs::read_to_string(fixtures().join("tiny-llama-untied/config.json")).unwrap(),
+    )
+    .unwrap();
+    let gguf = webtune::formats::gguf_lora::export(&model, &config, "tiny", AdapterDtype::F16);
+    let err = pollster::block_on(gguf).err().unwrap();
+    assert!(err.to_string().contains("f16's range"), "{err}");
 }
 
 fn session_with_text() -> Session {
