@@ -10,8 +10,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 bash tests/setup.sh --browser
 
-echo "== cargo fmt"
+echo "== cargo fmt, and prettier for web/"
 cargo fmt --all -- --check
+tests/e2e/node_modules/.bin/prettier --check web
 
 # Native: the core and the CLI (the workspace's default members), with the GPU (wgpu) code;
 # wasm32: the core and the binding.
@@ -42,6 +43,8 @@ CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=900 \
 
 echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh
+# The page's JavaScript type-checked (JSDoc, protocol.js's messages, the wasm builds' .d.ts).
+tests/e2e/node_modules/.bin/tsc -p web
 (cd tests/e2e && node --test page.test.mjs durable.test.mjs)
 
 echo "== bench smoke (tiny model, a few steps; the full bench is tests/bench/run.sh)"

@@ -117,8 +117,10 @@ if [[ " $* " == *" --browser "* ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
   fi
-  if [ ! -d tests/e2e/node_modules/playwright-core ]; then
-    say "installing playwright-core (npm)"
+  # playwright-core (the page's tests), prettier (web/'s formatting) and typescript (its types).
+  if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -x tests/e2e/node_modules/.bin/prettier ] \
+    || [ ! -x tests/e2e/node_modules/.bin/tsc ]; then
+    say "installing playwright-core, prettier and typescript (npm)"
     (cd tests/e2e && npm ci --no-audit --no-fund --silent)
   fi
 fi

@@ -2,20 +2,35 @@
 // here; the Rust core (in worker.js) does all of it.
 
 import * as store from "./store.js";
+import { toWorker } from "./protocol.js";
 
+/** The element with this id (the page's own: index.html). @param {string} id @returns {any} */
 const $ = (id) => document.getElementById(id);
 let worker = null;
+/** @param {import("./protocol.js").ToWorker} msg @param {Transferable[]} [transfer] */
+const send = (msg, transfer) => toWorker(worker, msg, transfer);
 const state = {
-  model: null, texts: new Map(), training: false, paused: false, points: [], total: 1, adapter: false,
+  model: null,
+  texts: new Map(),
+  training: false,
+  paused: false,
+  points: [],
+  total: 1,
+  adapter: false,
   // Where the loaded model came from, so that a saved run can load it again.
-  modelSource: null, pendingModelSource: null,
+  modelSource: null,
+  pendingModelSource: null,
   // A saved run being resumed: sent to the worker once the model and its texts are back.
   resuming: null,
   // The backend the worker runs (after a lost GPU: "cpu").
   backend: "auto",
+  // The run this tab trains (store.js's id; kept across reloads of this tab).
+  runId: sessionStorage.getItem("webtune-run"),
+  // An adapter opened for the next run to continue (its info from the core), or null.
+  opened: null,
 };
 // Read by the end-to-end test and the benchmark (tests/), which drive this page.
-window.webtuneState = state;
+/** @type {any} */ (window).webtuneState = state;
 
 // ---- messages from the worker ---------------------------------------------------------------
 const handlers = {
@@ -24,9 +39,10 @@ const handlers = {
     if (!state.defaults) applyDefaults(defaults);
     defaultBaseF16(backend.kind);
     const threads = backend.threads > 1 ? `, ${backend.threads} threads` : ", one thread";
-    $("backend-status").textContent = backend.kind === "webgpu"
-      ? `Running on WebGPU: ${backend.adapter}.`
-      : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
+    $("backend-status").textContent =
+      backend.kind === "webgpu"
+        ? `Running on WebGPU: ${backend.adapter}.`
+        : `Running on the CPU${threads}${backend.adapter ? ` (WebGPU adapter: ${backend.adapter})` : ""}: ${backend.reason}.`;
     document.body.dataset.backend = backend.kind;
     // Whether "16-bit weights" applies here: the CPU, or a GPU with 16-bit shaders (shader-f16).
     document.body.dataset.f16 = backend.f16_weights ? "1" : "0";
@@ -38,7 +54,7 @@ const handlers = {
       loadModelFrom(state.modelSource);
       return;
     }
-    const run = await store.loadRun();
+    const run = state.runId ? await savedRun(state.runId) : null;
     if (run && recovering) {
       recovering = false;
       autoResumedFrom = run.checkpoint.step;
@@ -47,25 +63,22 @@ const handlers = {
       // Nothing saved to resume: put the model and the texts back, so the page stays usable.
       recovering = false;
       if (state.modelSource) loadModelFrom(state.modelSource);
-    } else if (run) {
-      const { setup, checkpoint } = run;
-      // The run's own "Save memory" choice, which the person may change before Resume.
-      const saveMemory = $("settings").elements.recompute;
-      if (saveMemory && !document.body.dataset.crashLoop) saveMemory.checked = "recompute" in setup.form;
-      $("resume-text").textContent = `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${checkpoint.total} `
-        + `(${new Date(checkpoint.savedAt).toLocaleString()}), with ${setup.texts.length} text file(s).`
-        + (setup.model.source === "files" && !setup.model.files?.length ? " Open the same model files first." : "");
-      $("resume-banner").hidden = false;
-      document.body.dataset.pendingRun = String(checkpoint.step);
+    } else {
+      await offerInterrupted();
     }
+    renderRuns();
   },
   modelProgress({ loaded, total, fromCache, parsing }) {
     const bar = $("model-progress");
     bar.hidden = false;
     bar.max = total || 1;
     bar.value = total ? loaded : 0;
-    showStatus("model", parsing ? "Reading the model…"
-      : `Loading the model${fromCache ? " from the browser cache" : ""}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ""}`);
+    showStatus(
+      "model",
+      parsing
+        ? "Reading the model…"
+        : `Loading the model${fromCache ? " from the browser cache" : ""}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ""}`,
+    );
   },
   model({ info }) {
     state.model = info;
@@ -75,15 +88,20 @@ const handlers = {
     const dl = $("model-info");
     dl.hidden = false;
     drawTargets(info.targets, info.default_targets);
-    dl.replaceChildren(...[
-      ["Model", info.name],
-      ["Family", info.family],
-      ["Parameters", info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)} M` : info.parameters.toLocaleString()],
-      ["Layers", info.layers],
-      ["Vocabulary", info.vocab_size.toLocaleString()],
-      ["Context", info.context_length.toLocaleString()],
-      ["Frozen weights", info.base_f16 ? "16-bit" : "32-bit"],
-    ].flatMap(([k, v]) => [el("dt", k), el("dd", String(v))]));
+    dl.replaceChildren(
+      ...[
+        ["Model", info.name],
+        ["Family", info.family],
+        [
+          "Parameters",
+          info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(1)} M` : info.parameters.toLocaleString(),
+        ],
+        ["Layers", info.layers],
+        ["Vocabulary", info.vocab_size.toLocaleString()],
+        ["Context", info.context_length.toLocaleString()],
+        ["Frozen weights", info.base_f16 ? "16-bit" : "32-bit"],
+      ].flatMap(([k, v]) => [el("dt", k), el("dd", String(v))]),
+    );
     // Texts were tokenized for the previous model: add them again.
     const texts = [...state.texts.values()].filter((t) => t.buffer);
     state.texts.clear();
@@ -102,19 +120,34 @@ const handlers = {
       // The model and every text are back: continue the saved run.
       const { setup, checkpoint } = state.resuming;
       state.resuming = null;
-      state.training = true; updateButtons();
-      worker.postMessage({ type: "resume-run", bytes: checkpoint.bytes, samplePrompt: setup.samplePrompt,
-        saveMemory: !!$("settings").elements.recompute?.checked });
+      state.training = true;
+      updateButtons();
+      send({
+        type: "restore",
+        bytes: checkpoint.bytes,
+        samplePrompt: setup.samplePrompt,
+        saveMemory: !!$("settings").elements.recompute?.checked,
+      });
       return;
     }
     requestPlan();
   },
-  textRemoved() { requestPlan(); },
-  plan({ plan }) { renderPlan(plan); },
-  measuring() { $("plan").textContent += " · measuring this machine's speed…"; },
-  started({ plan, history, resumed }) {
+  textRemoved() {
+    requestPlan();
+  },
+  plan({ plan }) {
     renderPlan(plan);
-    state.training = true; state.paused = false; state.points = history || []; state.total = history?.at(-1)?.total_steps || 1;
+    renderPrompts(plan.val_prompts);
+  },
+  measuring() {
+    $("plan").textContent += " · measuring this machine's speed…";
+  },
+  started({ plan, history, restored: resumed }) {
+    renderPlan(plan);
+    state.training = true;
+    state.paused = false;
+    state.points = history || [];
+    state.total = history?.at(-1)?.total_steps || 1;
     $("sample-after").textContent = "";
     drawChart();
     updateButtons();
@@ -123,14 +156,23 @@ const handlers = {
     document.body.dataset.resumedAt = resumed ? String(at) : "";
   },
   async checkpoint({ bytes, step, total }) {
+    if (!state.runId) return;
     try {
-      await store.saveCheckpoint({ bytes, step, total });
+      await store.saveCheckpoint(state.runId, { bytes, step, total });
       document.body.dataset.checkpoint = String(step);
     } catch (e) {
-      showNotice(`Progress could not be saved in this browser (${e?.message ?? e}); the run goes on.`);
+      showNotice(
+        storageProblem(
+          e,
+          `Progress at step ${step} could not be saved; the run goes on, and a reload ` +
+            "would resume it from its last saved step",
+        ),
+      );
     }
   },
-  crashed({ message, gpuLost }) { recover(message, gpuLost); },
+  crashed({ message, gpuLost }) {
+    recover(message, gpuLost);
+  },
   progress({ progress: p }) {
     state.total = p.total_steps;
     state.points.push(p);
@@ -144,6 +186,7 @@ const handlers = {
       `Step ${p.step} of ${p.total_steps} (${pct}%)${loss}${val} · ${Math.round(p.tokens_per_sec)} tokens/s of training · ETA ${duration(p.eta_secs)}${evalNote}`;
     document.body.dataset.progress = String(pct);
     drawChart();
+    renderLossLine();
   },
   paused() {
     state.paused = true;
@@ -154,54 +197,124 @@ const handlers = {
       const backend = switchAfterPause;
       switchAfterPause = null;
       recovering = true;
-      state.training = false; state.paused = false;
-      showNotice(`Moving the run to ${backend === "cpu" ? "the CPU" : backend === "webgpu" ? "WebGPU" : "the automatic backend"}…`);
+      state.training = false;
+      state.paused = false;
+      showNotice(
+        `Moving the run to ${backend === "cpu" ? "the CPU" : backend === "webgpu" ? "WebGPU" : "the automatic backend"}…`,
+      );
       startWorker(backend);
     }
   },
   done({ stopped, failed, adapter }) {
-    state.training = false; state.paused = false;
+    state.training = false;
+    state.paused = false;
     // After a failed (non-finite) step the adapter from before it is kept and can be downloaded.
     state.adapter = !!adapter;
-    store.clearRun();
     const last = state.points.at(-1);
+    const first = state.points.find((p) => p.val_loss != null);
+    if (state.runId) {
+      store
+        .saveRun(state.runId, {
+          status: failed ? "failed" : stopped ? "stopped" : "finished",
+          step: last?.step ?? 0,
+          valLoss: lastVal(),
+          firstValLoss: first?.val_loss ?? null,
+        })
+        .catch((e) => showNotice(storageProblem(e, "The run's end could not be recorded")));
+    }
+    renderLossLine();
     if (!failed) {
-      $("train-status").textContent = `${stopped ? "Stopped" : "Finished"} after ${last ? last.step : 0} steps`
-        + (lastVal() != null ? `: validation loss ${lastVal().toFixed(3)} (perplexity ${Math.exp(lastVal()).toFixed(1)})` : ".");
+      $("train-status").textContent =
+        `${stopped ? "Stopped" : "Finished"} after ${last ? last.step : 0} steps` +
+        (lastVal() != null
+          ? `: validation loss ${lastVal().toFixed(3)} (perplexity ${Math.exp(lastVal()).toFixed(1)})`
+          : ".");
     }
     document.body.dataset.done = "1";
     updateButtons();
   },
+  // The ended run's adapter and last state, kept with it until the person deletes the run.
+  async kept({ zip, checkpoint, step, total }) {
+    const id = state.runId;
+    if (!id) return;
+    try {
+      if (checkpoint) await store.saveCheckpoint(id, { bytes: checkpoint, step, total });
+      if (zip) {
+        await store.saveAdapter(id, zip);
+        await store.saveRun(id, { adapterBytes: zip.byteLength });
+      }
+      document.body.dataset.kept = id;
+    } catch (e) {
+      showNotice(storageProblem(e, "The finished run's adapter could not be kept in this browser: download it now"));
+    } finally {
+      store.release(id);
+      renderRuns();
+    }
+  },
   sample({ adapted, text, prompt }) {
     $(adapted ? "sample-after" : "sample-before").textContent = prompt + text;
+  },
+  chatText({ id, adapted, text, done }) {
+    if (id !== chatId) return;
+    const out = $(adapted ? "chat-adapted" : "chat-base");
+    out.textContent = text;
+    if (done) out.dataset.done = "1";
+    if (done && (adapted || (!state.adapter && !state.opened))) {
+      $("chat-status").textContent = "Answered.";
+      $("chat-ask").disabled = false;
+    }
+  },
+  adapterOpened({ info }) {
+    state.opened = info;
+    const line = $("opened-adapter");
+    line.hidden = !info;
+    if (info) {
+      $("opened-text").textContent =
+        `The next run continues ${info.name} (rank ${info.lora.r}, alpha ${info.lora.alpha}, ` +
+        `${info.lora.targets.join(", ")}${info.optimizer_state ? ", with its optimizer state" : ""}): ` +
+        "its settings replace the rank, alpha and layers above. Compare it with the base below.";
+    }
+    document.body.dataset.opened = info ? "1" : "";
+    updateButtons();
+    requestPlan();
   },
   adapter({ zip, gguf, merged, name }) {
     const date = new Date().toISOString().slice(0, 10);
     const stem = (state.model?.name || "model").replace(/[^A-Za-z0-9._-]+/g, "-");
-    const bytes = zip ?? gguf ?? merged;
-    const url = URL.createObjectURL(new Blob([bytes], { type: zip ? "application/zip" : "application/octet-stream" }));
-    const a = el("a");
-    a.href = url;
-    a.download = merged ? name : `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`;
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    save(
+      zip ?? gguf ?? merged,
+      merged ? name : `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`,
+      zip ? "application/zip" : "application/octet-stream",
+    );
   },
   error({ context, message }) {
     showError(`${contextWords[context] || "Something went wrong"}: ${message}`);
-    if (context === "loadModel") { $("model-progress").hidden = true; showStatus("model", ""); }
-    if (context === "start" || context === "resume-run") {
-      state.training = false; state.resuming = null; updateButtons();
-      store.clearRun();
+    if (context === "loadModel") {
+      $("model-progress").hidden = true;
+      showStatus("model", "");
+    }
+    if (context === "start" || context === "restore") {
+      state.training = false;
+      state.resuming = null;
+      updateButtons();
+      if (context === "start" && state.runId) store.deleteRun(state.runId).then(renderRuns);
     }
   },
 };
 
 const contextWords = {
-  init: "The compute backend could not start", loadModel: "The model could not be loaded",
-  addText: "The text could not be added", plan: "These settings do not work", start: "Training could not start",
-  training: "Training failed", "resume-run": "The saved run could not be resumed", sampling: "The sample could not be generated", export: "The adapter could not be saved",
+  init: "The compute backend could not start",
+  loadModel: "The model could not be loaded",
+  addText: "The text could not be added",
+  plan: "These settings do not work",
+  start: "Training could not start",
+  training: "Training failed",
+  restore: "The saved run could not be resumed",
+  sampling: "The sample could not be generated",
+  export: "The adapter could not be saved",
+  chat: "The answer could not be generated",
+  openAdapter: "The adapter could not be opened",
+  "keeping the run": "The finished run could not be kept",
 };
 
 // ---- the worker, and starting a fresh one when it dies -------------------------------------
@@ -223,14 +336,21 @@ function startWorker(backend) {
   state.model = null;
   document.body.dataset.ready = "";
   worker = new Worker("worker.js", { type: "module" });
-  worker.onmessage = ({ data }) => { heard(); handlers[data.type]?.(data); };
+  worker.onmessage = ({ data }) => {
+    heard();
+    handlers[data.type]?.(data);
+  };
   heard(true);
-  worker.onerror = (e) => { e.preventDefault?.(); recover(e.message || "the worker stopped"); };
+  worker.onerror = (e) => {
+    e.preventDefault?.();
+    recover(e.message || "the worker stopped");
+  };
   // The CPU backend runs on every core (the multi-threaded build, see worker.js); ?threads=N
   // sets the pool's size, ?threads=1 the one-thread build.
-  const threads = Number(new URLSearchParams(location.search).get("threads"))
-    || Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
-  worker.postMessage({ type: "init", backend, threads, crashChannel: channelName });
+  const threads =
+    Number(new URLSearchParams(location.search).get("threads")) ||
+    Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
+  send({ type: "init", backend, threads, crashChannel: channelName });
 }
 
 // The step the last automatic restart resumed from: a crash before the run saved a later step
@@ -247,18 +367,23 @@ function recover(message, gpuLost = false) {
   const again = wasTraining && !gpuLost && autoResumedFrom !== null && !(saved > autoResumedFrom);
   autoResumedFrom = null;
   recovering = !again;
-  state.training = false; state.paused = false;
+  state.training = false;
+  state.paused = false;
   const backend = gpuLost ? "cpu" : state.backend;
   if (gpuLost) $("backend-choice").value = "cpu";
   if (again) {
     const memory = /out of memory|allocation/i.test(message);
-    showNotice(`The compute module crashed again (${message}) before the run got past its saved step: `
-      + "restarting would only repeat it, so the page stopped. The run is saved: Resume tries again"
-      + (memory ? "; it ran out of memory, so turn on Save memory (in the settings) first." : "."));
+    showNotice(
+      `The compute module crashed again (${message}) before the run got past its saved step: ` +
+        "restarting would only repeat it, so the page stopped. The run is saved: Resume tries again" +
+        (memory ? "; it ran out of memory, so turn on Save memory (in the settings) first." : "."),
+    );
     document.body.dataset.crashLoop = "1";
   } else {
-    showNotice(`${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). `
-      + `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`);
+    showNotice(
+      `${gpuLost ? "The GPU stopped working" : "The compute module crashed"} (${message}). ` +
+        `Started again${gpuLost ? " on the CPU" : ""}${wasTraining ? "; the run continues from its last saved step" : ""}.`,
+    );
   }
   document.body.dataset.recovered = String(Number(document.body.dataset.recovered || 0) + 1);
   document.body.dataset.done = "";
@@ -281,7 +406,10 @@ function heard(fresh = false) {
   lastHeard = now;
 }
 setInterval(() => {
-  if (!state.training || state.paused || recovering) { lastHeard = performance.now(); return; }
+  if (!state.training || state.paused || recovering) {
+    lastHeard = performance.now();
+    return;
+  }
   const silent = performance.now() - lastHeard;
   if (silent > Math.max(WATCHDOG_FLOOR, 10 * longestSilence)) {
     recover(`the compute module stopped responding: nothing for ${Math.round(silent / 1000)} s`);
@@ -289,30 +417,55 @@ setInterval(() => {
 }, 1000);
 
 // ---- helpers ------------------------------------------------------------------------------
-function el(tag, text) { const e = document.createElement(tag); if (text != null) e.textContent = text; return e; }
-function mb(n) { return n >= 1e6 ? `${(n / 1e6).toFixed(2)} MB` : `${(n / 1e3).toFixed(1)} kB`; }
+function el(tag, text) {
+  const e = document.createElement(tag);
+  if (text != null) e.textContent = text;
+  return e;
+}
+function mb(n) {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)} MB` : `${(n / 1e3).toFixed(1)} kB`;
+}
 function duration(s) {
   s = Math.round(s);
-  return s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+  return s >= 3600
+    ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
+    : s >= 60
+      ? `${Math.floor(s / 60)} min ${s % 60} s`
+      : `${s} s`;
 }
-function lastVal() { for (let i = state.points.length - 1; i >= 0; i--) if (state.points[i].val_loss != null) return state.points[i].val_loss; return null; }
+function lastVal() {
+  for (let i = state.points.length - 1; i >= 0; i--)
+    if (state.points[i].val_loss != null) return state.points[i].val_loss;
+  return null;
+}
 // 2 GB of memory or less, as the browser reports it: the memory-saving settings start on.
-const littleMemory = (navigator.deviceMemory ?? 8) <= 2;
+const deviceMemory = /** @type {any} */ (navigator).deviceMemory;
+const littleMemory = (deviceMemory ?? 8) <= 2;
 // The form starts from the Rust core's defaults (the same the command line's flags have).
 function applyDefaults(d) {
   if (!d) return;
   state.defaults = d;
   const form = $("settings").elements;
   const { data, lora, train, optim, exec } = d.spec;
-  const values = { rank: lora.r, alpha: lora.alpha, lr: optim.lr, steps: train.steps, seq_len: data.seq_len,
-    batch_size: train.batch_size, checkpoint_every: train.checkpoint_every };
+  const values = {
+    rank: lora.r,
+    alpha: lora.alpha,
+    lr: optim.lr,
+    steps: train.steps,
+    seq_len: data.seq_len,
+    batch_size: train.batch_size,
+    checkpoint_every: train.checkpoint_every,
+  };
   for (const [name, value] of Object.entries(values)) if (form[name]) form[name].value = String(value);
   // "Save memory" starts on where the browser says the machine has little memory (2 GB or less:
   // SmolLM2's run holds ~1.2 GB of wasm memory without it, ~0.65 GB with it).
   if (form.recompute) form.recompute.checked = !!exec.recompute || littleMemory;
   // No targets: the model family's defaults, which the boxes show until a model draws its own.
   if (lora.targets.length) {
-    for (const box of document.querySelectorAll("input[name=target]")) box.checked = lora.targets.includes(box.value);
+    for (const box of document.querySelectorAll("input[name=target]"))
+      /** @type {HTMLInputElement} */ (box).checked = lora.targets.includes(
+        /** @type {HTMLInputElement} */ (box).value,
+      );
   }
 }
 
@@ -333,12 +486,19 @@ function drawTargets(targets, defaults) {
   // A run being resumed keeps its own choice on display.
   const resumed = state.resuming?.setup.form.target;
   const wanted = resumed ?? defaults;
-  $("targets").replaceChildren(...targets.map((name) => {
-    const label = el("label");
-    const box = Object.assign(el("input"), { type: "checkbox", name: "target", value: name, checked: wanted.includes(name) });
-    label.append(box, ` ${name}`);
-    return label;
-  }));
+  $("targets").replaceChildren(
+    ...targets.map((name) => {
+      const label = el("label");
+      const box = Object.assign(el("input"), {
+        type: "checkbox",
+        name: "target",
+        value: name,
+        checked: wanted.includes(name),
+      });
+      label.append(box, ` ${name}`);
+      return label;
+    }),
+  );
 }
 
 function showNotice(text) {
@@ -354,12 +514,16 @@ function showLimits(l) {
     const input = form.elements[name];
     if (input) Object.assign(input, min == null ? { max: String(max) } : { min: String(min), max: String(max) });
   };
-  set("steps", 1, l.max_steps); set("batch_size", 1, l.max_batch_size); set("seq_len", l.min_seq_len, l.max_seq_len);
-  set("rank", 1, l.max_rank); set("lr", null, l.max_learning_rate);
+  set("steps", 1, l.max_steps);
+  set("batch_size", 1, l.max_batch_size);
+  set("seq_len", l.min_seq_len, l.max_seq_len);
+  set("rank", 1, l.max_rank);
+  set("lr", null, l.max_learning_rate);
   set("checkpoint_every", 0, l.max_steps);
-  $("limits").textContent = `Limits: steps ≤ ${l.max_steps.toLocaleString()}, rank ≤ ${l.max_rank}, batch size ≤ ${l.max_batch_size}, `
-    + `sequence length ≤ ${l.max_seq_len}, batch size × sequence length ≤ ${l.max_batch_tokens.toLocaleString()}, `
-    + `learning rate ≤ ${l.max_learning_rate}; text files up to ${Math.round(l.max_text_bytes / 2 ** 20)} MB each.`;
+  $("limits").textContent =
+    `Limits: steps ≤ ${l.max_steps.toLocaleString()}, rank ≤ ${l.max_rank}, batch size ≤ ${l.max_batch_size}, ` +
+    `sequence length ≤ ${l.max_seq_len}, batch size × sequence length ≤ ${l.max_batch_tokens.toLocaleString()}, ` +
+    `learning rate ≤ ${l.max_learning_rate}; text files up to ${Math.round(l.max_text_bytes / 2 ** 20)} MB each.`;
   state.maxTextBytes = l.max_text_bytes;
 }
 function showError(text) {
@@ -368,7 +532,9 @@ function showError(text) {
   box.replaceChildren(el("span", text));
   const close = el("button", "Dismiss");
   close.type = "button";
-  close.onclick = () => { box.hidden = true; };
+  close.onclick = () => {
+    box.hidden = true;
+  };
   box.append(close);
 }
 // A status line under the model section (load progress); empty text removes it.
@@ -395,8 +561,11 @@ function settings() {
     lora: { r: num("rank"), alpha: num("alpha"), targets: f.getAll("target") },
     // The evaluation schedule: the core's defaults (a small share of the run). The core says
     // when a checkpoint is due; the worker stores it (store.js).
-    train: { steps: num("steps"), batch_size: num("batch_size"),
-      ...(f.has("checkpoint_every") ? { checkpoint_every: num("checkpoint_every") } : {}) },
+    train: {
+      steps: num("steps"),
+      batch_size: num("batch_size"),
+      ...(f.has("checkpoint_every") ? { checkpoint_every: num("checkpoint_every") } : {}),
+    },
     optim: { lr: num("lr") },
     exec: {
       // "Save memory": activation recomputation.
@@ -411,7 +580,7 @@ function settings() {
 }
 
 function requestPlan() {
-  if (state.model && [...state.texts.values()].some((t) => t.tokens)) worker.postMessage({ type: "plan", settings: settings() });
+  if (state.model && [...state.texts.values()].some((t) => t.tokens)) send({ type: "plan", spec: settings() });
   else $("plan").textContent = state.model ? "Add some text to see the plan." : "";
   updateButtons();
 }
@@ -419,25 +588,34 @@ function requestPlan() {
 function renderPlan(p) {
   state.plan = p;
   const share = Math.round(100 * (state.defaults?.spec.data.val_fraction ?? 0));
-  const held = p.val_documents.length ? `${p.val_documents.length} file(s) held out for validation` : `the last ${share}% held out for validation`;
+  const held = p.val_documents.length
+    ? `${p.val_documents.length} file(s) held out for validation`
+    : `the last ${share}% held out for validation`;
   const ex = p.examples;
-  const examples = ex && (ex.train || ex.val)
-    ? ` · chat data: ${ex.train.toLocaleString()} training and ${ex.val.toLocaleString()} validation examples`
-      + (ex.truncated ? `, ${ex.truncated} cut to the sequence length` : "")
-      + (ex.dropped ? `, ${ex.dropped} left out (their prompt fills the sequence length)` : "")
-    : "";
-  $("plan").textContent = `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · `
-    + `${p.train_tokens.toLocaleString()} tokens learned, ${p.val_tokens.toLocaleString()} validation tokens (${held})${examples} · ${p.epochs.toFixed(2)} epochs`
-    + (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "");
+  const examples =
+    ex && (ex.train || ex.val)
+      ? ` · chat data: ${ex.train.toLocaleString()} training and ${ex.val.toLocaleString()} validation examples` +
+        (ex.truncated ? `, ${ex.truncated} cut to the sequence length` : "") +
+        (ex.dropped ? `, ${ex.dropped} left out (their prompt fills the sequence length)` : "")
+      : "";
+  $("plan").textContent =
+    `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · ` +
+    `${p.train_tokens.toLocaleString()} tokens learned, ${p.val_tokens.toLocaleString()} validation tokens (${held})${examples} · ${p.epochs.toFixed(2)} epochs` +
+    (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "");
 }
 
 // How a file was read, in words: "text", or chat data's records and examples.
 function formatWords(t) {
   if (t.format === "text" || !t.format) return "text";
-  const kinds = { "messages": "chats", "share-gpt": "ShareGPT chats", "prompt-completion": "prompt / completion",
-    "alpaca": "instruction / output", "columns": "two columns" };
+  const kinds = {
+    messages: "chats",
+    "share-gpt": "ShareGPT chats",
+    "prompt-completion": "prompt / completion",
+    alpaca: "instruction / output",
+    columns: "two columns",
+  };
   const what = (t.record_kinds ?? []).map((k) => kinds[k] ?? k).join(", ") || "records";
-  const file = { "json-lines": "JSON Lines", "json": "JSON", "csv": "CSV" }[t.format] ?? t.format;
+  const file = { "json-lines": "JSON Lines", json: "JSON", csv: "CSV" }[t.format] ?? t.format;
   return `${file}: ${what}`;
 }
 
@@ -447,17 +625,35 @@ function renderTexts() {
   body.replaceChildren();
   for (const t of state.texts.values()) {
     const tr = el("tr");
-    const count = t.examples != null ? `${t.examples.toLocaleString()} examples, ${t.tokens.toLocaleString()} tokens`
-      : t.tokens != null ? t.tokens.toLocaleString() : "–";
-    const status = t.skipped ? `skipped: ${t.skipped}` : t.tokens != null
-      ? (t.problem_count ? `ready; ${t.problem_count} record(s) left out (below)` : "ready") : "reading…";
-    tr.append(el("td", t.name), el("td", t.tokens != null || t.skipped ? formatWords(t) : ""), el("td", count), el("td", status));
+    const count =
+      t.examples != null
+        ? `${t.examples.toLocaleString()} examples, ${t.tokens.toLocaleString()} tokens`
+        : t.tokens != null
+          ? t.tokens.toLocaleString()
+          : "–";
+    const status = t.skipped
+      ? `skipped: ${t.skipped}`
+      : t.tokens != null
+        ? t.problem_count
+          ? `ready; ${t.problem_count} record(s) left out (below)`
+          : "ready"
+        : "reading…";
+    tr.append(
+      el("td", t.name),
+      el("td", t.tokens != null || t.skipped ? formatWords(t) : ""),
+      el("td", count),
+      el("td", status),
+    );
     if (t.skipped) tr.className = "skipped";
     const td = el("td");
     const rm = el("button", "Remove");
     rm.type = "button";
     rm.setAttribute("aria-label", `Remove ${t.name}`);
-    rm.onclick = () => { state.texts.delete(t.name); worker.postMessage({ type: "removeText", name: t.name }); renderTexts(); };
+    rm.onclick = () => {
+      state.texts.delete(t.name);
+      send({ type: "removeText", name: t.name });
+      renderTexts();
+    };
     td.append(rm);
     tr.append(td);
     body.append(tr);
@@ -487,7 +683,8 @@ function fileDetails(t) {
       select.append(...t.columns.map((c) => Object.assign(el("option", c), { value: c, selected: c === chosen })));
       return select;
     };
-    const prompt = pick("prompt", t.chosenColumns?.prompt), response = pick("response", t.chosenColumns?.response ?? t.columns[1]);
+    const prompt = pick("prompt", t.chosenColumns?.prompt),
+      response = pick("response", t.chosenColumns?.response ?? t.columns[1]);
     const apply = Object.assign(el("button", "Read these columns"), { type: "button" });
     apply.onclick = () => {
       const columns = { prompt: prompt.value, response: response.value };
@@ -516,7 +713,13 @@ function fileDetails(t) {
       pre.append(span);
     }
     const box = el("details");
-    box.append(el("summary", "First example, as training sees it (what the model learns in full colour; the rest it only reads)"), pre);
+    box.append(
+      el(
+        "summary",
+        "First example, as training sees it (what the model learns in full colour; the rest it only reads)",
+      ),
+      pre,
+    );
     parts.push(box);
   }
   if (!parts.length) return null;
@@ -532,8 +735,10 @@ function renderValFileChoice() {
   const chosen = select.value;
   const usable = [...state.texts.values()].filter((t) => t.tokens && !t.skipped);
   const share = Math.round(100 * (state.defaults?.spec.data.val_fraction ?? 0.1));
-  select.replaceChildren(Object.assign(el("option", `${share}% of the data`), { value: "" }),
-    ...usable.map((t) => Object.assign(el("option", `the file ${t.name}`), { value: t.name })));
+  select.replaceChildren(
+    Object.assign(el("option", `${share}% of the data`), { value: "" }),
+    ...usable.map((t) => Object.assign(el("option", `the file ${t.name}`), { value: t.name })),
+  );
   select.value = usable.some((t) => t.name === chosen) ? chosen : "";
 }
 
@@ -543,16 +748,22 @@ async function addText(name, buffer, options) {
   renderTexts();
   if (!state.model) return; // sent again once a model is loaded
   const columns = options?.columns ?? previous?.chosenColumns;
-  worker.postMessage({ type: "addText", name, buffer: buffer.slice(0), options: columns ? { columns } : undefined });
+  send({ type: "addText", name, buffer: buffer.slice(0), options: columns ? { columns } : undefined });
 }
 
 async function addFiles(files) {
-  if (state.training) { showError("Texts cannot change during a run: stop it first."); return; }
+  if (state.training) {
+    showError("Texts cannot change during a run: stop it first.");
+    return;
+  }
   if (!state.model) showError("Load a base model first: the text is counted in its tokens.");
   for (const f of files) {
     // Not read at all above the limit: a huge file would fill the page's memory first.
     if (state.maxTextBytes && f.size > state.maxTextBytes) {
-      state.texts.set(f.name, { name: f.name, skipped: `the file is ${Math.round(f.size / 2 ** 20)} MB, more than the ${Math.round(state.maxTextBytes / 2 ** 20)} MB a text file may have; split it into smaller files` });
+      state.texts.set(f.name, {
+        name: f.name,
+        skipped: `the file is ${Math.round(f.size / 2 ** 20)} MB, more than the ${Math.round(state.maxTextBytes / 2 ** 20)} MB a text file may have; split it into smaller files`,
+      });
       renderTexts();
       continue;
     }
@@ -566,7 +777,8 @@ function updateButtons() {
   for (const id of ["load-default", "model-files", "model-url", "text-files"]) $(id).disabled = locked;
   $("model-url-form").querySelector("button").disabled = locked;
   $("drop-zone").setAttribute("aria-disabled", String(locked));
-  for (const b of document.querySelectorAll("#text-table button")) b.disabled = locked;
+  for (const b of document.querySelectorAll("#text-table button"))
+    /** @type {HTMLButtonElement} */ (b).disabled = locked;
   // "16-bit weights" needs a backend that holds f16: the CPU, or WebGPU with shader-f16 (a GPU
   // without it loads the model in 32-bit).
   const noF16 = document.body.dataset.f16 === "0";
@@ -580,29 +792,52 @@ function updateButtons() {
   $("download-gguf").disabled = !state.adapter || state.training;
   $("download-merged").disabled = !state.adapter || state.training;
   $("sample").disabled = !state.model || (state.training && !state.paused);
+  $("chat-ask").disabled = !state.model || (state.training && !state.paused);
+  $("adapter-files").disabled = locked || !state.model;
+  $("close-adapter").disabled = locked;
+  // An opened adapter's LoRA settings are the run's: the form's are not used.
+  for (const name of ["rank", "alpha", "target"]) {
+    const inputs = $("settings").elements[name];
+    for (const input of inputs instanceof RadioNodeList ? inputs : [inputs])
+      if (input) input.disabled ||= !!state.opened;
+  }
 }
 
 // ---- the loss chart (canvas; drawing only) -------------------------------------------------
 function drawChart() {
   const c = $("chart");
   const g = c.getContext("2d");
-  const w = c.width, h = c.height, pad = 36;
+  const w = c.width,
+    h = c.height,
+    pad = 36;
   g.clearRect(0, 0, w, h);
-  g.strokeStyle = "#999"; g.lineWidth = 1;
+  g.strokeStyle = "#999";
+  g.lineWidth = 1;
   g.strokeRect(pad, 8, w - pad - 8, h - pad - 8);
   const train = state.points.filter((p) => p.train_loss != null).map((p) => [p.step, p.train_loss]);
   const val = state.points.filter((p) => p.val_loss != null).map((p) => [p.step, p.val_loss]);
   c.dataset.points = String(train.length + val.length);
   const all = [...train, ...val].map(([, y]) => y);
   if (!all.length) return;
-  const lo = Math.min(...all), hi = Math.max(...all), span = hi - lo || 1;
+  const lo = Math.min(...all),
+    hi = Math.max(...all),
+    span = hi - lo || 1;
   const x = (s) => pad + ((w - pad - 8) * s) / Math.max(1, state.total);
   const y = (v) => 8 + (h - pad - 8) * (1 - (v - lo) / span);
-  g.fillStyle = "#444"; g.font = "12px sans-serif";
-  g.fillText(hi.toFixed(2), 2, 16); g.fillText(lo.toFixed(2), 2, h - pad);
+  g.fillStyle = "#444";
+  g.font = "12px sans-serif";
+  g.fillText(hi.toFixed(2), 2, 16);
+  g.fillText(lo.toFixed(2), 2, h - pad);
   g.fillText("step", w / 2, h - 8);
-  for (const [points, color] of [[train, "#2563eb"], [val, "#dc2626"]]) {
-    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+  /** @type {[number[][], string][]} */
+  const series = [
+    [train, "#2563eb"],
+    [val, "#dc2626"],
+  ];
+  for (const [points, color] of series) {
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath();
     points.forEach(([s, v], i) => (i ? g.lineTo(x(s), y(v)) : g.moveTo(x(s), y(v))));
     g.stroke();
     g.fillStyle = color;
@@ -612,19 +847,20 @@ function drawChart() {
 
 // ---- the person's actions ----------------------------------------------------------------------
 $("backend-choice").onchange = () => switchBackend($("backend-choice").value);
-$("backend-choice").value = new URLSearchParams(location.search).get("backend")
-  || localStorage.getItem("webtune-backend") || "auto";
+$("backend-choice").value =
+  new URLSearchParams(location.search).get("backend") || localStorage.getItem("webtune-backend") || "auto";
 
 // Another backend: a fresh worker. A run moves with its checkpoint (a pause saves one).
 function switchBackend(backend) {
   localStorage.setItem("webtune-backend", backend);
   if (state.training && !state.paused) {
     switchAfterPause = backend;
-    worker.postMessage({ type: "pause" });
+    send({ type: "pause" });
     return;
   }
   recovering = state.training || !!state.modelSource;
-  state.training = false; state.paused = false;
+  state.training = false;
+  state.paused = false;
   startWorker(backend);
 }
 let switchAfterPause = null;
@@ -634,15 +870,18 @@ let switchAfterPause = null;
 // saved run being resumed had them.
 function loadModelFrom(src, baseF16 = wantsBaseF16()) {
   state.pendingModelSource = src;
-  if (src.source === "default") worker.postMessage({ type: "loadModel", source: "default", baseF16 });
-  else if (src.source === "url") worker.postMessage({ type: "loadModel", source: "url", url: src.url, baseF16 });
+  if (src.source === "default") send({ type: "loadModel", source: "default", baseF16 });
+  else if (src.source === "url") send({ type: "loadModel", source: "url", url: src.url, baseF16 });
   else loadModelFiles(src.files, src.name, baseF16);
 }
 const wantsBaseF16 = () => !!$("settings").elements.base_f16?.checked;
 
 async function loadModelFiles(files, modelName, baseF16) {
   const payload = await Promise.all(files.map(async (f) => ({ name: f.name, buffer: await f.arrayBuffer() })));
-  worker.postMessage({ type: "loadModel", source: "files", files: payload, modelName, baseF16 }, payload.map((p) => p.buffer));
+  send(
+    { type: "loadModel", source: "files", files: payload, modelName, baseF16 },
+    payload.map((p) => p.buffer),
+  );
 }
 
 // "16-bit weights" changed with a model loaded and nothing trained on it yet: the model loads
@@ -659,15 +898,69 @@ function reloadForBaseF16() {
   showStatus("model", `Loading the model again with ${wantsBaseF16() ? "16" : "32"}-bit weights…`);
 }
 
+// A saved run as resumeRun takes it: its record (with the model files kept for it) and its
+// last checkpoint; null when either is gone.
+async function savedRun(id) {
+  const record = await store.run(id).catch(() => null);
+  const checkpoint = record && (await store.checkpoint(id).catch(() => null));
+  if (!record || !checkpoint) return null;
+  const model = { ...record.model };
+  if (model.source === "files" && model.modelKey) model.files = (await store.model(model.modelKey))?.files;
+  return { id, setup: { ...record, model }, checkpoint };
+}
+
+// The interrupted run the banner offers (a run of this browser's that did not end and that no
+// tab trains), when there is one.
+let pendingRun = null;
+
+// After a reload or in a new tab: the newest interrupted run is offered to resume; runs that
+// other tabs train are theirs (named, never touched here).
+async function offerInterrupted() {
+  const open = (await store.runs()).filter((r) => r.status === "running" || r.status === "paused");
+  const elsewhere = [];
+  let offered = null;
+  // This tab's own run first (a reload keeps its id), then the newest no tab trains.
+  open.sort((a, b) => (b.id === state.runId) - (a.id === state.runId));
+  for (const r of open) {
+    if (await store.heldElsewhere(r.id)) elsewhere.push(r);
+    else if (!offered) offered = r;
+  }
+  if (elsewhere.length) {
+    showNotice(
+      `${elsewhere.length === 1 ? "A run is" : `${elsewhere.length} runs are`} training in another tab of ` +
+        `this page (${elsewhere.map((r) => r.model?.name).join(", ")}): each keeps its own progress.`,
+    );
+  }
+  pendingRun = offered ? await savedRun(offered.id) : null;
+  if (!pendingRun) return;
+  const { setup, checkpoint } = pendingRun;
+  // The run's own "Save memory" choice, which the person may change before Resume.
+  const saveMemory = $("settings").elements.recompute;
+  if (saveMemory && !document.body.dataset.crashLoop) saveMemory.checked = "recompute" in setup.form;
+  $("resume-text").textContent =
+    `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${checkpoint.total} ` +
+    `(${new Date(checkpoint.savedAt).toLocaleString()}), with ${setup.texts.length} text file(s).` +
+    (setup.model.source === "files" && !setup.model.files?.length ? " Open the same model files first." : "");
+  $("resume-banner").hidden = false;
+  document.body.dataset.pendingRun = String(checkpoint.step);
+}
+
 // Continue a saved run: its settings, its model, its texts, then its checkpoint.
 function resumeRun(run) {
   const { setup } = run;
   $("resume-banner").hidden = true;
   delete document.body.dataset.crashLoop;
   if (setup.model.source === "files" && !setup.model.files?.length) {
-    showError("The model of that run was opened from files the browser did not keep: open the same files, then press Resume.");
+    showError(
+      "The model of that run was opened from files the browser did not keep: open the same files, then press Resume.",
+    );
     return;
   }
+  pendingRun = null;
+  state.runId = run.id;
+  sessionStorage.setItem("webtune-run", run.id);
+  store.hold(run.id);
+  store.saveRun(run.id, { status: "running" }).catch(() => {});
   for (const [name, value] of Object.entries(setup.form)) {
     const inputs = $("settings").elements[name];
     if (inputs instanceof RadioNodeList) for (const i of inputs) i.checked = value.includes(i.value);
@@ -676,12 +969,173 @@ function resumeRun(run) {
   // "Save memory" stays as shown (the run's own choice, or the person's before Resume): the
   // gradients are the same either way, so a run may switch (setSaveMemory).
   $("sample-prompt").value = setup.samplePrompt;
-  state.texts = new Map(setup.texts.map((t) => [t.name, { name: t.name, buffer: t.buffer }]));
+  state.texts = new Map(
+    setup.texts.map((t) => [t.name, { name: t.name, buffer: t.buffer, chosenColumns: t.options?.columns }]),
+  );
   state.resuming = run;
   renderTexts();
   updateButtons();
   // The base as the run trained on it (runs saved before the setting existed: 32-bit).
   loadModelFrom(setup.model, !!setup.baseF16);
+}
+
+// ---- the runs kept in this browser -------------------------------------------------------------
+async function renderRuns() {
+  const all = await store.runs();
+  const body = $("runs-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const r of all) {
+    const tr = el("tr");
+    const loss =
+      r.valLoss != null
+        ? `${r.firstValLoss != null ? `${r.firstValLoss.toFixed(3)} → ` : ""}${r.valLoss.toFixed(3)}`
+        : "–";
+    const status =
+      {
+        running: "interrupted",
+        paused: "interrupted",
+        finished: "finished",
+        stopped: "stopped",
+        failed: "stopped (not finite)",
+      }[r.status] ?? r.status;
+    tr.append(
+      el("td", new Date(r.createdAt).toLocaleString()),
+      el("td", r.model?.name ?? "?"),
+      el("td", (r.texts ?? []).map((t) => t.name).join(", ")),
+      el("td", `${r.step ?? 0} of ${r.total ?? "?"} · ${status}`),
+      el("td", loss),
+      el("td", r.adapterBytes ? mb(r.adapterBytes) : "–"),
+    );
+    const actions = el("td");
+    const button = (text, label, fn) => {
+      const b = Object.assign(el("button", text), { type: "button", onclick: fn });
+      b.setAttribute("aria-label", `${label} (run of ${new Date(r.createdAt).toLocaleString()})`);
+      actions.append(b, " ");
+      return b;
+    };
+    if (r.adapterBytes) button("Download", "Download its adapter", () => downloadKept(r));
+    if (r.adapterBytes) {
+      button("Continue training", "Continue training its adapter", () => continueKept(r)).disabled =
+        !state.model || state.training;
+    }
+    if ((r.status === "running" || r.status === "paused") && r.id !== state.runId) {
+      button("Resume", "Resume it", async () => {
+        const run = await savedRun(r.id);
+        if (run) resumeRun(run);
+      }).disabled = state.training;
+    }
+    button("Delete", "Delete it", async () => {
+      if (r.id === state.runId && state.training) return;
+      await store.deleteRun(r.id);
+      if (pendingRun?.id === r.id) {
+        $("resume-banner").hidden = true;
+        pendingRun = null;
+        document.body.dataset.pendingRun = "";
+      }
+      renderRuns();
+    }).disabled = r.id === state.runId && state.training;
+    tr.append(actions);
+    tr.dataset.run = r.id;
+    body.append(tr);
+  }
+  $("runs-table").hidden = all.length === 0;
+  $("runs-empty").hidden = all.length > 0;
+  const { usage, quota } = await store.usage();
+  $("runs-storage").textContent =
+    usage != null && quota ? `This browser holds ${mb(usage)} of webtune's data (it allows ${mb(quota)}).` : "";
+}
+store.onChange(() => renderRuns());
+
+async function downloadKept(r) {
+  const kept = await store.adapter(r.id);
+  if (!kept) {
+    showError("That run's adapter is no longer in this browser's storage.");
+    return;
+  }
+  const stem = (r.model?.name || "model").replace(/[^A-Za-z0-9._-]+/g, "-");
+  save(kept.zip, `${stem}-lora-${new Date(r.createdAt).toISOString().slice(0, 10)}.zip`, "application/zip");
+}
+
+// A kept run's adapter, with its optimizer state, becomes what the next run continues (on the
+// model loaded now, which must be the one it trained on).
+async function continueKept(r) {
+  const saved = await store.checkpoint(r.id);
+  if (!saved) {
+    showError("That run's saved state is no longer in this browser's storage.");
+    return;
+  }
+  send({ type: "openAdapter", files: [{ name: "checkpoint.safetensors", buffer: saved.bytes.slice().buffer }] });
+}
+
+// A storage failure in words: what could not be saved, and what to do (a full disk names what to
+// delete).
+function storageProblem(e, what) {
+  return e instanceof store.StorageFull ? `${what}. ${e.message}` : `${what} (${e?.message ?? e}).`;
+}
+
+function save(bytes, name, type) {
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// ---- asking both models ------------------------------------------------------------------------
+let chatId = 0;
+function ask() {
+  const prompt = $("chat-prompt").value.trim();
+  if (!prompt || !state.model) return;
+  chatId += 1;
+  const sampling = {
+    temperature: Number($("chat-temperature").value) || 0,
+    top_p: Number($("chat-top-p").value) || 1,
+    max_new_tokens: state.defaults?.sample_tokens ? state.defaults.sample_tokens * 4 : 160,
+  };
+  for (const out of [$("chat-base"), $("chat-adapted")]) {
+    out.textContent = "";
+    delete out.dataset.done;
+  }
+  $("chat-status").textContent = "Answering…";
+  $("chat-ask").disabled = true;
+  send({ type: "chat", id: chatId, prompt, adapted: false, sampling });
+  if (state.adapter || state.opened) send({ type: "chat", id: chatId, prompt, adapted: true, sampling });
+  else $("chat-adapted").textContent = "(no adapter yet: train one, or open one)";
+}
+
+// Held-out prompts (chat data's validation examples): questions the model was not trained on.
+function renderPrompts(prompts = []) {
+  const box = $("chat-prompts");
+  box.replaceChildren(
+    ...prompts.map((p) =>
+      Object.assign(el("button", p.length > 60 ? `${p.slice(0, 57)}…` : p), {
+        type: "button",
+        title: p,
+        onclick: () => {
+          $("chat-prompt").value = p;
+        },
+      }),
+    ),
+  );
+  box.hidden = prompts.length === 0;
+}
+
+// The validation loss before training (the base) and now, in one line.
+function renderLossLine() {
+  const vals = state.points.filter((p) => p.val_loss != null);
+  if (vals.length < 2) {
+    $("loss-line").textContent = "";
+    return;
+  }
+  const [a, b] = [vals[0].val_loss, vals.at(-1).val_loss];
+  $("loss-line").textContent =
+    `Validation loss ${a.toFixed(3)} → ${b.toFixed(3)} (perplexity ${Math.exp(a).toFixed(1)} → ${Math.exp(b).toFixed(1)}): ` +
+    (b < a
+      ? `${(100 * (1 - b / a)).toFixed(1)}% lower on text the adapter was not trained on.`
+      : "no better on held-out text.");
 }
 
 function formValues() {
@@ -693,16 +1147,20 @@ function formValues() {
 
 $("load-default").onclick = () => loadModelFrom({ source: "default", name: "SmolLM2-135M-Instruct" });
 $("model-files").onchange = async (e) => {
-  const files = [...e.target.files];
+  const files = [.../** @type {HTMLInputElement} */ (e.target).files];
   if (!files.length) return;
-  const folder = files[0].webkitRelativePath?.split("/")[0] || files.find((f) => f.name.endsWith(".gguf"))?.name || "model";
-  const pending = await store.loadRun();
-  e.target.value = "";
-  if (!$("resume-banner").hidden && pending?.setup.model.source === "files") {
+  const folder =
+    files[0].webkitRelativePath?.split("/")[0] || files.find((f) => f.name.endsWith(".gguf"))?.name || "model";
+  /** @type {HTMLInputElement} */ (e.target).value = "";
+  if (
+    !$("resume-banner").hidden &&
+    pendingRun?.setup.model.source === "files" &&
+    !pendingRun.setup.model.files?.length
+  ) {
     // The files of an interrupted run, opened again to resume it.
-    pending.setup.model.files = files;
+    pendingRun.setup.model.files = files;
     $("resume-banner").hidden = true;
-    resumeRun(pending);
+    resumeRun(pendingRun);
     return;
   }
   loadModelFrom({ source: "files", name: folder, files });
@@ -712,41 +1170,124 @@ $("model-url-form").onsubmit = (e) => {
   const url = $("model-url").value.trim();
   if (url) loadModelFrom({ source: "url", url, name: url });
 };
-$("resume-run").onclick = async () => { const run = await store.loadRun(); if (run) resumeRun(run); };
-$("discard-run").onclick = async () => { await store.clearRun(); $("resume-banner").hidden = true; document.body.dataset.pendingRun = ""; };
-// Leaving mid-run: the browser asks first (the run is saved every few steps all the same).
-addEventListener("beforeunload", (e) => { if (state.training && !state.paused) { e.preventDefault(); e.returnValue = ""; } });
-$("text-files").onchange = async (e) => { await addFiles([...e.target.files]); e.target.value = ""; };
-const zone = $("drop-zone");
-zone.ondragover = (e) => { e.preventDefault(); zone.classList.add("over"); };
-zone.ondragleave = () => zone.classList.remove("over");
-zone.ondrop = async (e) => { e.preventDefault(); zone.classList.remove("over"); await addFiles([...e.dataTransfer.files]); };
-zone.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("text-files").click(); } };
-$("settings").oninput = () => requestPlan();
-$("settings").elements.base_f16.onchange = () => { baseF16Chosen = true; reloadForBaseF16(); };
-$("start").onclick = async () => {
-  if (state.paused) { state.paused = false; worker.postMessage({ type: "resume" }); updateButtons(); return; }
-  // Read before the form is locked (disabled fields are not in FormData).
-  const run = settings(), form = formValues();
-  const samplePrompt = $("sample-prompt").value;
-  state.training = true; updateButtons();
-  $("resume-banner").hidden = true;
-  // What the run needs to start again in a fresh page: model source, texts, settings.
-  await store.clearRun();
-  try {
-    const texts = [...state.texts.values()].filter((t) => t.tokens && t.buffer).map((t) => ({ name: t.name, buffer: t.buffer }));
-    await store.saveSetup({ model: state.modelSource, baseF16: !!state.model?.base_f16, texts, settings: run, form, samplePrompt });
-  } catch (e) {
-    showNotice(`This run cannot be saved in this browser (${e?.message ?? e}): a reload will lose it.`);
-  }
-  worker.postMessage({ type: "start", settings: run, samplePrompt });
+$("resume-run").onclick = () => {
+  if (pendingRun) resumeRun(pendingRun);
 };
-$("pause").onclick = () => worker.postMessage({ type: "pause" });
-$("stop").onclick = () => worker.postMessage({ type: "stop" });
-$("sample").onclick = () => worker.postMessage({ type: "sample", prompt: $("sample-prompt").value, withAdapter: state.adapter });
-$("download").onclick = () => worker.postMessage({ type: "export", format: "peft", dtype: $("f16").checked ? "f16" : "f32" });
-$("download-merged").onclick = () => worker.postMessage({ type: "export", format: "merged" });
-$("download-gguf").onclick = () => worker.postMessage({ type: "export", format: "gguf", dtype: $("f16").checked ? "f16" : "f32" });
+$("discard-run").onclick = async () => {
+  if (pendingRun) await store.deleteRun(pendingRun.id);
+  pendingRun = null;
+  $("resume-banner").hidden = true;
+  document.body.dataset.pendingRun = "";
+  renderRuns();
+};
+// Leaving mid-run: the browser asks first (the run is saved every few steps all the same).
+addEventListener("beforeunload", (e) => {
+  if (state.training && !state.paused) {
+    e.preventDefault();
+    e.returnValue = "";
+  }
+});
+$("text-files").onchange = async (e) => {
+  await addFiles([.../** @type {HTMLInputElement} */ (e.target).files]);
+  /** @type {HTMLInputElement} */ (e.target).value = "";
+};
+const zone = $("drop-zone");
+zone.ondragover = (e) => {
+  e.preventDefault();
+  zone.classList.add("over");
+};
+zone.ondragleave = () => zone.classList.remove("over");
+zone.ondrop = async (e) => {
+  e.preventDefault();
+  zone.classList.remove("over");
+  await addFiles([...e.dataTransfer.files]);
+};
+zone.onkeydown = (e) => {
+  if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    $("text-files").click();
+  }
+};
+$("settings").oninput = () => requestPlan();
+$("settings").elements.base_f16.onchange = () => {
+  baseF16Chosen = true;
+  reloadForBaseF16();
+};
+$("start").onclick = async () => {
+  if (state.paused) {
+    state.paused = false;
+    send({ type: "continue" });
+    updateButtons();
+    return;
+  }
+  // Read before the form is locked (disabled fields are not in FormData).
+  const spec = settings(),
+    form = formValues();
+  const samplePrompt = $("sample-prompt").value;
+  state.training = true;
+  updateButtons();
+  $("resume-banner").hidden = true;
+  pendingRun = null;
+  // A run of its own: its settings, texts and where its model came from, so that it can start
+  // again in a fresh page; this tab holds it until it ends.
+  const id = store.newId();
+  state.runId = id;
+  sessionStorage.setItem("webtune-run", id);
+  store.hold(id);
+  const kept = await store.persist();
+  $("storage-status").textContent = kept
+    ? "This browser keeps your runs (persistent storage granted)."
+    : "This browser may clear stored runs when it runs low on space: download adapters you want to keep.";
+  try {
+    const model = { ...state.modelSource };
+    if (model.source === "files") {
+      model.modelKey = await store.saveModelFiles(model.files);
+      delete model.files;
+    }
+    const texts = [...state.texts.values()]
+      .filter((t) => t.tokens && t.buffer)
+      .map((t) => ({
+        name: t.name,
+        buffer: t.buffer,
+        options: t.chosenColumns ? { columns: t.chosenColumns } : undefined,
+      }));
+    await store.saveRun(id, {
+      status: "running",
+      model,
+      baseF16: !!state.model?.base_f16,
+      texts,
+      spec,
+      form,
+      samplePrompt,
+      step: 0,
+      total: spec.train.steps,
+    });
+  } catch (e) {
+    showNotice(storageProblem(e, "This run cannot be saved in this browser: a reload will lose it"));
+  }
+  renderRuns();
+  send({ type: "start", spec, samplePrompt });
+};
+$("pause").onclick = () => send({ type: "pause" });
+$("stop").onclick = () => send({ type: "stop" });
+$("sample").onclick = () => send({ type: "sample", prompt: $("sample-prompt").value, withAdapter: state.adapter });
+$("download").onclick = () => send({ type: "export", format: "peft", dtype: $("f16").checked ? "f16" : "f32" });
+$("download-merged").onclick = () => send({ type: "export", format: "merged" });
+$("download-gguf").onclick = () => send({ type: "export", format: "gguf", dtype: $("f16").checked ? "f16" : "f32" });
+$("chat-ask").onclick = () => ask();
+$("adapter-files").onchange = async (e) => {
+  const files = [.../** @type {HTMLInputElement} */ (e.target).files];
+  /** @type {HTMLInputElement} */ (e.target).value = "";
+  if (!files.length || !state.model) return;
+  const payload = await Promise.all(
+    files.map(async (f) => ({ name: f.webkitRelativePath || f.name, buffer: await f.arrayBuffer() })),
+  );
+  send(
+    { type: "openAdapter", files: payload },
+    payload.map((p) => p.buffer),
+  );
+};
+$("close-adapter").onclick = () => send({ type: "closeAdapter" });
 
 drawChart();
 startWorker($("backend-choice").value);

@@ -36,7 +36,7 @@ if [ "${1:-}" = "--gpu-config" ]; then echo "$GPU_CONFIG"; exit 0; fi
 pack() { # out-dir, then extra cargo args
   local out=$1; shift
   wasm-pack build crate/wasm --target web --release --out-dir "../../web/$out" --out-name webtune \
-    --no-typescript --no-pack -- --no-default-features "$@"
+    --no-pack -- --no-default-features "$@"
   # shellcheck disable=SC2046 # file names without spaces (wasm-pack's and wasm-bindgen's)
   compress $(find "web/$out" -name '*.wasm' -o -name '*.js')
 }

@@ -1,12 +1,14 @@
-// The training worker: owns the wasm session, so the page never freezes. Messages in and out are
-// plain objects with a `type`; see app.js for the other side. No math here: the Rust core does it.
+// The training worker: owns the wasm session, so the page never freezes. The messages in and out
+// are protocol.js's; app.js is the other side. No math here: the Rust core does it.
+
+import { toPage } from "./protocol.js";
 
 let session = null;
-let running = false;   // a step loop is active
+let running = false; // a step loop is active
 let samplePrompt = "";
 let memoryBytes = () => 0; // the module's memory (WebSession.memoryBytes), once loaded
 
-const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+const post = toPage;
 
 // A trap in the wasm module (a panic, an out-of-memory) leaves it unusable, and when it happens
 // inside a promise's continuation that promise never settles. Report it, so that the page can
@@ -19,27 +21,51 @@ function reportCrash(error, gpuLost = false) {
   // A lost GPU often makes the next GPU call trap first: wait a moment, so that the page hears
   // the cause (and moves the run to the CPU) rather than the symptom.
   if (!crashReport || gpuLost) crashReport = { gpuLost, message: error?.message ?? String(error) };
-  setTimeout(() => {
-    if (crashReport.sent) return;
-    crashReport.sent = true;
-    post({ type: "crashed", gpuLost: crashReport.gpuLost, message: crashReport.message });
-  }, gpuLost ? 0 : 300);
+  setTimeout(
+    () => {
+      if (crashReport.sent) return;
+      crashReport.sent = true;
+      post({ type: "crashed", gpuLost: crashReport.gpuLost, message: crashReport.message });
+    },
+    gpuLost ? 0 : 300,
+  );
 }
 const isTrap = (e) => e instanceof WebAssembly.RuntimeError || /unreachable|out of memory/i.test(e?.message ?? "");
-self.addEventListener("error", (e) => { e.preventDefault(); reportCrash(e.error ?? e.message); });
-self.addEventListener("unhandledrejection", (e) => { if (isTrap(e.reason)) { e.preventDefault(); reportCrash(e.reason); } });
+self.addEventListener("error", (e) => {
+  e.preventDefault();
+  reportCrash(e.error ?? e.message);
+});
+self.addEventListener("unhandledrejection", (e) => {
+  if (isTrap(e.reason)) {
+    e.preventDefault();
+    reportCrash(e.reason);
+  }
+});
 
 // The GPU device wgpu asks for: kept (self.webtuneGpuDevice) so that its loss is noticed. A lost
 // device (driver reset, GPU unplugged, destroy()) ends the WebGPU session: the page moves the run
-// to the CPU backend.
-if (self.GPUAdapter?.prototype.requestDevice) {
-  const requestDevice = GPUAdapter.prototype.requestDevice;
-  GPUAdapter.prototype.requestDevice = async function (descriptor) {
+// to the CPU backend. wgpu asks for it inside WebSession.create; requestDevice is wrapped for
+// that call only (the wasm module gives no handle to the device it made).
+async function withDeviceWatch(create) {
+  const proto = /** @type {any} */ (self).GPUAdapter?.prototype;
+  const requestDevice = proto?.requestDevice;
+  if (!requestDevice) return create();
+  proto.requestDevice = async function (descriptor) {
     const device = await requestDevice.call(this, descriptor);
-    self.webtuneGpuDevice = device;
-    device.lost.then((info) => reportCrash(new Error(`the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ""})`), true));
+    /** @type {any} */ (self).webtuneGpuDevice = device;
+    device.lost.then((info) =>
+      reportCrash(
+        new Error(`the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ""})`),
+        true,
+      ),
+    );
     return device;
   };
+  try {
+    return await create();
+  } finally {
+    proto.requestDevice = requestDevice;
+  }
 }
 
 // Two builds of the module (web/build.sh): pkg has WebGPU and the CPU backend on one thread;
@@ -50,9 +76,10 @@ if (self.GPUAdapter?.prototype.requestDevice) {
 // that after two steps. A crash on one of the pool's workers never reaches this worker (it is
 // blocked waiting for the pool): the module posts it on the page's channel (reportCrashesTo).
 async function hardwareGpu() {
-  if (!navigator.gpu) return false;
+  const gpu = /** @type {any} */ (navigator).gpu;
+  if (!gpu) return false;
   try {
-    const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+    const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
     // A software adapter (SwiftShader) is slower than the CPU backend.
     return !!adapter && !(adapter.isFallbackAdapter || adapter.info?.isFallbackAdapter);
   } catch {
@@ -61,8 +88,12 @@ async function hardwareGpu() {
 }
 
 async function loadModule(preference, threadCount) {
-  const threads = threadCount > 1 && self.crossOriginIsolated && typeof SharedArrayBuffer !== "undefined"
-    && preference !== "webgpu" && (preference === "cpu" || !(await hardwareGpu()));
+  const threads =
+    threadCount > 1 &&
+    self.crossOriginIsolated &&
+    typeof SharedArrayBuffer !== "undefined" &&
+    preference !== "webgpu" &&
+    (preference === "cpu" || !(await hardwareGpu()));
   if (threads) {
     try {
       const mod = await import("./pkg-threads/webtune.js");
@@ -89,14 +120,22 @@ const CACHE = "webtune-models";
 // Downloads with progress, keeping a copy in the browser's cache for the next visit.
 async function fetchModel(url, name) {
   let cache = null;
-  try { cache = await caches.open(CACHE); } catch { /* no Cache API: fetch every time */ }
+  try {
+    cache = await caches.open(CACHE);
+  } catch {
+    /* no Cache API: fetch every time */
+  }
   let response = cache ? await cache.match(url) : undefined;
   const fromCache = !!response;
   if (!response) {
     response = await fetch(url);
     if (!response.ok) throw new Error(`${name}: the server answered ${response.status} ${response.statusText}`);
     if (cache) {
-      try { await cache.put(url, response.clone()); } catch { /* quota: keep going */ }
+      try {
+        await cache.put(url, response.clone());
+      } catch {
+        /* quota: keep going */
+      }
     }
   }
   const total = Number(response.headers.get("content-length")) || 0;
@@ -112,7 +151,10 @@ async function fetchModel(url, name) {
   }
   const bytes = new Uint8Array(loaded);
   let offset = 0;
-  for (const c of chunks) { bytes.set(c, offset); offset += c.length; }
+  for (const c of chunks) {
+    bytes.set(c, offset);
+    offset += c.length;
+  }
   return bytes;
 }
 
@@ -130,7 +172,10 @@ async function loadModel(msg) {
     }
   } else {
     const url = msg.source === "url" ? msg.url : DEFAULT_MODEL.url;
-    const name = msg.source === "url" ? decodeURIComponent(new URL(url, self.location).pathname.split("/").pop() || "model.gguf") : DEFAULT_MODEL.name;
+    const name =
+      msg.source === "url"
+        ? decodeURIComponent(new URL(url, self.location.href).pathname.split("/").pop() || "model.gguf")
+        : DEFAULT_MODEL.name;
     const bytes = await fetchModel(url, name);
     post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
     info = session.loadGguf(name, bytes, !!msg.baseF16);
@@ -145,12 +190,31 @@ let defaults = null;
 let lastProgress = null;
 async function saveCheckpoint() {
   const bytes = await session.checkpoint();
-  post({ type: "checkpoint", bytes, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? 0 }, [bytes.buffer]);
+  post({ type: "checkpoint", bytes, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? 0 }, [
+    bytes.buffer,
+  ]);
 }
 
-// The training loop is the Rust core's (session.step() = Trainer::next): each call takes a step,
-// or applies the pause / stop asked for, and says where the run stands and when a checkpoint is
-// due. This only reports, stores checkpoints, and lets messages in between calls.
+// A run that ended: its adapter (a PEFT zip) and its last state, for the page to keep with the
+// run until the person deletes it (a reload or a closed tab loses nothing).
+async function keepResult() {
+  try {
+    const zip = session.hasAdapter() ? (await session.exportAdapter("f32")).zip : null;
+    const checkpoint = await session.checkpoint();
+    const transfer = [checkpoint.buffer, ...(zip ? [zip.buffer] : [])];
+    post(
+      { type: "kept", zip, checkpoint, step: lastProgress?.step ?? 0, total: lastProgress?.total_steps ?? 0 },
+      transfer,
+    );
+  } catch (e) {
+    fail("keeping the run", e);
+  }
+}
+
+// The training loop is the Rust core's (session.step() = Trainer::next): each call takes a step
+// (or, first, evaluates the base model: step 0), or applies the pause / stop asked for, and says
+// where the run stands and when a checkpoint is due. This only reports, stores checkpoints, and
+// lets messages in between calls.
 async function trainLoop() {
   if (running) return;
   running = true;
@@ -171,6 +235,7 @@ async function trainLoop() {
       }
       if (p.status !== "running") {
         post({ type: "done", stopped: p.status === "stopped", adapter: session.hasAdapter() });
+        await keepResult();
         await sample(samplePrompt, true);
         return;
       }
@@ -184,6 +249,7 @@ async function trainLoop() {
     fail("training", e);
     // A non-finite step keeps the adapter from before it (the Rust core restores it).
     post({ type: "done", failed: true, adapter: session.hasAdapter() });
+    if (session.hasAdapter()) await keepResult();
   } finally {
     running = false;
   }
@@ -199,12 +265,29 @@ async function sample(prompt, adapted) {
   }
 }
 
+// A chat turn: the prompt in the model's chat format, the answer streamed as it grows.
+async function chat({ id, prompt, adapted, sampling }) {
+  try {
+    const text = await session.generate(prompt, { ...sampling, chat: true, adapted }, (soFar) => {
+      post({ type: "chatText", id, adapted, text: soFar, done: false });
+      return true;
+    });
+    post({ type: "chatText", id, adapted, text, done: true });
+  } catch (e) {
+    fail("chat", e);
+    post({ type: "chatText", id, adapted, text: "", done: true });
+  }
+}
+
 // Messages run one at a time, in order (the session serves one call at a time); pause and stop
 // are passed to the session at once, which applies them before its next step.
 let queue = Promise.resolve();
+const enqueue = (msg) => {
+  queue = queue.then(() => handle(msg));
+};
 self.onmessage = ({ data: msg }) => {
   if (msg.type === "pause" || msg.type === "stop") return handle(msg);
-  queue = queue.then(() => handle(msg));
+  enqueue(msg);
 };
 
 // Whether this model's training speed was measured (for the plan's duration estimate).
@@ -212,7 +295,7 @@ let measured = false;
 // The measurement (a timed training step; on a GPU after the steps that compile its kernels:
 // `train::speed_probe`) waits until the settings have rested a moment, and a
 // Start before then skips it: a run measures its own speed, and its first step is not kept
-// waiting behind a throwaway one (README, "Speed": page open -> first step).
+// waiting behind a throwaway one.
 const MEASURE_AFTER_MS = 1500;
 let measureTimer = null;
 function cancelMeasure() {
@@ -227,7 +310,7 @@ async function handle(msg) {
         const { WebSession, reportCrashesTo } = await loadModule(msg.backend || "auto", msg.threads || 1);
         if (msg.crashChannel && reportCrashesTo) reportCrashesTo(msg.crashChannel); // pkg-threads only
         memoryBytes = () => WebSession.memoryBytes();
-        session = await WebSession.create(msg.backend || "auto");
+        session = await withDeviceWatch(() => WebSession.create(msg.backend || "auto"));
         defaults = WebSession.defaults();
         post({ type: "ready", backend: session.backend(), limits: WebSession.limits(), defaults });
         break;
@@ -246,11 +329,11 @@ async function handle(msg) {
         break;
       case "plan":
         if (running) break; // the settings of a running run cannot change
-        post({ type: "plan", plan: session.plan(msg.settings) });
+        post({ type: "plan", plan: session.plan(msg.spec) });
         if (!measured) {
           cancelMeasure();
-          const settings = msg.settings;
-          measureTimer = setTimeout(() => self.onmessage({ data: { type: "measure", settings } }), MEASURE_AFTER_MS);
+          const spec = msg.spec;
+          measureTimer = setTimeout(() => enqueue({ type: "measure", spec }), MEASURE_AFTER_MS);
         }
         break;
       case "measure":
@@ -259,21 +342,21 @@ async function handle(msg) {
         measureTimer = null;
         measured = true;
         post({ type: "measuring" });
-        await session.measure(msg.settings);
-        post({ type: "plan", plan: session.plan(msg.settings) });
+        await session.measure(msg.spec);
+        post({ type: "plan", plan: session.plan(msg.spec) });
         break;
       case "start": {
         cancelMeasure();
         samplePrompt = msg.samplePrompt || "";
-        const plan = session.start(msg.settings);
+        const plan = session.start(msg.spec);
         lastProgress = null;
         post({ type: "started", plan, history: [] });
         // Step 0 saved too: a crash before the first checkpoint still resumes with these settings.
-        if ((msg.settings?.train?.checkpoint_every ?? defaults.spec.train.checkpoint_every) > 0) await saveCheckpoint();
+        if ((msg.spec?.train?.checkpoint_every ?? defaults.spec.train.checkpoint_every) > 0) await saveCheckpoint();
         trainLoop();
         break;
       }
-      case "resume-run": {
+      case "restore": {
         // A run saved by an earlier worker (a reload, a crash, another backend).
         cancelMeasure();
         samplePrompt = msg.samplePrompt || "";
@@ -282,14 +365,14 @@ async function handle(msg) {
         if (msg.saveMemory != null) session.setSaveMemory(msg.saveMemory);
         const history = session.history();
         lastProgress = history.at(-1) ?? null;
-        post({ type: "started", plan, history, resumed: true });
+        post({ type: "started", plan, history, restored: true });
         trainLoop();
         break;
       }
       case "pause":
         session.pause();
         break;
-      case "resume":
+      case "continue":
         trainLoop();
         break;
       case "stop":
@@ -297,12 +380,26 @@ async function handle(msg) {
         if (!running) {
           // Paused (or never started): no loop will report it.
           post({ type: "done", stopped: true, adapter: session.hasAdapter() });
+          if (session.hasAdapter()) await keepResult();
           await sample(samplePrompt, true);
         }
         break;
       case "sample":
         await sample(msg.prompt, false);
         if (msg.withAdapter) await sample(msg.prompt, true);
+        break;
+      case "chat":
+        await chat(msg);
+        break;
+      case "openAdapter": {
+        const names = msg.files.map((f) => f.name);
+        const buffers = msg.files.map((f) => new Uint8Array(f.buffer));
+        post({ type: "adapterOpened", info: session.openAdapter(names, buffers) });
+        break;
+      }
+      case "closeAdapter":
+        session.closeAdapter();
+        post({ type: "adapterOpened", info: null });
         break;
       case "export": {
         if (msg.format === "merged") {

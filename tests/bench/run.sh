@@ -6,25 +6,43 @@
 #
 #   bash tests/bench/run.sh            # the full bench (~20-30 minutes on 2 cores)
 #   bash tests/bench/run.sh --quick    # the CI smoke: tiny model, a few steps, native + browser CPU
+#   bash tests/bench/run.sh --results docs/benchmarks.md
+#                                      # also appends the run to that file: a dated section
+#                                      # ("## <date> — <machine> — commit <hash>"), the command
+#                                      # line, then the table (MACHINE="..." names the machine)
 #
-# Workloads (README, "Speed"): SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), LoRA r=8 on
+# Workloads (docs/benchmarks.md): SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32), LoRA r=8 on
 # q_proj+v_proj, batch 4 x 128 tokens, on three Shakespeare plays; and the tiny fixture model
 # (tests/fixtures/tiny-llama-q.gguf) for quick runs. Each figure is a median over the measured steps
 # after warm-up steps; training is timed apart from evaluation.
 set -euo pipefail
+COMMAND_LINE="bash tests/bench/run.sh"; [ $# -eq 0 ] || COMMAND_LINE+=$(printf ' %q' "$@")
+CALLER_DIR="$PWD"
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
 OUT="${BENCH_OUT:-tests/out/bench}"
-QUICK=0; BROWSER=1; TORCH=1
-for arg in "$@"; do
-  case "$arg" in
+QUICK=0; BROWSER=1; TORCH=1; RESULTS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --quick) QUICK=1 ;;
     --no-browser) BROWSER=0 ;;
     --no-torch) TORCH=0 ;;
-    *) echo "unknown argument $arg" >&2; exit 2 ;;
+    --results)
+      [ $# -ge 2 ] || { echo "--results needs a file" >&2; exit 2; }
+      RESULTS=$2; shift ;;
+    --results=*) RESULTS=${1#--results=} ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
+  shift
 done
+if [ -n "$RESULTS" ]; then
+  # A relative path is the caller's; checked now, not after the bench's half hour.
+  case "$RESULTS" in /*) ;; *) RESULTS="$CALLER_DIR/$RESULTS" ;; esac
+  if { [ -e "$RESULTS" ] && [ ! -w "$RESULTS" ]; } || [ ! -w "$(dirname "$RESULTS")" ]; then
+    echo "--results $RESULTS: cannot write there" >&2; exit 2
+  fi
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
 
@@ -121,4 +139,22 @@ for build in ("pkg", "pkg-threads"):
 json.dump(report, open(f"{out}/shipped.json", "w"))
 PY
 
-python3 tests/bench/table.py "$OUT"
+TABLE="$OUT/table.md"
+python3 tests/bench/table.py "$OUT" > "$TABLE"
+cat "$TABLE"
+
+# --results FILE: the run appended as a dated section (the machine, the commit, the command).
+if [ -n "$RESULTS" ]; then
+  if [ -z "${MACHINE:-}" ]; then
+    cpu=$({ sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1; } 2>/dev/null || true)
+    mem=$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)
+    MACHINE="${cpu:-$(uname -m)}, $(nproc) cores${mem:+, $mem}"
+  fi
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+  {
+    printf '\n## %s — %s — commit %s\n\n' "$(date +%Y-%m-%d)" "$MACHINE" "$commit"
+    printf '    %s\n\n' "$COMMAND_LINE"
+    cat "$TABLE"
+  } >> "$RESULTS"
+  echo "== appended to $RESULTS" >&2
+fi

@@ -12,7 +12,7 @@ import net from "node:net";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import zlib from "node:zlib";
-import { launch, root, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors } from "./helpers.mjs";
+import { launch, root, startServer, tinyModelAndText, settings, downloadAdapter, watchErrors, unzip } from "./helpers.mjs";
 
 // Long enough (on the tiny model, wasm CPU) to reload in the middle.
 const LONG = { steps: 400, seq_len: 64, batch_size: 8, lr: 0.02, checkpoint_every: 20 };
@@ -72,15 +72,25 @@ test("a reload mid-run resumes, and the adapter equals an uninterrupted run's", 
     await b.page.waitForSelector("body[data-done='1']", { timeout: 600_000 });
     assert.match(await b.page.textContent("#train-status"), /Finished after 400 steps/);
     const points = await b.page.evaluate(() => window.webtuneState.points.map((p) => p.step));
-    assert.deepEqual(points, Array.from({ length: 400 }, (_, i) => i + 1), "the chart has every step, before and after the reload");
+    assert.deepEqual(points, Array.from({ length: 401 }, (_, i) => i), "the chart has every step (0: the base), before and after the reload");
     const resumed = await downloadAdapter(b.page);
     assert.ok(resumed["adapter_model.safetensors"].equals(whole["adapter_model.safetensors"]),
       "the resumed run's adapter differs from the uninterrupted run's");
     assert.ok(resumed["adapter_config.json"].equals(whole["adapter_config.json"]));
-    // A finished run leaves nothing to resume.
+    // A finished run leaves nothing to resume, and stays: after a reload it is listed, its
+    // adapter the same bytes.
+    await b.page.waitForFunction(() => document.body.dataset.kept, null, { timeout: 120_000 });
     await b.page.reload();
     await b.page.waitForSelector("body[data-ready='1']");
     assert.equal(await b.page.getAttribute("#resume-banner", "hidden"), "");
+    await b.page.waitForSelector("#runs-table tbody tr");
+    const [kept] = await Promise.all([b.page.waitForEvent("download"),
+      b.page.click("#runs-table tbody tr:first-child button:text('Download')")]);
+    const chunks = [];
+    for await (const c of await kept.createReadStream()) chunks.push(c);
+    const keptFiles = unzip(Buffer.concat(chunks));
+    assert.ok(keptFiles["adapter_model.safetensors"].equals(resumed["adapter_model.safetensors"]),
+      "the kept adapter differs from the one downloaded when the run finished");
     assert.deepEqual(b.errors, []);
   } finally {
     await browser.close();

@@ -81,7 +81,7 @@ export async function tinyModelAndText(page) {
     dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(60)], "cats.txt", { type: "text/plain" }));
     document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
   });
-  await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+  await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(4)")].some((td) => td.textContent === "ready"));
 }
 
 /** Fills the settings form. */
@@ -96,4 +96,32 @@ export async function downloadAdapter(page) {
   const chunks = [];
   for await (const c of stream) chunks.push(c);
   return unzip(Buffer.concat(chunks));
+}
+
+/** The data offsets of a GGUF file's tensors: `{ name: { type, dims, start } }` (start: the byte
+ * where its data begins in the file). Enough of GGUF v2/v3 to find a tensor's bytes. */
+export function ggufTensors(buf) {
+  let p = 8; // magic, version
+  const u32 = () => { const v = buf.readUInt32LE(p); p += 4; return v; };
+  const u64 = () => { const v = Number(buf.readBigUInt64LE(p)); p += 8; return v; };
+  const str = () => { const n = u64(); const s = buf.toString("utf8", p, p + n); p += n; return s; };
+  const sizes = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+  const value = (type) => {
+    if (type === 8) return str();
+    if (type === 9) { const t = u32(); const n = u64(); const items = []; for (let i = 0; i < n; i++) items.push(value(t)); return items; }
+    const at = p; p += sizes[type];
+    return type === 4 ? buf.readUInt32LE(at) : type === 6 ? buf.readFloatLE(at) : type === 10 ? Number(buf.readBigUInt64LE(at)) : buf[at];
+  };
+  const nTensors = u64(), nKv = u64();
+  const meta = {};
+  for (let i = 0; i < nKv; i++) { const k = str(); meta[k] = value(u32()); }
+  const infos = [];
+  for (let i = 0; i < nTensors; i++) {
+    const name = str(); const dims = []; const nd = u32();
+    for (let d = 0; d < nd; d++) dims.push(u64());
+    infos.push({ name, dims, type: u32(), offset: u64() });
+  }
+  const align = meta["general.alignment"] ?? 32;
+  const data = Math.ceil(p / align) * align;
+  return Object.fromEntries(infos.map((t) => [t.name, { type: t.type, dims: t.dims, start: data + t.offset }]));
 }

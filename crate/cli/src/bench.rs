@@ -145,7 +145,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         spec.exec.products = Some(FrozenProducts::Int16);
     }
     let base_model = base.model.clone().with_products(spec.products());
-    let data = crate::cli::read_data(&a.data, &base, &spec.data, spec.train.seed)?;
+    let options = webtune::data::files::FileOptions::default();
+    let data = crate::cli::read_data(&a.data, &base, &spec.data, spec.train.seed, &options)?;
     let mut model = base_model.clone();
     webtune::lora::attach(&mut model, &spec.lora, spec.train.seed)?;
     if a.breakdown {

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use webtune::checkpoint::{self, CheckpointFile};
-use webtune::data::{Dataset, tokenize_files};
+use webtune::data::Dataset;
+use webtune::data::files::FileOptions;
+use webtune::data::records::CsvColumns;
 use webtune::formats::merged;
 use webtune::formats::peft::{self, Adapter, AdapterDtype};
 use webtune::generate::{SamplingConfig, generate_blocking};
@@ -119,9 +121,15 @@ struct TrainArgs {
     /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
     #[arg(long)]
     model: PathBuf,
-    /// Text files to learn from.
+    /// Files to learn from: plain text, or chat data (.jsonl / .json records of messages,
+    /// prompt/completion or instruction/output; .csv / .tsv with a prompt and a response
+    /// column), rendered with the model's chat template, the answers learned.
     #[arg(long, num_args = 1.., required = true)]
     data: Vec<PathBuf>,
+    /// CSV files' prompt and response columns, as `PROMPT,RESPONSE` [default: found by their
+    /// names: prompt / instruction / question ..., completion / response / answer ...].
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    columns: Vec<String>,
     /// Folder to write adapter_config.json and adapter_model.safetensors into (and the run's
     /// settings, webtune-run.json).
     #[arg(long)]
@@ -219,6 +227,16 @@ struct TrainArgs {
 }
 
 impl TrainArgs {
+    fn file_options(&self) -> FileOptions {
+        FileOptions {
+            format: None,
+            columns: CsvColumns {
+                prompt: self.columns.first().cloned(),
+                response: self.columns.get(1).cloned(),
+            },
+        }
+    }
+
     /// `spec` with the settings typed on the command line (clap ids in `typed`) put in.
     fn apply_to(&self, spec: &mut RunSpec, typed: &[&str]) {
         for id in typed {
@@ -382,7 +400,7 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
                 val_fraction: 0.0,
                 ..DataSpec::default()
             };
-            let dataset = read_data(&data, &base, &all, 0)?;
+            let dataset = read_data(&data, &base, &all, 0, &FileOptions::default())?;
             let loss = pollster::block_on(webtune::train::evaluate(
                 &base.model,
                 &dataset.train,
@@ -470,27 +488,56 @@ fn load_adapter(dir: &std::path::Path) -> webtune::Result<Adapter> {
     Adapter::parse(&config, read(peft::WEIGHTS_FILE)?)
 }
 
-/// Reads and tokenizes the files; unusable ones are reported and skipped.
+/// Reads the files as the page does ([`webtune::data::files::read_file`]: plain text, or chat
+/// data's records by their names), reports the unusable ones and the records left out, and
+/// splits the rest into windows.
 pub fn read_data(
     paths: &[PathBuf],
     base: &BaseModel,
     data: &DataSpec,
     seed: u64,
+    options: &FileOptions,
 ) -> webtune::Result<Dataset> {
-    let mut files = Vec::new();
+    use webtune::data::files::{Read, read_file};
+    let (mut docs, mut chats) = (Vec::new(), Vec::new());
     for p in paths {
-        let bytes = std::fs::read(p).map_err(|e| webtune::Error::io(p.display().to_string(), e))?;
-        files.push((p.display().to_string(), bytes));
-    }
-    let (docs, skipped) = tokenize_files(
-        files.iter().map(|(n, b)| (n.as_str(), b.as_slice())),
-        &base.tokenizer,
-    );
-    for s in &skipped {
-        eprintln!("skipped {}: {}", s.name, s.reason);
+        let name = p.display().to_string();
+        let bytes = std::fs::read(p).map_err(|e| webtune::Error::io(&name, e))?;
+        let (info, read) = read_file(&name, &bytes, options, base)?;
+        if let Some(reason) = &info.skipped {
+            eprintln!("skipped {name}: {reason}");
+        }
+        for problem in &info.problems {
+            eprintln!(
+                "{name}, line {}: {} (left out)",
+                problem.line, problem.message
+            );
+        }
+        if info.problem_count > info.problems.len() {
+            eprintln!(
+                "{name}: {} more records left out",
+                info.problem_count - info.problems.len()
+            );
+        }
+        match read {
+            Some(Read::Text(doc)) => docs.push(doc),
+            Some(Read::Chat(file)) => {
+                eprintln!("{name}: {} examples of chat data", file.examples.len());
+                chats.push(file);
+            }
+            None => {}
+        }
     }
     let eos = base.stop_tokens().first().copied();
-    Dataset::split(&docs, eos, data, seed)
+    let dataset = Dataset::build(&docs, &chats, eos, data, seed)?;
+    let counts = &dataset.examples;
+    if counts.truncated + counts.dropped > 0 {
+        eprintln!(
+            "{} example(s) cut to the sequence length, {} left out (their prompt fills it)",
+            counts.truncated, counts.dropped
+        );
+    }
+    Ok(dataset)
 }
 
 /// The llama.cpp adapter's file name in `--out` (with `--gguf`).
@@ -602,7 +649,13 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     let mut trainer = match &resumed {
         Some(file) => {
             let st = &file.state;
-            let data = read_data(&a.data, &base, &spec.data, spec.train.seed)?;
+            let data = read_data(
+                &a.data,
+                &base,
+                &spec.data,
+                spec.train.seed,
+                &a.file_options(),
+            )?;
             eprintln!(
                 "resuming the run of {} at step {} of {}",
                 st.base_model, st.step, spec.train.steps
@@ -631,7 +684,13 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
                     webtune::lora::attach(&mut base.model, &spec.lora, spec.train.seed)?;
                 }
             }
-            let data = read_data(&a.data, &base, &spec.data, spec.train.seed)?;
+            let data = read_data(
+                &a.data,
+                &base,
+                &spec.data,
+                spec.train.seed,
+                &a.file_options(),
+            )?;
             Trainer::new(base.model, data, spec)?
         }
     };

@@ -157,6 +157,33 @@ fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
         weights(&first) == weights(&again),
         "the same spec trained another adapter"
     );
+
+    // Chat data is read as the page reads it: records rendered with the chat template, a
+    // malformed line reported with its number and left out.
+    let chats = dir.join("chats.jsonl");
+    let record = r#"{"messages": [{"role": "user", "content": "Where is the cat?"}, {"role": "assistant", "content": "On the mat."}]}"#;
+    let mut lines = vec![record; 12];
+    lines.insert(3, "{not json");
+    std::fs::write(&chats, lines.join("\n")).unwrap();
+    let out = dir.join("chat");
+    let (ok, err) = cli(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        chats.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--seq-len",
+        "48",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("chats.jsonl, line 4") && err.contains("12 examples"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

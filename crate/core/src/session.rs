@@ -6,8 +6,9 @@ use serde::Serialize;
 
 use crate::base_model::BaseModel;
 use crate::checkpoint::CheckpointFile;
-use crate::data::records::{self, CsvColumns, FileFormat, Problem, RecordKind};
-use crate::data::{Dataset, Document, ExampleFile, PreviewPart, Skipped, tokenize_files};
+use crate::data::files::Read;
+pub use crate::data::files::{FileOptions, MAX_PROBLEMS_SHOWN, TextInfo};
+use crate::data::{Dataset, Document, ExampleFile};
 use crate::error::{Error, Result};
 use crate::formats::peft::{self, AdapterDtype, AdapterFiles};
 use crate::generate::{SamplingConfig, generate};
@@ -34,42 +35,6 @@ pub struct ModelInfo {
     /// Whether the frozen base is kept in f16 (loaded with `base_f16` on the CPU backend): the
     /// runs on this model train on its rounded weights.
     pub base_f16: bool,
-}
-
-/// A file as added: how it was read, its tokens or examples, or why it was skipped.
-#[derive(Debug, Clone, Serialize)]
-pub struct TextInfo {
-    pub name: String,
-    /// Tokens of plain text, or of all of chat data's examples.
-    pub tokens: Option<usize>,
-    pub skipped: Option<String>,
-    /// How it was read: plain text, or records (JSON Lines, JSON, CSV).
-    pub format: FileFormat,
-    /// Chat data: the kinds of records found.
-    pub record_kinds: Vec<RecordKind>,
-    /// Chat data: the examples read.
-    pub examples: Option<usize>,
-    /// Chat data: the records that could not be read (the first [`MAX_PROBLEMS_SHOWN`]), with
-    /// their lines; `problem_count` counts them all.
-    pub problems: Vec<Problem>,
-    pub problem_count: usize,
-    /// A CSV file's columns (to choose the prompt's and the response's from).
-    pub columns: Vec<String>,
-    /// Chat data: its first example as training sees it, the learned parts marked.
-    pub preview: Vec<PreviewPart>,
-}
-
-/// Problems of a file a [`TextInfo`] lists (the count says how many there are).
-pub const MAX_PROBLEMS_SHOWN: usize = 20;
-
-/// How to read a file ([`Session::add_file`]).
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileOptions {
-    /// None: by its name (`.jsonl`, `.json`, `.csv` / `.tsv`: records; else plain text).
-    pub format: Option<FileFormat>,
-    /// A CSV file's prompt and response columns (None: found by their names).
-    pub columns: CsvColumns,
 }
 
 /// What a training configuration implies, before it runs.
@@ -194,9 +159,9 @@ impl Session {
         self.add_file(name, bytes, &FileOptions::default())
     }
 
-    /// Adds (or replaces) a file: plain text, or records of chat data ([`records`]) rendered
-    /// with the model's chat template. An unusable file is reported, not added; a record that
-    /// cannot be read is listed with its line, and the others are added.
+    /// Adds (or replaces) a file: plain text, or records of chat data rendered with the model's
+    /// chat template ([`crate::data::files::read_file`]). An unusable file is reported, not
+    /// added; a record that cannot be read is listed with its line, and the others are added.
     pub fn add_file(
         &mut self,
         name: &str,
@@ -205,99 +170,12 @@ impl Session {
     ) -> Result<TextInfo> {
         self.base()?;
         self.remove_text(name);
-        let base = self.base()?;
-        let format = options
-            .format
-            .unwrap_or_else(|| FileFormat::from_name(name));
-        let mut info = TextInfo {
-            name: name.into(),
-            tokens: None,
-            skipped: None,
-            format,
-            record_kinds: Vec::new(),
-            examples: None,
-            problems: Vec::new(),
-            problem_count: 0,
-            columns: Vec::new(),
-            preview: Vec::new(),
-        };
-        if format == FileFormat::Text {
-            let (docs, skipped): (Vec<Document>, Vec<Skipped>) =
-                tokenize_files([(name, bytes)], &base.tokenizer);
-            match (docs.into_iter().next(), skipped.into_iter().next()) {
-                (Some(doc), _) => {
-                    info.tokens = Some(doc.tokens.len());
-                    self.docs.push(doc);
-                }
-                (None, s) => {
-                    info.skipped = Some(s.map_or("the file has no text".into(), |s| s.reason));
-                }
-            }
-            return Ok(info);
+        let (info, read) = crate::data::files::read_file(name, bytes, options, self.base()?)?;
+        match read {
+            Some(Read::Text(doc)) => self.docs.push(doc),
+            Some(Read::Chat(file)) => self.chats.push(file),
+            None => {}
         }
-        let text = match crate::data::check_text(bytes) {
-            Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
-            Err(reason) => {
-                info.skipped = Some(reason);
-                return Ok(info);
-            }
-        };
-        let read = match format {
-            FileFormat::JsonLines => Ok(records::json_lines(text)),
-            FileFormat::Json => records::json(text),
-            FileFormat::Csv => {
-                let tab = name.to_ascii_lowercase().ends_with(".tsv");
-                info.columns = records::csv_header(text, tab);
-                records::csv(text, tab, &options.columns)
-            }
-            FileFormat::Text => unreachable!("plain text is read above"),
-        };
-        let mut recs = match read {
-            Ok(r) => r,
-            Err(reason) => {
-                info.skipped = Some(reason);
-                return Ok(info);
-            }
-        };
-        let template = base.chat_template();
-        let [bos, eos] = base.template_tokens();
-        let (examples, mut problems) = crate::data::tokenize_conversations(
-            &recs.conversations,
-            template,
-            [&bos, &eos],
-            &base.tokenizer,
-        );
-        problems.append(&mut recs.problems);
-        problems.sort_by_key(|p| p.line);
-        info.record_kinds = recs.kinds;
-        info.problem_count = problems.len();
-        info.problems = problems.iter().take(MAX_PROBLEMS_SHOWN).cloned().collect();
-        if examples.is_empty() {
-            info.skipped = Some(match problems.first() {
-                Some(p) => format!(
-                    "no record could be read ({} problem(s); line {}: {})",
-                    problems.len(),
-                    p.line,
-                    p.message
-                ),
-                None => "the file has no records".to_string(),
-            });
-            return Ok(info);
-        }
-        if let Some(c) = recs
-            .conversations
-            .iter()
-            .find(|c| c.line == examples[0].line)
-        {
-            info.preview = crate::data::preview(&c.messages, template, [&bos, &eos])?;
-        }
-        info.examples = Some(examples.len());
-        info.tokens = Some(examples.iter().map(|e| e.tokens.len()).sum());
-        self.chats.push(ExampleFile {
-            name: name.to_string(),
-            examples,
-            problems,
-        });
         Ok(info)
     }
 

@@ -110,7 +110,8 @@ fn spec_from_js(value: JsValue) -> Result<RunSpec, JsError> {
 }
 
 /// `what` from JavaScript (undefined: its defaults), its unknown or mistyped keys errors that
-/// name their path.
+/// name their path. Read as the JSON the object stringifies to: serde-wasm-bindgen reads only
+/// the fields a struct names, so an unknown key would pass unseen.
 fn strict_from_js<T: for<'de> Deserialize<'de> + Default>(
     value: JsValue,
     what: &str,
@@ -118,7 +119,10 @@ fn strict_from_js<T: for<'de> Deserialize<'de> + Default>(
     if value.is_undefined() || value.is_null() {
         return Ok(T::default());
     }
-    let de = serde_wasm_bindgen::Deserializer::from(value);
+    let json: String = js_sys::JSON::stringify(&value)
+        .map_err(|_| err(format!("invalid {what}: not a plain object")))?
+        .into();
+    let de = &mut serde_json::Deserializer::from_str(&json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         err(format!("invalid {what}: {path}: {}", e.into_inner()))

@@ -336,12 +336,14 @@ async fn javascript_api_runs_a_whole_session() {
         assert!(message.contains(path), "{path}: {message}");
     }
     s.start(settings).unwrap();
-    for step in 1..=3 {
+    // Step 0 (the base's validation loss, before any step), then the three steps.
+    for step in 0..=3 {
         let p = wasm_bindgen_futures::JsFuture::from(s.step())
             .await
             .unwrap();
         let p: serde_json::Value = serde_wasm_bindgen::from_value(p).unwrap();
         assert_eq!(p["step"], step);
+        assert_eq!(p["val_loss"].is_number(), step == 0 || step == 3, "{p}");
     }
     let adapter = wasm_bindgen_futures::JsFuture::from(s.export_adapter("f16".into()))
         .await

@@ -6,6 +6,7 @@
 //! turns marked [`NOT_TRAINED`] (read, never a target), cut to the window or padded to it.
 //! Files that are empty, binary or not UTF-8 are reported by name and skipped; the rest go on.
 
+pub mod files;
 pub mod records;
 
 use serde::{Deserialize, Serialize};

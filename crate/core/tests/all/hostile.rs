@@ -238,7 +238,7 @@ fn poisoned_model(poison: usize, device: &webtune::burn::tensor::Device) -> webt
     };
     let w = &mut m.model.embed_tokens.weight;
     let [vocab, hidden] = w.val().dims();
-    let mut values = w.val().into_data().to_vec::<f32>().unwrap();
+    let mut values = w.val().into_data().try_to_vec::<f32>().unwrap();
     values[poison * hidden..(poison + 1) * hidden].fill(f32::INFINITY);
     let t = Tensor::<2>::from_data(TensorData::new(values, [vocab, hidden]), device);
     *w = Param::initialized(w.id, t).set_require_grad(false);
