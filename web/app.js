@@ -28,6 +28,9 @@ const state = {
   runId: sessionStorage.getItem("webtune-run"),
   // An adapter opened for the next run to continue (its info from the core), or null.
   opened: null,
+  // The core's limits on settings (crate/core/src/limits.rs), once the worker is ready.
+  /** @type {any} */
+  limits: null,
 };
 // Read by the end-to-end test and the benchmark (tests/), which drive this page.
 /** @type {any} */ (window).webtuneState = state;
@@ -88,6 +91,10 @@ const handlers = {
     const dl = $("model-info");
     dl.hidden = false;
     drawTargets(info.targets, info.default_targets);
+    // The model reads at most its context at once: the sequence length stays within it.
+    const seqLen = $("settings").elements.seq_len;
+    seqLen.max = String(Math.min(Number(state.limits?.max_seq_len ?? Infinity), info.context_length));
+    if (Number(seqLen.value) > info.context_length) seqLen.value = String(info.context_length);
     dl.replaceChildren(
       ...[
         ["Model", info.name],
@@ -525,6 +532,7 @@ function showLimits(l) {
     `sequence length ≤ ${l.max_seq_len}, batch size × sequence length ≤ ${l.max_batch_tokens.toLocaleString()}, ` +
     `learning rate ≤ ${l.max_learning_rate}; text files up to ${Math.round(l.max_text_bytes / 2 ** 20)} MB each.`;
   state.maxTextBytes = l.max_text_bytes;
+  state.limits = l;
 }
 function showError(text) {
   const box = $("error");
@@ -638,12 +646,11 @@ function renderTexts() {
           ? `ready; ${t.problem_count} record(s) left out (below)`
           : "ready"
         : "reading…";
-    tr.append(
-      el("td", t.name),
-      el("td", t.tokens != null || t.skipped ? formatWords(t) : ""),
-      el("td", count),
-      el("td", status),
-    );
+    const statusCell = el("td", status);
+    statusCell.className = "status";
+    const kindCell = el("td", t.tokens != null || t.skipped ? formatWords(t) : "");
+    kindCell.className = "kind";
+    tr.append(el("td", t.name), kindCell, el("td", count), statusCell);
     if (t.skipped) tr.className = "skipped";
     const td = el("td");
     const rm = el("button", "Remove");
@@ -920,7 +927,7 @@ async function offerInterrupted() {
   const elsewhere = [];
   let offered = null;
   // This tab's own run first (a reload keeps its id), then the newest no tab trains.
-  open.sort((a, b) => (b.id === state.runId) - (a.id === state.runId));
+  open.sort((a, b) => Number(b.id === state.runId) - Number(a.id === state.runId));
   for (const r of open) {
     if (await store.heldElsewhere(r.id)) elsewhere.push(r);
     else if (!offered) offered = r;
@@ -938,7 +945,7 @@ async function offerInterrupted() {
   const saveMemory = $("settings").elements.recompute;
   if (saveMemory && !document.body.dataset.crashLoop) saveMemory.checked = "recompute" in setup.form;
   $("resume-text").textContent =
-    `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${checkpoint.total} ` +
+    `A run was interrupted: ${setup.model.name}, saved at step ${checkpoint.step} of ${setup.total || checkpoint.total} ` +
     `(${new Date(checkpoint.savedAt).toLocaleString()}), with ${setup.texts.length} text file(s).` +
     (setup.model.source === "files" && !setup.model.files?.length ? " Open the same model files first." : "");
   $("resume-banner").hidden = false;

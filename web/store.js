@@ -91,42 +91,46 @@ export const checkpoint = (id) => transact(["checkpoints"], "readonly", (s) => s
 export const adapter = (id) => transact(["adapters"], "readonly", (s) => s.adapters.get(id));
 export const model = (key) => transact(["models"], "readonly", (s) => s.models.get(key));
 
-/** Creates or updates a run's record (the fields given replace the stored ones). */
+/** Creates or updates a run's record (the fields given replace the stored ones): read and
+ * written in one transaction, so that two updates never lose each other's fields. */
 export async function saveRun(id, fields) {
   const now = Date.now();
-  const old = (await run(id)) ?? { id, createdAt: now };
-  const record = { ...old, ...fields, id, updatedAt: now };
-  await transact(["runs"], "readwrite", (s) => s.runs.put(record, id));
+  await transact(["runs"], "readwrite", (s) => {
+    const r = s.runs.get(id);
+    r.onsuccess = () => s.runs.put({ createdAt: now, ...r.result, ...fields, id, updatedAt: now }, id);
+    return r;
+  });
   changed();
-  return record;
 }
 
 export async function saveCheckpoint(id, { bytes, step, total }) {
-  await ensureRoom(bytes.byteLength, "the run's progress");
-  await transact(["checkpoints", "runs"], "readwrite", (s) => {
-    s.checkpoints.put({ bytes, step, total, savedAt: Date.now() }, id);
-    const r = s.runs.get(id);
-    r.onsuccess = () => {
-      if (r.result) s.runs.put({ ...r.result, step, total, updatedAt: Date.now() }, id);
-    };
-    return r;
-  });
+  await within("the run's progress", bytes.byteLength, () =>
+    transact(["checkpoints", "runs"], "readwrite", (s) => {
+      s.checkpoints.put({ bytes, step, total, savedAt: Date.now() }, id);
+      const r = s.runs.get(id);
+      r.onsuccess = () => {
+        // A checkpoint of step 0 is saved before any report says how many steps the run has.
+        if (r.result) s.runs.put({ ...r.result, step, ...(total ? { total } : {}), updatedAt: Date.now() }, id);
+      };
+      return r;
+    }),
+  );
 }
 
 export async function saveAdapter(id, zip) {
-  await ensureRoom(zip.byteLength, "the finished run's adapter");
-  await transact(["adapters"], "readwrite", (s) => s.adapters.put({ zip, savedAt: Date.now() }, id));
+  await within("the finished run's adapter", zip.byteLength, () =>
+    transact(["adapters"], "readwrite", (s) => s.adapters.put({ zip, savedAt: Date.now() }, id)),
+  );
 }
 
 /** Keeps model files opened from disk once, however many runs use them; returns their key. */
 export async function saveModelFiles(files) {
   const key = files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join("|");
   if (!(await model(key))) {
-    await ensureRoom(
-      files.reduce((n, f) => n + f.size, 0),
-      "a copy of the model",
+    const bytes = files.reduce((n, f) => n + f.size, 0);
+    await within("a copy of the model", bytes, () =>
+      transact(["models"], "readwrite", (s) => s.models.put({ files }, key)),
     );
-    await transact(["models"], "readwrite", (s) => s.models.put({ files }, key));
   }
   return key;
 }
@@ -184,14 +188,26 @@ export async function persist() {
   }
 }
 
-/** A storage error naming what to free: thrown before a write that would not fit. */
+/** A storage error naming what to free: thrown before a write that would not fit, or when the
+ * browser refused one for its quota. */
 export class StorageFull extends Error {
-  constructor(what, needed, free) {
+  constructor(what, needed, free = null) {
+    const sizes = free == null ? `${mb(needed)}` : `${mb(needed)} needed, ${mb(free)} free`;
     super(
-      `Not enough storage in this browser for ${what} (${mb(needed)} needed, ${mb(free)} free): ` +
+      `Not enough storage in this browser for ${what} (${sizes}): ` +
         "delete past runs you no longer need (Your runs, below), then try again.",
     );
     this.name = "StorageFull";
+  }
+}
+
+/** `write()`, its quota error (the browser's own: estimates can be wrong) a StorageFull. */
+async function within(what, bytes, write) {
+  await ensureRoom(bytes, what);
+  try {
+    return await write();
+  } catch (e) {
+    throw e?.name === "QuotaExceededError" ? new StorageFull(what, bytes) : e;
   }
 }
 

@@ -307,8 +307,10 @@ async function handle(msg) {
   try {
     switch (msg.type) {
       case "init": {
-        const { WebSession, reportCrashesTo } = await loadModule(msg.backend || "auto", msg.threads || 1);
-        if (msg.crashChannel && reportCrashesTo) reportCrashesTo(msg.crashChannel); // pkg-threads only
+        const mod = await loadModule(msg.backend || "auto", msg.threads || 1);
+        const { WebSession } = mod;
+        // pkg-threads only: its pool's crashes reach the page on this channel.
+        if (msg.crashChannel && "reportCrashesTo" in mod) mod.reportCrashesTo(msg.crashChannel);
         memoryBytes = () => WebSession.memoryBytes();
         session = await withDeviceWatch(() => WebSession.create(msg.backend || "auto"));
         defaults = WebSession.defaults();

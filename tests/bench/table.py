@@ -105,7 +105,7 @@ def main():
     print()
     ratios = []
     for name, label in (("browser-cpu-smollm2", ", its defaults"), ("browser-cpu-smollm2-f32", "")):
-        if native and r[name]:  # issue 9's target: >= 0.5x
+        if native and r[name]:  # the target: >= 0.5x
             bits = "16" if r[name].get("base_f16") else "32"
             ratios.append(f"browser CPU / native CPU f32 (SmolLM2; the page with {bits}-bit weights{label}): "
                           f"{r[name]['train_tokens_per_sec'] / native['train_tokens_per_sec']:.2f}x")
@@ -151,7 +151,7 @@ def main():
                       f"~{100 * step / 60:.0f} min of training")
     for build, s in (r["shipped"] or {}).items():
         br = f", {s['brotli'] / 1e6:.2f} MB as served (brotli)" if s.get("brotli") else ""
-        if s.get("brotli"):  # issue 9's target for what the page downloads
+        if s.get("brotli"):  # the target for what the page downloads
             br += " (within the 3 MB target)" if s["brotli"] <= 3e6 else " (**over the 3 MB target**)"
         ratios.append(f"shipped with `web/{build}` (wasm + JS + HTML + CSS): {s['raw'] / 1e6:.2f} MB raw, "
                       f"{s['gzip'] / 1e6:.2f} MB gzip{br}")

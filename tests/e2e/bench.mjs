@@ -92,7 +92,8 @@ async function main() {
     }
     const started = Date.now();
     await page.click("#start");
-    await page.waitForFunction(() => window.webtuneState.points.length > 0, null, { timeout: ms, polling: 50 });
+    // The first training step (step 0, before it, is the base model's validation loss).
+    await page.waitForFunction(() => window.webtuneState.points.some((p) => p.step > 0), null, { timeout: ms, polling: 50 });
     const firstStepSecs = (Date.now() - t0) / 1000;
     const startToFirstStep = (Date.now() - started) / 1000;
     await page.waitForSelector("body[data-done='1']", { timeout: ms });
@@ -104,7 +105,7 @@ async function main() {
       null, { timeout: ms, polling: 50 });
     const sampleSecs = (Date.now() - done) / 1000;
     const sampleText = await page.textContent("#sample-after");
-    const points = await page.evaluate(() => window.webtuneState.points);
+    const points = await page.evaluate(() => window.webtuneState.points.filter((p) => p.step > 0));
     const steps = points.map((p) => p.step_secs);
     // On a GPU the loss is read back only every few steps: a step that reads nothing is timed
     // when its work is queued and the next read pays for it, so only whole periods add up. The

@@ -81,7 +81,7 @@ export async function tinyModelAndText(page) {
     dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(60)], "cats.txt", { type: "text/plain" }));
     document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
   });
-  await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(4)")].some((td) => td.textContent === "ready"));
+  await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td.status")].some((td) => td.textContent === "ready"));
 }
 
 /** Fills the settings form. */

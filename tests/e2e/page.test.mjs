@@ -66,7 +66,9 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.match(await page.textContent("#model-info"), /Family\s*llama/);
     assert.equal(await page.$$eval("input[name=target]", (b) => b.length), 7);
     assert.deepEqual(await page.$$eval("input[name=target]:checked", (b) => b.map((x) => x.value)), ["q_proj", "v_proj"]);
-    assert.equal(await page.inputValue("input[name=seq_len]"), "128");
+    // The default sequence length (128) comes down to what this model reads at once.
+    assert.match(await page.textContent("#model-info"), /Context\s*64/);
+    assert.equal(await page.inputValue("input[name=seq_len]"), "64");
     // On the CPU backend the frozen weights load in 16-bit by default (their products in 16-bit
     // integers, the faster way there); on WebGPU without shader-f16 in 32-bit.
     const onCpu = /Running on the CPU/.test(backend);
@@ -80,7 +82,7 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
       document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     }, TEXTS);
     await page.waitForFunction(() => document.querySelectorAll("#text-table tbody tr").length === 2
-      && [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].every((td) => td.textContent === "ready"));
+      && [...document.querySelectorAll("#text-table tbody td.status")].every((td) => td.textContent === "ready"));
 
     // Small settings for a tiny model, then train.
     for (const [name, value] of Object.entries(RUN)) await page.fill(`input[name=${name}]`, value);
@@ -97,7 +99,12 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.ok(Number(await page.getAttribute("#chart", "data-points")) >= 8, "the chart holds points");
     assert.match(await page.textContent("#train-status"), /Finished after 8 steps/);
     const points = await page.evaluate(() => window.webtuneState.points);
-    assert.ok(points.every((p) => p.step_secs > 0 && p.tokens_per_sec > 0), "every step reports its training time");
+    // Step 0 is the base model's evaluation, before any training.
+    assert.equal(points[0].step, 0);
+    assert.ok(points[0].val_loss > 0, "the base model's held-out loss comes first");
+    const steps = points.filter((p) => p.step > 0);
+    assert.equal(steps.length, 8);
+    assert.ok(steps.every((p) => p.step_secs > 0 && p.tokens_per_sec > 0), "every step reports its training time");
     assert.ok(points.at(-1).eval_secs > 0, "the last step evaluated, timed apart");
     await page.waitForFunction(() => document.getElementById("sample-after").textContent.length > 0, null, { timeout: 120_000 });
 
@@ -215,7 +222,7 @@ test("the one-thread CPU build trains in the page (?threads=1; the default is on
       dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(60)], "cats.txt", { type: "text/plain" }));
       document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     });
-    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td.status")].some((td) => td.textContent === "ready"));
     await page.fill("input[name=steps]", "4");
     await page.fill("input[name=seq_len]", "16");
     await page.waitForSelector("#start:not([disabled])");
@@ -318,7 +325,7 @@ test("16-bit weights: the model loads again with its frozen weights in f16, trai
     await page.check("input[name=base_f16]");
     await page.waitForFunction(() => window.webtuneState.model?.base_f16 === true, null, { timeout: 120_000 });
     assert.match(await page.textContent("#model-info"), /Frozen weights\s*16-bit/);
-    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td:nth-child(3)")].some((td) => td.textContent === "ready"));
+    await page.waitForFunction(() => [...document.querySelectorAll("#text-table tbody td.status")].some((td) => td.textContent === "ready"));
     // The same run on the rounded weights: the first loss within f16's tolerance of the 32-bit
     // run's (the core's golden tests hold both to PyTorch's; here: the page really used them).
     const loss16 = await firstLoss(page);

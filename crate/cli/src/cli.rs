@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::report::Report;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use webtune::checkpoint::{self, CheckpointFile};
@@ -16,7 +17,7 @@ use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::kernels::FrozenProducts;
 use webtune::lora::LoraConfig;
 use webtune::spec::{DataSpec, RunSpec};
-use webtune::train::{Progress, RunStatus, Trainer};
+use webtune::train::{RunStatus, Trainer};
 use webtune::{BaseModel, device};
 
 #[derive(Parser)]
@@ -84,6 +85,11 @@ enum Command {
     },
     /// Time the benchmark workloads (training steps, evaluation, generation); prints JSON.
     Bench(crate::bench::BenchArgs),
+    /// Print a shell's completions for the command (`webtune completions bash > FILE`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Complete a prompt.
     Generate {
         /// A .gguf file, or a folder with config.json, tokenizer.json and safetensors.
@@ -224,6 +230,13 @@ struct TrainArgs {
     f16: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
+    /// Print nothing but errors.
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
+    /// Print each progress report as a line of JSON on stdout (for scripts); messages stay on
+    /// stderr.
+    #[arg(long)]
+    json: bool,
 }
 
 impl TrainArgs {
@@ -354,6 +367,15 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
             Ok(())
         }
         Command::Train(args) => train(args, typed),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "webtune",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Bench(args) => crate::bench::bench(args),
         Command::Merge {
             model,
@@ -698,15 +720,16 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         &a.out.join(RUN_SPEC_FILE),
         trainer.spec().to_json().as_bytes(),
     )?;
+    let report = Report::new(a.quiet, a.json, trainer.spec().train.steps);
     let data = trainer.dataset();
-    eprintln!(
+    report.note(&format!(
         "{}: {} training windows, {} validation windows ({} held-out files); {} trainable parameters",
         base.name,
         data.train.len(),
         data.val.len(),
         data.val_documents.len(),
         trainer.model().num_lora_parameters()
-    );
+    ));
     let checkpoint_path = a.out.join(checkpoint::FILE_NAME);
     // The training loop is the core's (Trainer::next): it steps, pauses and says when a
     // checkpoint is due; here the reports are printed and checkpoints written.
@@ -727,13 +750,8 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
             }
             Err(e) => return Err(e),
         };
-        if p.step == 0 {
-            // Before the first step: the base model's validation loss.
-            if let Some(l) = p.val_loss {
-                eprintln!("before: val loss {l:.4}  perplexity {:.2}", l.exp());
-            }
-        } else if matches!(p.status, RunStatus::Running | RunStatus::Finished) {
-            print_progress(&p);
+        if matches!(p.status, RunStatus::Running | RunStatus::Finished) {
+            report.progress(&p);
         }
         if p.checkpoint_due {
             let bytes = pollster::block_on(trainer.checkpoint(&base.name))?;
@@ -742,20 +760,24 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         match p.status {
             RunStatus::Running => {}
             RunStatus::Paused => {
-                eprintln!(
-                    "\npaused after step {}: continue with --resume {}",
+                report.finish();
+                report.note(&format!(
+                    "paused after step {}: continue with --resume {}",
                     trainer.steps_done(),
                     a.out.display()
-                );
+                ));
                 return Ok(());
             }
             RunStatus::Finished | RunStatus::Stopped => break,
         }
     }
-    eprintln!();
+    report.finish();
     let after = trainer.history.last().and_then(|p| p.val_loss);
     if let Some(l) = after {
-        eprintln!("after:  val loss {l:.4}  perplexity {:.2}", l.exp());
+        report.note(&format!(
+            "after training: val {l:.3} (perplexity {:.2})",
+            l.exp()
+        ));
     }
     let dtype = if a.f16 {
         AdapterDtype::F16
@@ -774,7 +796,7 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         ))?;
         write_atomically(&a.out.join(GGUF_ADAPTER), &bytes)?;
     }
-    eprintln!("wrote {}", a.out.display());
+    report.note(&format!("wrote {}", a.out.display()));
     match failure {
         Some(e) => Err(e),
         None => {
@@ -782,34 +804,5 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
             let _ = std::fs::remove_file(&checkpoint_path);
             Ok(())
         }
-    }
-}
-
-fn print_progress(p: &Progress) {
-    const WIDTH: usize = 30;
-    let done = WIDTH * p.step / p.total_steps.max(1);
-    let bar: String = "#".repeat(done) + &".".repeat(WIDTH - done);
-    let loss = p
-        .train_loss
-        .map_or(String::new(), |l| format!(" loss {l:.3}"));
-    let val = p.val_loss.map_or(String::new(), |l| format!(" val {l:.3}"));
-    eprint!(
-        "\r[{bar}] {}/{}{loss}{val} | {:.0} tok/s | ETA {}   ",
-        p.step,
-        p.total_steps,
-        p.tokens_per_sec,
-        duration(p.eta_secs)
-    );
-    if p.val_loss.is_some() {
-        eprintln!();
-    }
-}
-
-fn duration(secs: f64) -> String {
-    let s = secs.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
     }
 }

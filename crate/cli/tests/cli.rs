@@ -1,6 +1,5 @@
 //! The command line end to end: `webtune train` checks `--out` before training, writes the adapter
-//! whole or not at all, and a run paused (or killed) after a checkpoint resumes exactly
-//! (issue "never lose a run": rows 10 of crate/core/tests/hostile.rs's table).
+//! whole or not at all, and a run paused (or killed) after a checkpoint resumes exactly.
 
 use std::path::PathBuf;
 
@@ -24,7 +23,7 @@ fn cli(args: &[&str]) -> (bool, String) {
     )
 }
 
-// Row 10: `train --out` is checked before training; the adapter is written whole or not at all.
+// `train --out` is checked before training; the adapter is written whole or not at all.
 #[test]
 fn train_out_is_checked_before_training() {
     let dir = std::env::temp_dir().join(format!("webtune-hostile-{}", std::process::id()));
@@ -187,7 +186,7 @@ fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// Row 10 / durable runs on the command line: a run paused (or killed) after a checkpoint and
+// Durable runs on the command line: a run paused (or killed) after a checkpoint and
 // resumed with --resume writes the adapter an uninterrupted run writes, byte for byte.
 #[test]
 fn train_resume_continues_exactly() {

@@ -157,21 +157,42 @@ impl BaseModel {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_path_with(path: &std::path::Path, device: &Device, base_f16: bool) -> Result<Self> {
         let shown = path.display().to_string();
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| Error::io(p.display().to_string(), e))
-        };
+        // Bounded reads of regular files only ([`crate::fs`]): a model's files are at most what
+        // its largest allowed weights take ([`crate::limits::MAX_PARAMETERS`] in f32), plus room
+        // for a vocabulary.
+        let weights_limit = crate::limits::MAX_PARAMETERS * 4 + (1 << 30);
+        let text_limit = crate::limits::MAX_TEXT_BYTES as u64;
         if path.is_dir() {
-            let mut files = Vec::new();
-            let entries = std::fs::read_dir(path).map_err(|e| Error::io(&shown, e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| Error::io(&shown, e))?;
-                let file_name = entry.file_name().to_string_lossy().to_string();
-                let wanted = file_name.ends_with(".json")
-                    || file_name.ends_with(".safetensors")
-                    || file_name == "merges.txt";
-                if wanted && entry.path().is_file() {
-                    files.push(NamedFile::new(file_name, read(&entry.path())?));
+            let read = |name: &str, limit: u64| -> Result<Option<NamedFile>> {
+                let p = path.join(name);
+                if !p.exists() {
+                    return Ok(None);
                 }
+                let bytes = crate::fs::read_bounded(&p, limit, "a model's file")?;
+                Ok(Some(NamedFile::new(name, bytes)))
+            };
+            // Only the files a model is read from (a folder may hold other models' files).
+            let mut files = Vec::new();
+            for name in [
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "vocab.json",
+                "merges.txt",
+            ] {
+                files.extend(read(name, text_limit)?);
+            }
+            const INDEX: &str = "model.safetensors.index.json";
+            match read(INDEX, text_limit)? {
+                Some(index) => {
+                    let text = std::str::from_utf8(&index.bytes)
+                        .map_err(|_| Error::format(INDEX, "not UTF-8 text"))?;
+                    for shard in crate::formats::safetensors::shard_files(INDEX, text)? {
+                        files.extend(read(&shard, weights_limit)?);
+                    }
+                    files.push(index);
+                }
+                None => files.extend(read("model.safetensors", weights_limit)?),
             }
             let name = path
                 .file_name()
@@ -183,7 +204,8 @@ impl BaseModel {
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or(shown);
-            Self::from_gguf_with(&file_name, read(path)?, device, base_f16)
+            let bytes = crate::fs::read_bounded(path, weights_limit, "a model file")?;
+            Self::from_gguf_with(&file_name, bytes, device, base_f16)
         }
     }
 

@@ -86,7 +86,7 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
         .iter()
         .enumerate()
         .filter(|(_, x)| x.is_finite())
-        .map(|(i, &x)| (i as u32, x / cfg.temperature))
+        .map(|(i, &x)| (i as u32, x))
         .collect();
     if cands.is_empty() {
         return argmax();
@@ -95,8 +95,14 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
     if cfg.top_k > 0 {
         cands.truncate(cfg.top_k);
     }
-    let max = cands[0].1;
-    let mut probs: Vec<f64> = cands.iter().map(|c| f64::from(c.1 - max).exp()).collect();
+    // exp((x - max) / T) in f64: the largest is 1 and the rest in [0, 1] for any temperature
+    // (x / T itself overflows for a tiny T: 1e-39 made every logit infinite).
+    let max = f64::from(cands[0].1);
+    let t = f64::from(cfg.temperature);
+    let mut probs: Vec<f64> = cands
+        .iter()
+        .map(|c| ((f64::from(c.1) - max) / t).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if cfg.top_p < 1.0 {
@@ -135,7 +141,10 @@ pub async fn generate(
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(Error::Invalid("the prompt is empty".to_string()));
+        return Err(Error::Invalid(
+            "the prompt has no tokens: it is empty, or the model's tokenizer drops all of it"
+                .to_string(),
+        ));
     }
     cfg.validate()?;
     model.check_length(prompt.len())?;
@@ -145,8 +154,12 @@ pub async fn generate(
     let mut input: Vec<u32> = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < cfg.max_new_tokens {
-        // A model with learned positions stops at the last one it has.
-        if model.check_length(cache.len() + input.len()).is_err() {
+        // A model stops at the last position it has (one token at a time: its attention is a
+        // row, not the prompt's square).
+        if model
+            .max_positions()
+            .is_some_and(|max| cache.len() + input.len() > max)
+        {
             break;
         }
         let ids: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
@@ -186,6 +199,23 @@ pub fn generate_blocking(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_temperature_samples_from_finite_probabilities() {
+        let logits = [1.0, 3.0, 2.5, -4.0];
+        for t in [1e-39, 1e-20, 1e-6, 0.5, 1e6, f32::MAX] {
+            let cfg = SamplingConfig {
+                temperature: t,
+                ..SamplingConfig::greedy(1)
+            };
+            let mut rng = Rng::new(1);
+            let picks: Vec<u32> = (0..50).map(|_| sample(&logits, &cfg, &mut rng)).collect();
+            assert!(picks.iter().all(|&p| p < 4), "T {t}: {picks:?}");
+            if t < 1e-5 {
+                assert!(picks.iter().all(|&p| p == 1), "T {t} is greedy: {picks:?}");
+            }
+        }
+    }
 
     #[test]
     fn greedy_is_argmax_and_sampling_respects_top_k() {

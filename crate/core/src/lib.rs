@@ -20,6 +20,7 @@ pub mod defaults;
 pub mod device;
 pub mod error;
 pub mod formats;
+pub mod fs;
 pub mod generate;
 pub mod kernels;
 pub mod limits;

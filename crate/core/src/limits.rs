@@ -35,6 +35,13 @@ pub const MAX_RANK: usize = 1024;
 pub const MAX_LEARNING_RATE: f64 = 1.0;
 /// Evaluation windows and the period between evaluations.
 pub const MAX_EVAL_WINDOWS: usize = 1 << 16;
+/// Bytes a batch's attention scores may take (one layer's, or every layer's when training
+/// keeps them for the backward pass): wasm32 addresses 4 GiB in all.
+pub const MAX_ATTENTION_BYTES: u64 = if cfg!(target_arch = "wasm32") {
+    1 << 30
+} else {
+    8 << 30
+};
 /// Tokens a generation may add.
 pub const MAX_NEW_TOKENS: usize = 4096;
 

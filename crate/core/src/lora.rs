@@ -241,16 +241,16 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Ok(model.default_targets().to_vec());
         }
-        if self.targets.iter().any(|t| t == "all-linear") {
-            return Ok(available.to_vec());
-        }
         for t in &self.targets {
-            if !available.contains(&t.as_str()) {
+            if t != "all-linear" && !available.contains(&t.as_str()) {
                 return Err(crate::Error::Invalid(format!(
                     "unknown LoRA target `{t}` (this model has: {}, or all-linear)",
                     available.join(", ")
                 )));
             }
+        }
+        if self.targets.iter().any(|t| t == "all-linear") {
+            return Ok(available.to_vec());
         }
         Ok(available
             .iter()

@@ -189,7 +189,11 @@ impl Session {
     fn dataset(&self, spec: &RunSpec) -> Result<Dataset> {
         spec.validate()?;
         let base = self.base()?;
-        base.model.check_length(spec.data.seq_len)?;
+        base.model.check_batch(
+            spec.train.batch_size,
+            spec.data.seq_len,
+            !spec.exec.recompute,
+        )?;
         let eos = base.stop_tokens().first().copied();
         Dataset::build(&self.docs, &self.chats, eos, &spec.data, spec.train.seed)
     }

@@ -56,6 +56,9 @@ impl Tokenizer {
     /// From `tokenizer.json` bytes, with `tokenizer_config.json` (optional) for the special tokens
     /// and the chat template.
     pub fn from_json(file: &str, bytes: &[u8], tokenizer_config: Option<&str>) -> Result<Self> {
+        // A byte-order mark some editors write is not JSON.
+        let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        let tokenizer_config = tokenizer_config.map(|t| t.strip_prefix('\u{feff}').unwrap_or(t));
         check_before_tokenizers(file, bytes)?;
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             file: file.to_string(),
@@ -80,10 +83,16 @@ impl Tokenizer {
         };
         let bos_token_id = token_id("bos_token");
         let eos_token_ids = token_id("eos_token").into_iter().collect();
-        let chat_template = config
-            .get("chat_template")
-            .and_then(|t| t.as_str())
-            .map(str::to_string);
+        // A string, or (newer files) a list of named templates: the one named "default".
+        let chat_template = match config.get("chat_template") {
+            Some(Json::String(t)) => Some(t.clone()),
+            Some(Json::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                .and_then(|t| t.get("template").and_then(Json::as_str))
+                .map(str::to_string),
+            _ => None,
+        };
         Ok(Self {
             inner,
             file: file.to_string(),

@@ -170,7 +170,7 @@ async fn evaluate_in_blocks(
     }
     // A window feeds all its tokens but the last: refuse more than the model reads.
     if let Some(longest) = sample.iter().map(|w| w.len().saturating_sub(1)).max() {
-        model.check_length(longest)?;
+        model.check_batch(batch_size.max(1).min(n), longest, false)?;
     }
     let model = model.valid();
     let device = model.device();
@@ -341,7 +341,7 @@ impl Trainer {
                 data.seq_len, spec.data.seq_len
             )));
         }
-        model.check_length(data.seq_len)?;
+        model.check_batch(spec.train.batch_size, data.seq_len, !spec.exec.recompute)?;
         let model = if spec.exec.base_f16 {
             model.with_base_in_f16().0
         } else {

@@ -196,6 +196,10 @@ pub fn check_text(bytes: &[u8]) -> std::result::Result<&str, String> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err("the file is empty".to_string());
     }
+    // UTF-16 (Windows' "Unicode" text) has NUL bytes too: named, not called binary.
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err("the file is UTF-16 text; save it as UTF-8".to_string());
+    }
     // NUL bytes never occur in text; they are the surest sign of a binary file.
     if bytes.contains(&0) {
         return Err("the file looks binary (it contains NUL bytes), not text".to_string());
@@ -610,6 +614,11 @@ mod tests {
                 .contains("binary")
         );
         assert!(check_text(b"caf\xe9").unwrap_err().contains("not UTF-8"));
+        assert!(
+            check_text(b"\xff\xfeh\x00i\x00")
+                .unwrap_err()
+                .contains("UTF-16")
+        );
         assert!(check_text("ok, café".as_bytes()).is_ok());
     }
 

@@ -309,6 +309,17 @@ impl GgufFile {
                     Error::format(&file_name, format!("tensor `{name}` is too large"))
                 })?);
             }
+            // llama.cpp places every tensor at a multiple of the alignment: another offset is
+            // a broken (or forged) file, not a layout to read as it is.
+            if !rel_offset.is_multiple_of(alignment) {
+                return Err(Error::format(
+                    &file_name,
+                    format!(
+                        "tensor `{name}` starts at offset {rel_offset}, not a multiple of the \
+                         file's alignment ({alignment})"
+                    ),
+                ));
+            }
             let offset = data_start.checked_add(rel_offset);
             let info = TensorInfo {
                 name,

@@ -236,6 +236,7 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn parse(config_json: &str, weights: Vec<u8>) -> Result<Self> {
+        let config_json = config_json.strip_prefix('\u{feff}').unwrap_or(config_json);
         let config: PeftConfig = serde_json::from_str(config_json)
             .map_err(|e| Error::format(CONFIG_FILE, format!("not a PEFT adapter config: {e}")))?;
         let unsupported = |what: &str| {
@@ -359,11 +360,16 @@ impl Adapter {
                 })
                 .collect();
             unknown.sort_unstable();
-            return mismatch(format!(
-                "{} tensors name modules this model does not have (e.g. {})",
-                total - used,
-                unknown.first().copied().unwrap_or("?")
-            ));
+            return mismatch(match unknown.first() {
+                Some(first) => format!(
+                    "{} tensors name modules this model does not have (e.g. {first})",
+                    unknown.len()
+                ),
+                None => format!(
+                    "{} of its tensors are not the lora_A / lora_B weights of a projection",
+                    total - used
+                ),
+            });
         }
         for ((_, _, proj), branch) in model.projections_mut().into_iter().zip(branches) {
             proj.lora = branch.map(|(a, b)| {

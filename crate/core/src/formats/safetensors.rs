@@ -32,6 +32,27 @@ struct Index {
     weight_map: BTreeMap<String, String>,
 }
 
+/// The shard files a `model.safetensors.index.json` names, each once: file names within the
+/// folder (a path that leaves it, or names a folder, is an error naming the index).
+pub fn shard_files(index_name: &str, index_json: &str) -> Result<Vec<String>> {
+    let index: Index = serde_json::from_str(index_json)
+        .map_err(|e| Error::format(index_name, format!("not a safetensors index: {e}")))?;
+    let files: std::collections::BTreeSet<&String> = index.weight_map.values().collect();
+    files
+        .into_iter()
+        .map(|f| {
+            if f.is_empty() || f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                Err(Error::format(
+                    index_name,
+                    format!("shard `{f}` is not a file name in the model's folder"),
+                ))
+            } else {
+                Ok(f.clone())
+            }
+        })
+        .collect()
+}
+
 impl SafetensorsCheckpoint {
     /// One safetensors file.
     pub fn single(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {

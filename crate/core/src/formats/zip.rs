@@ -28,8 +28,11 @@ pub fn read(file: &str, bytes: &[u8], max_entry: usize) -> Result<Vec<(String, V
             .ok_or_else(|| bad("it ends early"))
     };
     // The end of central directory record: 22 bytes, then a comment of up to 64 KiB.
+    if bytes.len() < 22 {
+        return Err(bad("it ends early"));
+    }
     let lowest = bytes.len().saturating_sub(22 + 0xffff);
-    let end = (lowest..=bytes.len().saturating_sub(22))
+    let end = (lowest..=bytes.len() - 22)
         .rev()
         .find(|&at| bytes[at..at + 4] == [0x50, 0x4b, 0x05, 0x06])
         .ok_or_else(|| bad("no end of central directory"))?;
@@ -171,10 +174,11 @@ mod tests {
                 .to_string()
                 .contains("more than")
         );
+        // A byte of the first entry's data: its CRC no longer matches.
         let mut broken = zip.clone();
-        let at = broken.len() - 40;
-        broken[at] ^= 0xff;
-        assert!(read("a.zip", &broken, 1 << 20).is_err());
+        broken[30 + "dir/a.json".len()] ^= 0xff;
+        let e = read("a.zip", &broken, 1 << 20).unwrap_err().to_string();
+        assert!(e.contains("CRC"), "{e}");
         for len in [0, 10, zip.len() / 2] {
             assert!(read("a.zip", &zip[..len], 1 << 20).is_err());
         }

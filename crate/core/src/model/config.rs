@@ -78,18 +78,32 @@ impl ModelConfig {
     /// Parses `config.json` for the family its `model_type` names (Llama when it names none), and
     /// checks that webtune can run the model it describes.
     pub fn from_json(file: &str, json: &str) -> Result<Self> {
+        // A byte-order mark some editors write is not JSON.
+        let json = json.strip_prefix('\u{feff}').unwrap_or(json);
         let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| Error::config(file, format!("not valid JSON: {e}")))?;
-        let model_type = match value.get("model_type") {
-            None | Some(serde_json::Value::Null) => "llama".to_string(),
-            Some(serde_json::Value::String(t)) => t.clone(),
-            Some(other) => {
-                return Err(Error::config(
-                    file,
-                    format!("model_type is {other}, not a name"),
-                ));
-            }
-        };
+        let model_type =
+            match value.get("model_type") {
+                None | Some(serde_json::Value::Null) => {
+                    // Older Llama configs name no model_type; anything else is not one.
+                    return LlamaConfig::from_json(file, json).map(Self::Llama).map_err(|e| {
+                    Error::config(
+                        file,
+                        format!(
+                            "it names no model_type, and it is not a Llama config ({e}): give \
+                             the model's config.json with its model_type (supported: {SUPPORTED})"
+                        ),
+                    )
+                });
+                }
+                Some(serde_json::Value::String(t)) => t.clone(),
+                Some(other) => {
+                    return Err(Error::config(
+                        file,
+                        format!("model_type is {other}, not a name"),
+                    ));
+                }
+            };
         match model_type.as_str() {
             "llama" => Ok(Self::Llama(LlamaConfig::from_json(file, json)?)),
             "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_json(file, json)?)),

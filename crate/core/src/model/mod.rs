@@ -87,6 +87,8 @@ pub trait CausalLanguageModel {
     /// come as `[1, n]` with shape `[n]`): for writing the model back out (a merged export).
     fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Tensor<2>)>;
     fn num_layers(&self) -> usize;
+    /// Query heads of an attention layer (each holds a `[tokens, tokens]` score matrix).
+    fn attention_heads(&self) -> usize;
     /// Where the weights live.
     fn device(&self) -> Device;
     /// Whether the family's projections store their weight `[d_in, d_out]` in HF (GPT-2's
@@ -191,6 +193,10 @@ impl CausalLM {
         self.family().num_layers()
     }
 
+    pub fn attention_heads(&self) -> usize {
+        self.family().attention_heads()
+    }
+
     pub fn device(&self) -> Device {
         self.family().device()
     }
@@ -203,14 +209,49 @@ impl CausalLM {
         self.family().max_positions()
     }
 
-    /// Refuses `tokens` positions beyond what the model reads.
+    /// Refuses `tokens` positions beyond what the model reads, or whose attention would not fit
+    /// in memory for one window ([`Self::check_batch`]).
     pub fn check_length(&self, tokens: usize) -> crate::Result<()> {
-        match self.max_positions() {
-            Some(max) if tokens > max => Err(crate::Error::Invalid(format!(
+        self.check_batch(1, tokens, false)
+    }
+
+    /// Refuses `batch` windows of `tokens` positions that the model does not read (beyond its
+    /// positions), or whose attention scores would take more than
+    /// [`crate::limits::MAX_ATTENTION_BYTES`]: `batch x heads x tokens^2` floats a layer, and
+    /// when `training` (every activation kept for the backward pass) for every layer.
+    pub fn check_batch(&self, batch: usize, tokens: usize, training: bool) -> crate::Result<()> {
+        if let Some(max) = self.max_positions()
+            && tokens > max
+        {
+            return Err(crate::Error::Invalid(format!(
                 "{tokens} tokens are more than this model reads at once ({max} positions)"
-            ))),
-            _ => Ok(()),
+            )));
         }
+        let layers = if training { self.num_layers() } else { 1 };
+        let bytes = [batch, self.attention_heads(), tokens, tokens, 4, layers]
+            .iter()
+            .fold(1u64, |n, &x| n.saturating_mul(x as u64));
+        let max = crate::limits::MAX_ATTENTION_BYTES;
+        if bytes > max {
+            return Err(crate::Error::Invalid(format!(
+                "{batch} x {tokens} tokens: the attention scores would take {} MB{}, more than \
+                 the {} MB allowed here; use fewer tokens (the sequence length), fewer windows at \
+                 once (the batch size; gradient accumulation keeps a step's size){}",
+                bytes >> 20,
+                if training {
+                    " for the backward pass"
+                } else {
+                    ""
+                },
+                max >> 20,
+                if training {
+                    ", or \"Save memory\" (exec.recompute)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
     }
 
     pub fn new_cache(&self) -> KvCache {

@@ -1,4 +1,4 @@
-//! Hostile input, one test per row of issue 7's table that the Rust core owns (the page's rows are
+//! Hostile input, one test per kind of bad input that the Rust core owns (the page's are
 //! in tests/e2e): each input gets a clear error naming the file or the setting, or the documented
 //! behaviour. None may panic or allocate for a size it has not checked.
 // Native only: reads fixtures from disk (the CLI end to end is crate/cli/tests/cli.rs, the browser
@@ -74,7 +74,7 @@ fn load_hf(files: Vec<NamedFile>) -> Result<BaseModel, Error> {
     BaseModel::from_hf_files("tiny", files, &webtune::device::cpu())
 }
 
-// Row 1: a layer count of 2^32 - 1 or 2^64 - 1 is refused before a layer is allocated.
+// A layer count of 2^32 - 1 or 2^64 - 1 is refused before a layer is allocated.
 #[test]
 fn huge_layer_counts_are_refused_before_allocating() {
     for n in [u64::from(u32::MAX), u64::MAX] {
@@ -112,7 +112,7 @@ fn huge_layer_counts_are_refused_before_allocating() {
     assert!(m.contains("config.json") && m.contains("parameters"), "{m}");
 }
 
-// Row 2: token ids beyond the embedding (a tokenizer id, the config's or the GGUF's EOS).
+// Token ids beyond the embedding (a tokenizer id, the config's or the GGUF's EOS).
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
     // The hf files load as they are: the edits below are what breaks them.
@@ -152,7 +152,7 @@ fn gguf_with_array(item_type: u32, count: u64, payload: usize) -> Vec<u8> {
     b
 }
 
-// Row 3: an array whose count equals the bytes left: each item needs its own size in the file,
+// An array whose count equals the bytes left: each item needs its own size in the file,
 // and no array may hold more items than webtune reads.
 #[test]
 fn gguf_array_counts_are_checked_before_reserving() {
@@ -253,7 +253,7 @@ fn lora_tensors(t: &Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-// Row 4: a step whose loss is not finite stops the run, says which step and why, and the model
+// A step whose loss is not finite stops the run, says which step and why, and the model
 // (so the adapter) goes back to what it was after the last step read back finite: the step
 // before on the CPU, which reads every step. No non-finite adapter is written.
 #[test]
@@ -459,13 +459,19 @@ fn session_with_text() -> Session {
     s
 }
 
-// Row 6: settings typed into the page: each out-of-range one is named, nothing overflows.
+// Settings typed into the page: each out-of-range one is named, nothing overflows.
 #[test]
 fn out_of_range_settings_are_named() {
     let s = session_with_text();
-    s.plan(&RunSpec::default()).unwrap();
-    let with = |edit: &dyn Fn(&mut RunSpec)| {
+    // The tiny model reads 64 positions: its windows shorter than the default 128.
+    let short = || {
         let mut spec = RunSpec::default();
+        spec.data.seq_len = 32;
+        spec
+    };
+    s.plan(&short()).unwrap();
+    let with = |edit: &dyn Fn(&mut RunSpec)| {
+        let mut spec = short();
         edit(&mut spec);
         spec
     };
@@ -515,7 +521,7 @@ fn adapter_with(edit: impl Fn(&mut serde_json::Value)) -> Result<Adapter, Error>
     Adapter::parse(&config.to_string(), files.safetensors)
 }
 
-// Row 7: a PEFT adapter with dropout 1.5 or rank 0.
+// A PEFT adapter with dropout 1.5 or rank 0.
 #[test]
 fn adapter_configs_with_impossible_settings_are_refused() {
     adapter_with(|_| {}).unwrap();
@@ -531,7 +537,7 @@ fn adapter_configs_with_impossible_settings_are_refused() {
     );
 }
 
-// Row 12: a chat template of nested loops runs out of fuel instead of running for hours.
+// A chat template of nested loops runs out of fuel instead of running for hours.
 #[test]
 fn a_runaway_chat_template_fails_with_a_message() {
     let template = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}\
@@ -549,7 +555,7 @@ fn a_runaway_chat_template_fails_with_a_message() {
     println!("stopped after {:?}", started.elapsed());
 }
 
-// Row 14: duplicate metadata keys and tensor names are refused, not first- or last-wins.
+// Duplicate metadata keys and tensor names are refused, not first- or last-wins.
 #[test]
 fn duplicate_gguf_keys_and_tensors_are_refused() {
     let m = message(load_gguf(rewrite(|meta, _| {
@@ -571,7 +577,7 @@ fn duplicate_gguf_keys_and_tensors_are_refused() {
     );
 }
 
-// Row 15: a text file above the stated size is refused by name, with what to do.
+// A text file above the stated size is refused by name, with what to do.
 #[test]
 fn an_oversized_text_file_is_refused_with_a_message() {
     let tokenizer = load_gguf(tiny_gguf()).unwrap().tokenizer;
@@ -586,7 +592,7 @@ fn an_oversized_text_file_is_refused_with_a_message() {
     );
 }
 
-// Row 1, GPT-2: a GGUF whose width would overflow the MLP's default width (4 x n_embd) when no
+// GPT-2: a GGUF whose width would overflow the MLP's default width (4 x n_embd) when no
 // feed_forward_length is given: refused by name, no overflow.
 #[test]
 fn a_gpt2_gguf_with_an_overflowing_width_is_refused() {
@@ -609,4 +615,51 @@ fn a_gpt2_gguf_with_an_overflowing_width_is_refused() {
 
 fn load_gguf_named(name: &str, bytes: Vec<u8>) -> webtune::Result<BaseModel> {
     BaseModel::from_gguf(name, bytes, &webtune::device::cpu())
+}
+
+// Values and names a file or a setting may hold that are wrong without being malformed: each
+// refused with what is wrong, where it is.
+#[test]
+fn wrong_values_are_named_where_they_are() {
+    // A LoRA target the model lacks, even beside all-linear.
+    let s = session_with_text();
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 32;
+    spec.lora.targets = vec!["all-linear".into(), "bogus".into()];
+    let m = message(s.plan(&spec));
+    assert!(m.contains("bogus"), "{m}");
+
+    // Positions beyond the model's context, and attention too large for memory.
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 100;
+    let m = message(s.plan(&spec));
+    assert!(m.contains("64 positions"), "{m}");
+    let base = load_gguf(tiny_gguf()).unwrap();
+    let m = message(base.model.check_batch(1 << 20, 64, true));
+    assert!(
+        m.contains("attention scores") && m.contains("Save memory"),
+        "{m}"
+    );
+
+    // A GGUF whose tensors break its own alignment.
+    let bytes = rewrite(|meta, _| {
+        meta.retain(|(k, _)| k != "general.alignment");
+        meta.push(("general.alignment".into(), Value::U32(4096)));
+    });
+    let m = message(load_gguf(bytes));
+    assert!(m.contains("alignment"), "{m}");
+
+    // A config.json with a byte-order mark reads; one naming no model_type that is not Llama's
+    // says so.
+    let dir = fixtures().join("tiny-llama-tied");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    ModelConfig::from_json("config.json", &format!("\u{feff}{config}")).unwrap();
+    let m = message(ModelConfig::from_json(
+        "config.json",
+        r#"{"n_embd": 64, "n_layer": 2}"#,
+    ));
+    assert!(
+        m.contains("names no model_type") && m.contains("gpt2"),
+        "{m}"
+    );
 }

@@ -403,6 +403,10 @@ impl CausalLanguageModel for Gpt2LMHeadModel {
         self.transformer.h.len()
     }
 
+    fn attention_heads(&self) -> usize {
+        self.transformer.h.first().map_or(0, |b| b.attn.num_heads)
+    }
+
     fn device(&self) -> Device {
         self.transformer.wte.weight.val().device()
     }

@@ -210,6 +210,10 @@ pub struct LlamaModel {
     /// The rotary frequencies (from `rope_theta`, with the config's scaling).
     #[module(skip)]
     pub rope: rope::Rope,
+    /// The positions the model was made for (`max_position_embeddings`): the longest input
+    /// webtune gives it.
+    #[module(skip)]
+    pub context: usize,
 }
 
 #[derive(Module, Debug)]
@@ -384,6 +388,7 @@ impl LlamaForCausalLM {
                 layers,
                 norm: norm(&format!("{}.weight", NORM.0))?,
                 rope,
+                context: config.max_position_embeddings,
             },
             lm_head,
             products: FrozenProducts::platform(),
@@ -519,6 +524,17 @@ impl CausalLanguageModel for LlamaForCausalLM {
 
     fn num_layers(&self) -> usize {
         self.model.layers.len()
+    }
+
+    fn attention_heads(&self) -> usize {
+        self.model
+            .layers
+            .first()
+            .map_or(0, |l| l.self_attn.num_heads)
+    }
+
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.model.context)
     }
 
     fn device(&self) -> Device {
