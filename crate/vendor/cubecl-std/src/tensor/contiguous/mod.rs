@@ -1,7 +1,0 @@
-mod base;
-mod launch;
-mod perpendicular;
-
-pub use base::*;
-pub use launch::*;
-pub use perpendicular::*;

@@ -1,2 +1,0 @@
-mod identity;
-mod into_contiguous;
