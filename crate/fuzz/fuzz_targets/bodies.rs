@@ -5,6 +5,8 @@
 
 use webtune::base_model::BaseModel;
 use webtune::checkpoint::CheckpointFile;
+use webtune::data::files::{FileOptions, Read, read_file};
+use webtune::data::records::FileFormat;
 use webtune::data::{Dataset, tokenize_files};
 use webtune::formats::Checkpoint as _;
 use webtune::formats::peft::Adapter;
@@ -31,6 +33,16 @@ fn tiny() -> BaseModel {
 fn tiny_tokenizer() -> &'static Tokenizer {
     static TOKENIZER: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
     TOKENIZER.get_or_init(|| tiny().tokenizer)
+}
+
+/// The tiny model, loaded once for the targets that only read with it (its tokenizer and chat
+/// template). One a thread: a model's tensors are not shared between threads.
+fn with_tiny<R>(f: impl FnOnce(&BaseModel) -> R) -> R {
+    thread_local! {
+        static BASE: BaseModel = BaseModel::from_gguf("tiny.gguf", TINY_GGUF.to_vec(), &webtune::device::cpu())
+            .expect("the fixture loads");
+    }
+    BASE.with(f)
 }
 
 /// The fixed text the training bodies train on (and `fuzz_smoke.rs`'s checkpoint seed was made
@@ -143,5 +155,52 @@ pub fn checkpoint(data: &[u8]) {
     let base = tiny();
     if let Ok(data) = fixed_text_windows(&base.tokenizer, &file.state.spec) {
         let _ = Trainer::resume(base.model, data, &file, &base.name);
+    }
+}
+
+/// Chat data as a person adds it: the first byte picks how the rest is read (JSON Lines, a JSON
+/// array, CSV or TSV with its columns found by name), its records rendered with the tiny model's
+/// chat template and tokenized, then split into windows with the prompts masked.
+pub fn chat_data(data: &[u8]) {
+    let Some((&kind, bytes)) = data.split_first() else {
+        return;
+    };
+    let (name, format) = match kind % 4 {
+        0 => ("fuzz.jsonl", FileFormat::JsonLines),
+        1 => ("fuzz.json", FileFormat::Json),
+        2 => ("fuzz.csv", FileFormat::Csv),
+        _ => ("fuzz.tsv", FileFormat::Csv),
+    };
+    let options = FileOptions {
+        format: Some(format),
+        ..FileOptions::default()
+    };
+    with_tiny(|base| {
+        let Ok((_, Some(Read::Chat(file)))) = read_file(name, bytes, &options, base) else {
+            return;
+        };
+        let spec = DataSpec {
+            seq_len: 16,
+            val_fraction: 0.2,
+            ..DataSpec::default()
+        };
+        let eos = base.stop_tokens().first().copied();
+        let _ = Dataset::build(&[], &[file], eos, &spec, 0);
+    });
+}
+
+/// A ZIP archive (an adapter folder zipped): every entry read, inflated and CRC-checked.
+pub fn zip(data: &[u8]) {
+    let _ = webtune::formats::zip::read("fuzz.zip", data, 1 << 20);
+}
+
+/// A run specification as JSON (a CLI `--config` file, the page's or the JS API's settings),
+/// then validated.
+pub fn run_spec(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(spec) = RunSpec::from_json("run.json", text)
+    {
+        let _ = spec.validate();
+        let _ = spec.to_json();
     }
 }

@@ -173,3 +173,33 @@ fn checkpoint() {
     bodies::checkpoint(&seed);
     run(bodies::checkpoint, &[seed], 600);
 }
+
+#[test]
+fn chat_data() {
+    let with = |kind: u8, bytes: &[u8]| [&[kind][..], bytes].concat();
+    let seeds = [
+        with(0, &read("chat/records.jsonl")),
+        with(
+            1,
+            br#"[{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}, {"prompt": "2+2?", "completion": "4"}]"#,
+        ),
+        with(2, b"question,answer\n\"What, then?\",\"Then \"\"this\"\".\"\nWhy?,Because.\n"),
+        with(3, b"instruction\tinput\toutput\nSay hi\t\tHi.\nAdd\t2 2\t4\n"),
+    ];
+    run(bodies::chat_data, &seeds, 300);
+}
+
+#[test]
+fn zip() {
+    let stored = webtune::formats::zip::write_stored(&[
+        ("adapter/adapter_config.json", b"{\"r\": 8}"),
+        ("adapter/adapter_model.safetensors", &[7; 64]),
+    ]);
+    run(bodies::zip, &[stored], 1000);
+}
+
+#[test]
+fn run_spec() {
+    let spec = webtune::spec::RunSpec::default().to_json().into_bytes();
+    run(bodies::run_spec, &[spec], 1000);
+}

@@ -543,6 +543,7 @@ fn the_speed_probe_times_a_step_read_back_after_the_gpu_warms_up() {
     let mut run = spec(100, 5);
     run.train.eval_every = 1;
     run.exec.log_every = None;
+    #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
     let mut devices = vec![(webtune::device::cpu().autodiff(), true)];
     #[cfg(feature = "gpu")]
     match webtune::device::gpu() {
