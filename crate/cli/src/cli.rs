@@ -58,8 +58,9 @@ enum Command {
         adapter: Option<PathBuf>,
         #[arg(long, num_args = 1.., required = true)]
         data: Vec<PathBuf>,
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
+        /// Tokens a window [default: 128, or the model's context if it is shorter]
+        #[arg(long)]
+        seq_len: Option<usize>,
         #[arg(long, default_value_t = 4)]
         batch: usize,
         #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
@@ -417,6 +418,12 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
             device,
         } => {
             let base = load_model(&model, adapter.as_deref(), device)?;
+            let seq_len = seq_len.unwrap_or_else(|| {
+                let default = DataSpec::default().seq_len;
+                base.model
+                    .max_positions()
+                    .map_or(default, |max| default.min(max))
+            });
             let all = DataSpec {
                 seq_len,
                 val_fraction: 0.0,
@@ -668,6 +675,18 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     a.apply_to(&mut spec, typed);
     spec.validate()?;
     let mut base = BaseModel::from_path_with(&a.model, &device, spec.exec.base_f16)?;
+    // The default sequence length comes down to what the model reads at once (as the page's
+    // does); one typed or in a config file is checked as given.
+    if let (None, None, Some(max)) = (&resumed, &a.config, base.model.max_positions())
+        && !typed.contains(&"seq_len")
+        && spec.data.seq_len > max
+    {
+        eprintln!(
+            "sequence length {max}: the model reads at most {max} tokens at once (the default is {})",
+            spec.data.seq_len
+        );
+        spec.data.seq_len = max;
+    }
     let mut trainer = match &resumed {
         Some(file) => {
             let st = &file.state;

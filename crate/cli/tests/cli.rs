@@ -284,3 +284,79 @@ fn train_resume_continues_exactly() {
     assert!(!ok && err.contains("--rank"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// The commands README.md shows, run as written on the tiny model and small texts in place of
+// its placeholders: each must succeed, in the order shown (train writes the adapter that eval and
+// merge read).
+#[test]
+fn readme_commands_run() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let prefix = "cargo run --release -p webtune-cli -- ";
+    let commands: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix(prefix))
+        .collect();
+    assert!(commands.len() >= 5, "README.md shows the command line");
+    let dir = std::env::temp_dir().join(format!("webtune-readme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["a.txt", "b.txt", "held-out.txt"] {
+        std::fs::write(
+            dir.join(name),
+            format!("{name}: the quick brown fox jumps over the lazy dog. ").repeat(80),
+        )
+        .unwrap();
+    }
+    let model = fixtures().join("tiny-llama-q.gguf");
+    for command in commands {
+        let args: Vec<String> = split_words(command)
+            .into_iter()
+            .map(|w| match w.as_str() {
+                "M.gguf" | "path/to/hf-folder-or-file.gguf" => model.display().to_string(),
+                "a.txt" | "b.txt" | "held-out.txt" | "adapter/" | "merged/" | "merged.gguf" => {
+                    dir.join(&w).display().to_string()
+                }
+                _ => w,
+            })
+            .collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`webtune {command}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(dir.join("adapter/adapter_model.safetensors").exists());
+    assert!(dir.join("merged/model.safetensors").exists());
+    assert!(dir.join("merged.gguf").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A command line's words, as a shell splits them (double quotes only: what README.md uses).
+fn split_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    for c in line.chars() {
+        match c {
+            '"' => (quoted, any) = (!quoted, true),
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                }
+                any = false;
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
