@@ -226,6 +226,47 @@ impl Tokenizer {
             })
     }
 
+    /// [`Self::encode`] for text of any length (a file to train on): encoded in pieces of about
+    /// [`PIECE_BYTES`], each cut at a space between two words. The tokenizer's transient memory
+    /// (its `Encoding` keeps each token's string, offsets and masks: ~100 bytes a token, GBs for
+    /// a 60 MB file at once) stays bounded; what is kept is the ids. With the byte-level BPE
+    /// tokenizers of GPT-2, SmolLM, Llama 3 and Qwen2, whose pre-tokenizers start a piece at a
+    /// space before a word, the ids are the whole text's (tests/all/tokenizer.rs). Others
+    /// (SentencePiece's, which put a "▁" before each piece's start, or with a normalizer that
+    /// could join across a cut) encode the text whole.
+    pub fn encode_long(&self, text: &str) -> Result<Vec<u32>> {
+        if self.cuts_keep_ids() {
+            self.encode_in_pieces(text, PIECE_BYTES)
+        } else {
+            self.encode(text)
+        }
+    }
+
+    /// Whether cutting text before a word leaves the ids as they were: a byte-level
+    /// pre-tokenizer and no normalizer.
+    pub fn cuts_keep_ids(&self) -> bool {
+        let byte_level = self.inner.get_pre_tokenizer().is_some_and(|p| {
+            serde_json::to_string(p).is_ok_and(|json| json.contains(r#""type":"ByteLevel""#))
+        });
+        byte_level && self.inner.get_normalizer().is_none()
+    }
+
+    /// [`Self::encode_long`] with pieces of about `piece` bytes.
+    pub fn encode_in_pieces(&self, text: &str, piece: usize) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let cut = if rest.len() <= piece {
+                rest.len()
+            } else {
+                cut_point(rest, piece.max(4))
+            };
+            ids.extend(self.encode(&rest[..cut])?);
+            rest = &rest[cut..];
+        }
+        Ok(ids)
+    }
+
     /// [`Self::encode`], with each token's byte range in `text`.
     pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
         self.inner
@@ -377,3 +418,25 @@ fn gpt2_pre_tokenizer(pre: &str, byte_level: &Json) -> Option<Json> {
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Bytes of text [`Tokenizer::encode_long`] encodes at once.
+pub const PIECE_BYTES: usize = 1 << 18;
+
+/// Where to end a piece of `text` of about `piece` bytes, in its second half: before the last
+/// single space between two words, else after the last line break before a word (text without
+/// spaces, e.g. Chinese), else at the last character boundary.
+fn cut_point(text: &str, piece: usize) -> usize {
+    let b = text.as_bytes();
+    let word = |c: u8| !c.is_ascii_whitespace();
+    let half = (piece / 2).max(1)..piece;
+    half.clone()
+        .rev()
+        .find(|&i| b[i] == b' ' && word(b[i - 1]) && b.get(i + 1).is_some_and(|&c| word(c)))
+        .or_else(|| half.rev().find(|&i| b[i - 1] == b'\n' && word(b[i])))
+        .unwrap_or_else(|| {
+            (1..=piece)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(1)
+        })
+}

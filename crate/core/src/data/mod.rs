@@ -231,7 +231,7 @@ pub fn tokenize_files<'a>(
         let outcome = check_text(bytes).and_then(|text| {
             // A leading BOM is not part of the text.
             let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-            tokenizer.encode(text).map_err(|e| e.to_string())
+            tokenizer.encode_long(text).map_err(|e| e.to_string())
         });
         match outcome {
             Ok(tokens) if !tokens.is_empty() => docs.push(Document {

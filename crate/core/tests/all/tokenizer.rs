@@ -102,3 +102,55 @@ fn gpt2_tokenizer_from_bpe_files_matches_transformers() {
     assert_eq!(tok.vocab_size(), 50257);
     check(&tok, "gpt2", false);
 }
+
+/// Long text is encoded in pieces cut at spaces between words (bounded memory): the ids are the
+/// whole text's with SmolLM2's and GPT-2's byte-level BPE, whatever the piece size.
+#[test]
+fn long_text_in_pieces_encodes_as_a_whole() {
+    let smollm2 = Tokenizer::from_gguf(&smollm2_gguf()).unwrap();
+    let vocab = std::fs::read_to_string(fetched("models/gpt2/vocab.json")).unwrap();
+    let merges = std::fs::read_to_string(fetched("models/gpt2/merges.txt")).unwrap();
+    let gpt2 = Tokenizer::from_gpt2_files(&vocab, &merges).unwrap();
+    let once = cases("smollm2")
+        .into_iter()
+        .map(|(t, _, _)| t)
+        .collect::<Vec<_>>()
+        .join("\n\n  ");
+    let text = once.repeat(10_000 / once.len() + 1);
+    assert!(text.len() > 10_000);
+    for tok in [&smollm2, &gpt2] {
+        assert!(tok.cuts_keep_ids());
+        let whole = tok.encode(&text).unwrap();
+        for piece in [256, 1000, 4096] {
+            assert_eq!(
+                tok.encode_in_pieces(&text, piece).unwrap(),
+                whole,
+                "{piece}"
+            );
+        }
+    }
+}
+
+/// A SentencePiece-style tokenizer (a "▁" before each piece's start) is never cut: a long text
+/// encodes whole.
+#[test]
+fn sentencepiece_text_is_not_cut() {
+    let json = r#"{
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+        "post_processor": null,
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": {"<unk>": 0, "▁": 1, "a": 2, "b": 3, "▁a": 4, "▁b": 5},
+                  "merges": [["▁", "a"], ["▁", "b"]]}
+    }"#;
+    let tok = Tokenizer::from_json("tokenizer.json", json.as_bytes(), None).unwrap();
+    assert!(!tok.cuts_keep_ids());
+    // Lines without spaces: cut before a line's first word, each piece would gain a "▁".
+    let text = "ab\n".repeat(200_000);
+    let whole = tok.encode(&text).unwrap();
+    assert!(tok.encode_long(&text).unwrap() == whole);
+    assert!(tok.encode_in_pieces(&text, 1000).unwrap() != whole);
+}
