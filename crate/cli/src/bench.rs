@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Serialize;
 use web_time::Instant;
+use webtune::Result;
 use webtune::generate::{SamplingConfig, generate_blocking};
 use webtune::kernels::FrozenProducts;
 use webtune::lora::LoraConfig;
 use webtune::spec::RunSpec;
 use webtune::train::{Control, Trainer};
-use webtune::{BaseModel, Result};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -34,8 +34,9 @@ pub struct BenchArgs {
     warmup: usize,
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
+    /// Tokens a window [default: 128, or the model's context if it is shorter]
+    #[arg(long)]
+    seq_len: Option<usize>,
     #[arg(long, default_value_t = 8)]
     rank: usize,
     #[arg(long, default_value = "q_proj,v_proj", value_delimiter = ',')]
@@ -120,7 +121,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     };
     let started = Instant::now();
     // The f16 base as it loads: the f32 model never exists whole (peak memory).
-    let base = BaseModel::from_path_with(&a.model, &device, a.base_f16)?;
+    let base = crate::cli::open_model(&a.model, &device, a.base_f16)?;
     let load_secs = started.elapsed().as_secs_f64();
     let load_peak_mb = peak_rss_mb();
     reset_peak_rss();
@@ -134,7 +135,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         },
         ..RunSpec::default()
     };
-    spec.data.seq_len = a.seq_len;
+    // The train command's default: 128 tokens, or the model's context where it is shorter.
+    let seq_len = a
+        .seq_len
+        .unwrap_or_else(|| base.model.max_positions().map_or(128, |max| max.min(128)));
+    spec.data.seq_len = seq_len;
     spec.train.steps = a.warmup + a.steps;
     spec.train.batch_size = a.batch;
     spec.train.eval_every = 0;
@@ -194,7 +199,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         device: device_name(a.device),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         batch: a.batch,
-        seq_len: a.seq_len,
+        seq_len,
         rank: a.rank,
         targets: a.targets,
         trainable_parameters,
@@ -208,7 +213,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         warmup_step_secs: steps,
         median_step_secs,
         step_statistic: statistic,
-        train_tokens_per_sec: (a.batch * a.seq_len) as f64 / median_step_secs,
+        train_tokens_per_sec: (a.batch * seq_len) as f64 / median_step_secs,
         step_secs: measured,
         eval_windows: trainer.eval_sample_size(),
         eval_secs,

@@ -229,6 +229,11 @@ struct TrainArgs {
     /// Store the adapter in f16 (half the size).
     #[arg(long)]
     f16: bool,
+    /// Also write OUT/recipe/: the run taken further with PyTorch + transformers + PEFT
+    /// (train_peft.py, for one GPU or `accelerate launch` on many), with the run's settings,
+    /// its windows as trained and its adapter to continue.
+    #[arg(long)]
+    recipe: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
     /// Print nothing but errors.
@@ -350,7 +355,7 @@ const RESUME_SETTINGS: [&str; 2] = ["checkpoint_every", "recompute"];
 fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
     match cli.command {
         Command::Info { model } => {
-            let base = BaseModel::from_path(&model, &device::cpu())?;
+            let base = open_model(&model, &device::cpu(), false)?;
             let c = &base.config;
             println!("name: {}", base.name);
             println!("family: {}", c.model_type());
@@ -390,6 +395,28 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
                 return Err(webtune::Error::Invalid(format!(
                     "{shown} already holds a model; pass --force to overwrite it"
                 )));
+            }
+            if let Some(path) = &gguf {
+                // Never the model it reads (not even with --force), nor another file unasked.
+                let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+                if same(path, &model) || same(path, &adapter) {
+                    return Err(webtune::Error::Invalid(format!(
+                        "--gguf {}: that is the model or adapter being merged",
+                        path.display()
+                    )));
+                }
+                if path.is_dir() {
+                    return Err(webtune::Error::Invalid(format!(
+                        "--gguf {}: a folder; name the file to write",
+                        path.display()
+                    )));
+                }
+                if path.exists() && !force {
+                    return Err(webtune::Error::Invalid(format!(
+                        "--gguf {}: the file exists; pass --force to overwrite it",
+                        path.display()
+                    )));
+                }
             }
             let base = load_model(&model, Some(&adapter), DeviceChoice::Cpu)?;
             // Checked before writing anything: a merged GGUF needs a GGUF base.
@@ -494,13 +521,33 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
     }
 }
 
+/// The model `model` names: a `.gguf` file or a Hugging Face folder, or a model id
+/// (`org/name`, fetched from the hub into its cache: [`crate::hub`]). With `base_f16`, its
+/// frozen matrices kept in f16 as they are read.
+pub fn open_model(
+    model: &Path,
+    device: &burn::tensor::Device,
+    base_f16: bool,
+) -> webtune::Result<BaseModel> {
+    let Some(id) = model.to_str().and_then(crate::hub::parse) else {
+        return BaseModel::from_path_with(model, device, base_f16);
+    };
+    let fetched = crate::hub::fetch(&id)?;
+    let mut base = BaseModel::from_path_with(&fetched.path, device, base_f16)?;
+    // A GGUF from a repository of them: the base model its card names, else the file's own.
+    if let Some(base_id) = fetched.base_id {
+        base.hub_id = Some(base_id);
+    }
+    Ok(base)
+}
+
 /// The base model, with a PEFT adapter applied when one is given.
 fn load_model(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
     device: DeviceChoice,
 ) -> webtune::Result<BaseModel> {
-    let mut base = BaseModel::from_path(model, &pick_device(device)?)?;
+    let mut base = open_model(model, &pick_device(device)?, false)?;
     if let Some(dir) = adapter {
         load_adapter(dir)?.apply(&mut base.model)?;
     }
@@ -674,7 +721,7 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     };
     a.apply_to(&mut spec, typed);
     spec.validate()?;
-    let mut base = BaseModel::from_path_with(&a.model, &device, spec.exec.base_f16)?;
+    let mut base = open_model(&a.model, &device, spec.exec.base_f16)?;
     // The default sequence length comes down to what the model reads at once (as the page's
     // does); one typed or in a config file is checked as given.
     if let (None, None, Some(max)) = (&resumed, &a.config, base.model.max_positions())
@@ -803,8 +850,22 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
     } else {
         AdapterDtype::F32
     };
+    let base_id = base.hub_id.as_deref().unwrap_or(&base.name);
+    let files = pollster::block_on(peft::export(trainer.model(), base_id, dtype))?;
+    if a.recipe {
+        let dir = a.out.join("recipe");
+        let recipe =
+            webtune::recipe::files(trainer.spec(), base_id, trainer.dataset(), Some(&files));
+        for (name, bytes) in &recipe {
+            let path = dir.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| webtune::Error::io(parent.display().to_string(), e))?;
+            }
+            write_atomically(&path, bytes)?;
+        }
+    }
     let model = trainer.into_model();
-    let files = pollster::block_on(peft::export(&model, &base.name, dtype))?;
     write_adapter(&a.out, &files)?;
     if a.gguf {
         let bytes = pollster::block_on(webtune::formats::gguf_lora::export(

@@ -5,6 +5,9 @@
 mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
+// `--model org/name`: models fetched from the Hugging Face hub.
+#[cfg(not(target_arch = "wasm32"))]
+mod hub;
 #[cfg(not(target_arch = "wasm32"))]
 mod report;
 

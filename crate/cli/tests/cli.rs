@@ -334,6 +334,35 @@ fn readme_commands_run() {
     assert!(dir.join("adapter/adapter_model.safetensors").exists());
     assert!(dir.join("merged/model.safetensors").exists());
     assert!(dir.join("merged.gguf").exists());
+
+    // merge's --gguf: never the model it reads, even with --force; an existing file only with it.
+    let model_copy = dir.join("model.gguf");
+    std::fs::copy(&model, &model_copy).unwrap();
+    let merge = |gguf: &std::path::Path, force: bool| {
+        let (m, a, o) = (
+            model_copy.to_str().unwrap(),
+            dir.join("adapter"),
+            dir.join("m2"),
+        );
+        let mut args = vec!["merge", "--model", m, "--adapter", a.to_str().unwrap()];
+        let o = o.to_str().unwrap().to_string();
+        let g = gguf.to_str().unwrap().to_string();
+        args.extend(["--out", &o, "--gguf", &g]);
+        if force {
+            args.push("--force");
+        }
+        cli(&args)
+    };
+    let (ok, err) = merge(&model_copy, true);
+    assert!(!ok && err.contains("that is the model"), "{err}");
+    assert_eq!(
+        std::fs::read(&model_copy).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    let (ok, err) = merge(&dir.join("merged.gguf"), false);
+    assert!(!ok && err.contains("--force"), "{err}");
+    let (ok, err) = merge(&dir.join("merged.gguf"), true);
+    assert!(ok, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -359,4 +388,281 @@ fn split_words(line: &str) -> Vec<String> {
         words.push(word);
     }
     words
+}
+
+/// A local server with the Hugging Face hub's URL layout, serving the tiny GPT-2 folder as
+/// `webtune-test/tiny-gpt2` and as `webtune-test/wrong-size` (whose listing gives the weights
+/// a size they do not have), and counting the requests it answers.
+fn hub_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use sha1::Digest as _;
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let files: Vec<(String, Vec<u8>)> = [
+        "config.json",
+        "vocab.json",
+        "merges.txt",
+        "model.safetensors",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.to_string(),
+            std::fs::read(fixtures().join("tiny-gpt2").join(f)).unwrap(),
+        )
+    })
+    .collect();
+    let listing = |wrong: bool| {
+        let siblings: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(name, bytes)| {
+                if name.ends_with(".safetensors") {
+                    let size = bytes.len() + usize::from(wrong);
+                    let sha: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+                    serde_json::json!({"rfilename": name, "size": size, "lfs": {"sha256": sha, "size": size}})
+                } else {
+                    let mut h = sha1::Sha1::new();
+                    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+                    h.update(bytes);
+                    let id: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    serde_json::json!({"rfilename": name, "size": bytes.len(), "blobId": id})
+                }
+            })
+            .collect();
+        serde_json::json!({"sha": commit, "siblings": siblings}).to_string()
+    };
+    let (good, wrong) = (listing(false), listing(true));
+    let base = origin.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            reader.read_line(&mut line).unwrap();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap() <= 2 {
+                    break;
+                }
+            }
+            let path = line.split(' ').nth(1).unwrap_or("").to_string();
+            let respond = |stream: &mut std::net::TcpStream,
+                           status: &str,
+                           headers: &str,
+                           body: &[u8]| {
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            };
+            let repo = ["webtune-test/tiny-gpt2", "webtune-test/wrong-size"]
+                .into_iter()
+                .find(|r| path.contains(&format!("/{r}/")));
+            match repo {
+                Some(r) if path.starts_with("/api/models/") => {
+                    let body = if r.ends_with("wrong-size") {
+                        &wrong
+                    } else {
+                        &good
+                    };
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        "Content-Type: application/json\r\n",
+                        body.as_bytes(),
+                    );
+                }
+                Some(r) if path.starts_with(&format!("/{r}/resolve/{commit}/")) => {
+                    // The hub redirects a file to its storage.
+                    let file = path.rsplit('/').next().unwrap();
+                    let to = format!("Location: {base}/storage/{file}\r\n");
+                    respond(&mut stream, "302 Found", &to, b"");
+                }
+                _ => match files.iter().find(|(n, _)| path == format!("/storage/{n}")) {
+                    Some((_, bytes)) => respond(&mut stream, "200 OK", "", bytes),
+                    None => respond(&mut stream, "404 Not Found", "", b"Repository not found"),
+                },
+            }
+        }
+    });
+    (origin, count)
+}
+
+// `--model org/name`: fetched from the hub's URLs (here a local server with its layout) into the
+// hub's cache layout, checked, and read from the cache afterwards, also offline; a model the hub
+// does not have, and a file that is not the size listed, are errors naming them.
+#[test]
+fn a_model_id_is_fetched_from_the_hub_into_its_cache() {
+    let (origin, requests) = hub_server();
+    let cache = std::env::temp_dir().join(format!("webtune-hf-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = |args: &[&str], offline: bool| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+            .args(args)
+            .env("HF_ENDPOINT", &origin)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" })
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(&["info", "--model", "webtune-test/tiny-gpt2"], false);
+    assert!(ok, "{out}");
+    assert!(out.contains("name: webtune-test/tiny-gpt2"), "{out}");
+    let snapshot = cache
+        .join("models--webtune-test--tiny-gpt2/snapshots/0123456789abcdef0123456789abcdef01234567");
+    for f in [
+        "config.json",
+        "vocab.json",
+        "merges.txt",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(snapshot.join(f)).unwrap(),
+            std::fs::read(fixtures().join("tiny-gpt2").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(cache.join("models--webtune-test--tiny-gpt2/refs/main")).unwrap(),
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    // Offline: from the cache, asking nothing.
+    let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (ok, out) = run(&["info", "--model", "webtune-test/tiny-gpt2"], true);
+    assert!(ok, "{out}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), asked);
+
+    let (ok, out) = run(&["info", "--model", "webtune-test/no-such-model"], false);
+    assert!(
+        !ok && out.contains("webtune-test/no-such-model: the hub has no such model"),
+        "{out}"
+    );
+    let (ok, out) = run(&["info", "--model", "webtune-test/wrong-size"], false);
+    assert!(
+        !ok && out.contains("webtune-test/wrong-size: model.safetensors: got"),
+        "{out}"
+    );
+    assert!(
+        !cache.join("models--webtune-test--wrong-size/snapshots/0123456789abcdef0123456789abcdef01234567/model.safetensors").exists(),
+        "a file that failed its check is not kept"
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+// `train --recipe`: the run taken further with PyTorch + transformers + PEFT. The windows it
+// writes are the ones trained on; where python3 has torch, transformers, peft and accelerate
+// (not needed by CI), the script loads the base and the adapter and gets the validation loss
+// webtune got, then trains on.
+#[test]
+fn the_recipe_continues_the_run_in_pytorch() {
+    let dir = std::env::temp_dir().join(format!("webtune-recipe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("fox.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(60),
+    )
+    .unwrap();
+    let model = fixtures().join("tiny-gpt2");
+    let out = dir.join("out");
+    let args = [
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--seq-len",
+        "16",
+        "--eval-windows",
+        "0",
+        "--recipe",
+        "--json",
+    ];
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_webtune"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&run.stdout).lines().last().unwrap()).unwrap();
+    let webtune_val = last["val_loss"].as_f64().unwrap();
+
+    let recipe = out.join("recipe");
+    for f in [
+        "train_peft.py",
+        "run.json",
+        "train.jsonl",
+        "val.jsonl",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(recipe.join(f).exists(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read(recipe.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    );
+    let val: Vec<serde_json::Value> = std::fs::read_to_string(recipe.join("val.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!val.is_empty());
+    for w in &val {
+        assert_eq!(w["input_ids"].as_array().unwrap().len(), 17);
+        assert_eq!(w["labels"][0], -100);
+        assert_eq!(w["labels"][1], w["input_ids"][1]);
+    }
+
+    let torch = std::process::Command::new("python3")
+        .args(["-c", "import torch, transformers, peft, accelerate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !torch {
+        eprintln!(
+            "the recipe's script was not run: python3 cannot import torch, transformers, peft and accelerate"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        return;
+    }
+    let script = recipe.join("train_peft.py");
+    let python = |extra: &[&str]| {
+        let o = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--base", model.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let eval: serde_json::Value = serde_json::from_str(python(&["--eval-only"]).trim()).unwrap();
+    let theirs = eval["val_loss"].as_f64().unwrap();
+    assert!(
+        (theirs - webtune_val).abs() < 1e-3,
+        "PEFT's validation loss {theirs} against webtune's {webtune_val}"
+    );
+    let trained = dir.join("further");
+    let log = python(&["--steps", "2", "--out", trained.to_str().unwrap()]);
+    assert!(log.contains("\"step\": 2"), "{log}");
+    assert!(trained.join("adapter_model.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -36,6 +36,57 @@ pub struct BaseModel {
     /// The GGUF file's metadata, when the model came from one: a merged GGUF export reuses it
     /// (tokenizer, hyperparameters, chat template).
     pub gguf_metadata: Option<Vec<(String, Value)>>,
+    /// The model's Hugging Face id (`org/name`), where known: the id it was fetched by, the hub
+    /// cache folder it was read from, or what a GGUF file says it was converted from. An
+    /// adapter's `base_model_name_or_path` ([`Self::base_model_id`]) is this, for PEFT to find
+    /// the base by.
+    pub hub_id: Option<String>,
+}
+
+/// `id` if it is a Hugging Face model id (`org/name`, of letters, digits, `-`, `_` and `.`).
+pub fn hub_id(id: &str) -> Option<&str> {
+    let (org, name) = id.split_once('/')?;
+    let part = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 96
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    (part(org) && part(name)).then_some(id)
+}
+
+/// The Hugging Face id a GGUF file names as its source: `general.source.huggingface.repository`,
+/// or a `https://huggingface.co/org/name` repository URL (`general.repo_url`,
+/// `general.source.repo_url`, as llama.cpp's converter writes them).
+fn gguf_hub_id(gguf: &GgufFile) -> Option<String> {
+    let text = |key: &str| gguf.get(key).and_then(|v| v.as_str());
+    if let Some(id) = text("general.source.huggingface.repository").and_then(hub_id) {
+        return Some(id.to_string());
+    }
+    ["general.repo_url", "general.source.repo_url"]
+        .iter()
+        .filter_map(|k| text(k)?.strip_prefix("https://huggingface.co/"))
+        .find_map(|rest| {
+            let mut parts = rest.trim_end_matches('/').splitn(3, '/');
+            let id = format!("{}/{}", parts.next()?, parts.next()?);
+            hub_id(&id).map(str::to_string)
+        })
+}
+
+/// The Hugging Face id of a folder in the hub's cache
+/// (`…/models--org--name/snapshots/REVISION`), as transformers and huggingface_hub lay it out.
+#[cfg(not(target_arch = "wasm32"))]
+fn cached_hub_id(path: &std::path::Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let snapshots = path.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let repo = snapshots.parent()?.file_name()?.to_str()?;
+    let (org, name) = repo.strip_prefix("models--")?.split_once("--")?;
+    let id = format!("{org}/{name}");
+    hub_id(&id).map(str::to_string)
 }
 
 impl BaseModel {
@@ -55,17 +106,23 @@ impl BaseModel {
         let config = ModelConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         check_vocab(file_name, &config, &tokenizer)?;
-        let name = gguf
+        // A name is printed and written into adapters: no control characters (a terminal's
+        // escape sequences), and no more than a name needs.
+        let name: String = gguf
             .get("general.name")
             .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| file_name.trim_end_matches(".gguf").to_string());
+            .unwrap_or_else(|| file_name.trim_end_matches(".gguf"))
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(256)
+            .collect();
         let gguf_metadata = Some(
             gguf.metadata
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         );
+        let hub_id = gguf_hub_id(&gguf);
         let ckpt = GgufCheckpoint::new(gguf, config.gguf_map());
         let model = config.load_with(&ckpt, device, base_f16)?;
         Ok(Self {
@@ -74,6 +131,7 @@ impl BaseModel {
             model,
             tokenizer,
             gguf_metadata,
+            hub_id,
         })
     }
 
@@ -144,6 +202,7 @@ impl BaseModel {
             model,
             tokenizer,
             gguf_metadata: None,
+            hub_id: None,
         })
     }
 
@@ -194,11 +253,15 @@ impl BaseModel {
                 }
                 None => files.extend(read("model.safetensors", weights_limit)?),
             }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or(shown);
-            Self::from_hf_files_with(&name, files, device, base_f16)
+            let hub_id = cached_hub_id(path);
+            let name = hub_id.clone().unwrap_or_else(|| {
+                path.file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or(shown)
+            });
+            let mut base = Self::from_hf_files_with(&name, files, device, base_f16)?;
+            base.hub_id = hub_id;
+            Ok(base)
         } else {
             let file_name = path
                 .file_name()
@@ -207,6 +270,12 @@ impl BaseModel {
             let bytes = crate::fs::read_bounded(path, weights_limit, "a model file")?;
             Self::from_gguf_with(&file_name, bytes, device, base_f16)
         }
+    }
+
+    /// What an adapter's `base_model_name_or_path` says: the Hugging Face id where known
+    /// ([`Self::hub_id`]), else the model's name.
+    pub fn base_model_id(&self) -> &str {
+        self.hub_id.as_deref().unwrap_or(&self.name)
     }
 
     /// The prompt for one user message in the model's chat format (ChatML if it has none).

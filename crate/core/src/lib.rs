@@ -27,6 +27,7 @@ pub mod limits;
 pub mod lora;
 pub mod model;
 pub mod optim;
+pub mod recipe;
 pub mod rng;
 pub mod session;
 mod shards;

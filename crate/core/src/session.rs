@@ -19,6 +19,8 @@ use crate::train::{Progress, Trainer};
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub name: String,
+    /// The Hugging Face id, where known (`BaseModel::hub_id`): adapters name it as their base.
+    pub hub_id: Option<String>,
     pub parameters: usize,
     pub layers: usize,
     pub hidden_size: usize,
@@ -132,6 +134,7 @@ impl Session {
         let c = &base.config;
         let info = ModelInfo {
             name: base.name.clone(),
+            hub_id: base.hub_id.clone(),
             parameters: c.num_parameters(),
             layers: c.num_layers(),
             hidden_size: c.hidden_size(),
@@ -533,6 +536,24 @@ impl Session {
         ))
     }
 
+    /// The current run taken further ([`crate::recipe`]): a ZIP of a PyTorch + transformers +
+    /// PEFT script with the run's settings, its windows as trained, and its adapter to continue.
+    pub async fn recipe_zip(&self) -> Result<Vec<u8>> {
+        let base = self.base()?;
+        let t = self
+            .trainer
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("train first: there is no run to take further".into()))?;
+        let adapter = peft::export(t.model(), base.base_model_id(), AdapterDtype::F32).await?;
+        let files =
+            crate::recipe::files(t.spec(), base.base_model_id(), t.dataset(), Some(&adapter));
+        let files: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        Ok(crate::formats::zip::write_stored(&files))
+    }
+
     /// The PEFT adapter of the current run.
     pub async fn export_adapter(&self, dtype: AdapterDtype) -> Result<AdapterFiles> {
         let base = self.base()?;
@@ -540,6 +561,6 @@ impl Session {
             .trainer
             .as_ref()
             .ok_or_else(|| Error::Invalid("train first: there is no adapter yet".into()))?;
-        peft::export(t.model(), &base.name, dtype).await
+        peft::export(t.model(), base.base_model_id(), dtype).await
     }
 }

@@ -90,6 +90,19 @@ fn err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
+/// Names `base` by the Hugging Face id `id` (`org/name`), when one is given.
+fn set_hub_id(base: &mut BaseModel, id: Option<String>) -> Result<(), JsError> {
+    if let Some(id) = id {
+        if webtune::base_model::hub_id(&id).is_none() {
+            return Err(err(format!(
+                "`{id}` is not a Hugging Face model id (org/name)"
+            )));
+        }
+        base.hub_id = Some(id);
+    }
+    Ok(())
+}
+
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
     value
         .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
@@ -189,24 +202,28 @@ impl WebSession {
 
     /// Loads a GGUF model from its bytes; returns ModelInfo. With `baseF16` (the CPU backend, or
     /// WebGPU with `shader-f16`: `BackendInfo.f16_weights`; ignored elsewhere) its frozen weights
-    /// are kept in f16 as they load: half the base's memory (`TrainConfig::base_f16`;
-    /// `ModelInfo.base_f16` says what was done).
+    /// are kept in f16 as they load: half the base's memory (`exec.base_f16`;
+    /// `ModelInfo.base_f16` says what was done). `hubId`: the model's Hugging Face id
+    /// (`org/name`), which adapters name as their base (else the file's own, or its name).
     #[wasm_bindgen(js_name = loadGguf)]
     pub fn load_gguf(
         &self,
         name: String,
         bytes: Vec<u8>,
         base_f16: Option<bool>,
+        hub_id: Option<String>,
     ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
         let device = s.device().clone();
-        let base = BaseModel::from_gguf_with(&name, bytes, &device, base_f16.unwrap_or(false))
+        let mut base = BaseModel::from_gguf_with(&name, bytes, &device, base_f16.unwrap_or(false))
             .map_err(err)?;
+        set_hub_id(&mut base, hub_id)?;
         to_js(&s.set_model(base))
     }
 
     /// Loads a Hugging Face model from files (`config.json`, `tokenizer.json`, safetensors...):
-    /// `names[i]` is the name of `files[i]` (a Uint8Array); `baseF16` as for `loadGguf`.
+    /// `names[i]` is the name of `files[i]` (a Uint8Array); `baseF16` and `hubId` as for
+    /// `loadGguf`.
     #[wasm_bindgen(js_name = loadHfFiles)]
     pub fn load_hf_files(
         &self,
@@ -214,6 +231,7 @@ impl WebSession {
         names: Vec<String>,
         files: Array,
         base_f16: Option<bool>,
+        hub_id: Option<String>,
     ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
         if names.len() != files.length() as usize {
@@ -225,9 +243,10 @@ impl WebSession {
             .map(|(n, f)| NamedFile::new(n, Uint8Array::new(&f).to_vec()))
             .collect();
         let device = s.device().clone();
-        let base =
+        let mut base =
             BaseModel::from_hf_files_with(&model_name, files, &device, base_f16.unwrap_or(false))
                 .map_err(err)?;
+        set_hub_id(&mut base, hub_id)?;
         to_js(&s.set_model(base))
     }
 
@@ -478,6 +497,19 @@ impl WebSession {
             let s = shared(&inner)?;
             let loss = s.evaluate().await.map_err(|e| JsValue::from(err(e)))?;
             Ok(loss.map_or(JsValue::NULL, |l| JsValue::from_f64(f64::from(l))))
+        })
+    }
+
+    /// The run taken further (a ZIP, as a Uint8Array): `train_peft.py` (PyTorch + transformers
+    /// + PEFT, for one GPU or `accelerate launch` on many), the run spec, the windows as they
+    /// were trained, and the adapter to continue.
+    #[wasm_bindgen(js_name = exportRecipe)]
+    pub fn export_recipe(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let s = shared(&inner)?;
+            let zip = s.recipe_zip().await.map_err(|e| JsValue::from(err(e)))?;
+            Ok(Uint8Array::from(zip.as_slice()).into())
         })
     }
 

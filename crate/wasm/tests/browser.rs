@@ -285,7 +285,7 @@ async fn javascript_api_runs_a_whole_session() {
     // The CPU backend holds f16 weights ("16-bit weights" is offered).
     assert_eq!(backend["f16_weights"], true);
     let info: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec(), None)
+        s.load_gguf("tiny-llama-q.gguf".into(), TINY_GGUF.to_vec(), None, None)
             .unwrap(),
     )
     .unwrap();
@@ -354,7 +354,12 @@ async fn javascript_api_runs_a_whole_session() {
     // Errors are values with a message, not panics.
     let refused = s.add_text("c.txt".into(), b"ok".to_vec(), JsValue::UNDEFINED);
     assert!(refused.is_ok());
-    let err = s.load_gguf("broken.gguf".into(), b"GGUF-not-really".to_vec(), None);
+    let err = s.load_gguf(
+        "broken.gguf".into(),
+        b"GGUF-not-really".to_vec(),
+        None,
+        None,
+    );
     assert!(err.is_err());
 }
 
@@ -389,7 +394,7 @@ async fn javascript_api_fine_tunes_a_gpt2_model() {
         buffers.push(&js_sys::Uint8Array::from(bytes));
     }
     let info: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.load_hf_files("tiny-gpt2".into(), names, buffers, Some(true))
+        s.load_hf_files("tiny-gpt2".into(), names, buffers, Some(true), None)
             .unwrap(),
     )
     .unwrap();

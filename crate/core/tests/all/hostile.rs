@@ -663,3 +663,18 @@ fn wrong_values_are_named_where_they_are() {
         "{m}"
     );
 }
+
+// A model's name with a terminal's escape sequences (it is printed, and written into adapters)
+// loses its control characters.
+#[test]
+fn a_name_with_escape_sequences_is_cleaned() {
+    let bytes = rewrite(|meta, _| {
+        meta.retain(|(k, _)| k != "general.name");
+        meta.push((
+            "general.name".into(),
+            Value::String("evil\u{1b}]0;title\u{7}\u{1b}[2Jname\n".into()),
+        ));
+    });
+    let base = load_gguf(bytes).unwrap();
+    assert_eq!(base.name, "evil]0;title[2Jname");
+}

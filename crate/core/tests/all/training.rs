@@ -730,3 +730,74 @@ fn an_opened_adapter_is_what_the_next_run_continues() {
         .to_string();
     assert!(e.contains("does not fit"), "{e}");
 }
+
+/// An adapter names its base by the model's Hugging Face id where one is known, for PEFT to
+/// load it by: the one a GGUF file says it was converted from, the hub cache folder's, or the
+/// one the caller fetched it by; else the model's name.
+#[test]
+fn the_adapter_names_its_base_by_the_hugging_face_id() {
+    use crate::common::gguf_writer::rewrite;
+    use webtune::formats::gguf::Value;
+    use webtune::formats::peft::AdapterDtype;
+    use webtune::session::Session;
+    let device = webtune::device::cpu().autodiff();
+    let with_meta = |pairs: &[(&str, &str)]| {
+        let bytes = rewrite(|meta, _| {
+            for (k, v) in pairs {
+                meta.push((k.to_string(), Value::String(v.to_string())));
+            }
+        });
+        webtune::BaseModel::from_gguf("tiny.gguf", bytes, &device).unwrap()
+    };
+    let repo = "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct";
+    assert_eq!(
+        with_meta(&[("general.repo_url", repo)]).hub_id.as_deref(),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
+    let both = with_meta(&[
+        ("general.repo_url", repo),
+        ("general.source.huggingface.repository", "org/other"),
+    ]);
+    assert_eq!(both.hub_id.as_deref(), Some("org/other"));
+    // Not an id (a path, escapes, another host): not named.
+    for bad in [
+        "../../etc/passwd",
+        "org/na\u{1b}[31mme",
+        "https://example.org/org/name",
+    ] {
+        let base = with_meta(&[("general.source.huggingface.repository", bad)]);
+        assert_eq!(base.hub_id, None, "{bad:?}");
+        assert_eq!(base.base_model_id(), base.name);
+    }
+
+    // A folder in the hub's cache, as transformers leaves it.
+    let dir = std::env::temp_dir().join(format!("webtune-hub-cache-{}", std::process::id()));
+    let snapshot = dir.join("models--webtune-test--tiny-gpt2/snapshots/0123abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for f in [
+        "config.json",
+        "vocab.json",
+        "merges.txt",
+        "model.safetensors",
+    ] {
+        std::fs::copy(fixtures().join("tiny-gpt2").join(f), snapshot.join(f)).unwrap();
+    }
+    let cached = webtune::BaseModel::from_path(&snapshot, &device).unwrap();
+    assert_eq!(cached.hub_id.as_deref(), Some("webtune-test/tiny-gpt2"));
+    assert_eq!(cached.name, "webtune-test/tiny-gpt2");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // What the adapter says.
+    let mut s = Session::new(device.clone());
+    s.set_model(both);
+    s.add_text("a.txt", "the cat sat on the mat. ".repeat(40).as_bytes())
+        .unwrap();
+    let mut spec = RunSpec::default();
+    spec.data.seq_len = 16;
+    spec.train.steps = 1;
+    s.start(spec).unwrap();
+    while pollster::block_on(s.step()).unwrap().status == RunStatus::Running {}
+    let files = pollster::block_on(s.export_adapter(AdapterDtype::F32)).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&files.config_json).unwrap();
+    assert_eq!(config["base_model_name_or_path"], "org/other");
+}
