@@ -117,10 +117,11 @@ if [[ " $* " == *" --browser "* ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null
   fi
-  # playwright-core (the page's tests), prettier (web/'s formatting) and typescript (its types).
+  # playwright-core (the page's tests), prettier (web/'s formatting), typescript (its types) and
+  # axe-core (its accessibility scan).
   if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -x tests/e2e/node_modules/.bin/prettier ] \
-    || [ ! -x tests/e2e/node_modules/.bin/tsc ]; then
-    say "installing playwright-core, prettier and typescript (npm)"
+    || [ ! -x tests/e2e/node_modules/.bin/tsc ] || [ ! -f tests/e2e/node_modules/axe-core/axe.min.js ]; then
+    say "installing playwright-core, prettier, typescript and axe-core (npm)"
     (cd tests/e2e && npm ci --no-audit --no-fund --silent)
   fi
 fi

@@ -3,6 +3,8 @@
 
 import * as store from "./store.js";
 import { toWorker } from "./protocol.js";
+import { parseModelId } from "./hub.js";
+import { lossChart, summary as chartSummary } from "./chart.js";
 
 /** The element with this id (the page's own: index.html). @param {string} id @returns {any} */
 const $ = (id) => document.getElementById(id);
@@ -28,6 +30,8 @@ const state = {
   runId: sessionStorage.getItem("webtune-run"),
   // An adapter opened for the next run to continue (its info from the core), or null.
   opened: null,
+  // The wasm module's memory in MB after the last chat answer (tests/bench/soak.mjs reads it).
+  memoryMb: null,
   // The core's limits on settings (crate/core/src/limits.rs), once the worker is ready.
   /** @type {any} */
   limits: null,
@@ -71,7 +75,7 @@ const handlers = {
     }
     renderRuns();
   },
-  modelProgress({ loaded, total, fromCache, parsing }) {
+  modelProgress({ loaded, total, fromCache, parsing, file }) {
     const bar = $("model-progress");
     bar.hidden = false;
     bar.max = total || 1;
@@ -80,12 +84,14 @@ const handlers = {
       "model",
       parsing
         ? "Reading the model…"
-        : `Loading the model${fromCache ? " from the browser cache" : ""}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ""}`,
+        : `Loading the model${file ? ` (${file})` : ""}${fromCache ? " from the browser cache" : ""}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ""}`,
     );
   },
-  model({ info }) {
+  model({ info, commit }) {
     state.model = info;
     state.modelSource = state.pendingModelSource ?? state.modelSource;
+    // A model from the hub is kept by the commit it came from: a saved run loads the same again.
+    if (state.modelSource?.source === "hub" && commit) state.modelSource = { ...state.modelSource, revision: commit };
     $("model-progress").hidden = true;
     showStatus("model", "");
     const dl = $("model-info");
@@ -98,6 +104,8 @@ const handlers = {
     dl.replaceChildren(
       ...[
         ["Model", info.name],
+        // What adapters name as their base (base_model_name_or_path), for PEFT to load it by.
+        ...(info.hub_id && info.hub_id !== info.name ? [["Hugging Face id", info.hub_id]] : []),
         ["Family", info.family],
         [
           "Parameters",
@@ -160,6 +168,7 @@ const handlers = {
     updateButtons();
     const at = history?.at(-1)?.step ?? 0;
     $("train-status").textContent = resumed ? `Resuming at step ${at}…` : "Starting…";
+    announce(resumed ? `Training resumes at step ${at}.` : "Training started.");
     document.body.dataset.resumedAt = resumed ? String(at) : "";
   },
   async checkpoint({ bytes, step, total }) {
@@ -192,6 +201,12 @@ const handlers = {
     $("train-status").textContent =
       `Step ${p.step} of ${p.total_steps} (${pct}%)${loss}${val} · ${Math.round(p.tokens_per_sec)} tokens/s of training · ETA ${duration(p.eta_secs)}${evalNote}`;
     document.body.dataset.progress = String(pct);
+    if (p.val_loss != null)
+      announce(
+        p.step === 0
+          ? `Before training: validation loss ${p.val_loss.toFixed(3)}.`
+          : `Step ${p.step} of ${p.total_steps}: validation loss ${p.val_loss.toFixed(3)}.`,
+      );
     drawChart();
     renderLossLine();
   },
@@ -236,6 +251,7 @@ const handlers = {
         (lastVal() != null
           ? `: validation loss ${lastVal().toFixed(3)} (perplexity ${Math.exp(lastVal()).toFixed(1)})`
           : ".");
+      announce($("train-status").textContent);
     }
     document.body.dataset.done = "1";
     updateButtons();
@@ -261,7 +277,9 @@ const handlers = {
   sample({ adapted, text, prompt }) {
     $(adapted ? "sample-after" : "sample-before").textContent = prompt + text;
   },
-  chatText({ id, adapted, text, done }) {
+  chatText({ id, adapted, text, done, memoryMb }) {
+    // The module's memory after an answer (its peak so far): the soak test reads it.
+    if (memoryMb != null) state.memoryMb = memoryMb;
     if (id !== chatId) return;
     const out = $(adapted ? "chat-adapted" : "chat-base");
     out.textContent = text;
@@ -285,14 +303,16 @@ const handlers = {
     updateButtons();
     requestPlan();
   },
-  adapter({ zip, gguf, merged, name }) {
+  adapter({ zip, gguf, merged, recipe, name }) {
     const date = new Date().toISOString().slice(0, 10);
     const stem = (state.model?.name || "model").replace(/[^A-Za-z0-9._-]+/g, "-");
-    save(
-      zip ?? gguf ?? merged,
-      merged ? name : `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`,
-      zip ? "application/zip" : "application/octet-stream",
-    );
+    if (recipe) save(recipe, `${stem}-recipe-${date}.zip`, "application/zip");
+    else
+      save(
+        zip ?? gguf ?? merged,
+        merged ? name : `${stem}-lora-${date}.${zip ? "zip" : "gguf"}`,
+        zip ? "application/zip" : "application/octet-stream",
+      );
   },
   error({ context, message }) {
     showError(`${contextWords[context] || "Something went wrong"}: ${message}`);
@@ -781,9 +801,8 @@ async function addFiles(files) {
 function updateButtons() {
   // During a run (paused too) the model and the texts stay as they are: the run depends on them.
   const locked = state.training || !!state.resuming;
-  for (const id of ["load-default", "model-files", "model-url", "text-files"]) $(id).disabled = locked;
+  for (const id of ["load-default", "model-files", "model-folder", "model-url", "text-files"]) $(id).disabled = locked;
   $("model-url-form").querySelector("button").disabled = locked;
-  $("drop-zone").setAttribute("aria-disabled", String(locked));
   for (const b of document.querySelectorAll("#text-table button"))
     /** @type {HTMLButtonElement} */ (b).disabled = locked;
   // "16-bit weights" needs a backend that holds f16: the CPU, or WebGPU with shader-f16 (a GPU
@@ -798,6 +817,7 @@ function updateButtons() {
   $("download").disabled = !state.adapter || state.training;
   $("download-gguf").disabled = !state.adapter || state.training;
   $("download-merged").disabled = !state.adapter || state.training;
+  $("download-recipe").disabled = !state.adapter || state.training;
   $("sample").disabled = !state.model || (state.training && !state.paused);
   $("chat-ask").disabled = !state.model || (state.training && !state.paused);
   $("adapter-files").disabled = locked || !state.model;
@@ -810,46 +830,16 @@ function updateButtons() {
   }
 }
 
-// ---- the loss chart (canvas; drawing only) -------------------------------------------------
+// ---- the loss chart (web/chart.js draws it) ---------------------------------------------------
+const chart = lossChart($("chart"), $("chart-tip"));
 function drawChart() {
-  const c = $("chart");
-  const g = c.getContext("2d");
-  const w = c.width,
-    h = c.height,
-    pad = 36;
-  g.clearRect(0, 0, w, h);
-  g.strokeStyle = "#999";
-  g.lineWidth = 1;
-  g.strokeRect(pad, 8, w - pad - 8, h - pad - 8);
-  const train = state.points.filter((p) => p.train_loss != null).map((p) => [p.step, p.train_loss]);
-  const val = state.points.filter((p) => p.val_loss != null).map((p) => [p.step, p.val_loss]);
-  c.dataset.points = String(train.length + val.length);
-  const all = [...train, ...val].map(([, y]) => y);
-  if (!all.length) return;
-  const lo = Math.min(...all),
-    hi = Math.max(...all),
-    span = hi - lo || 1;
-  const x = (s) => pad + ((w - pad - 8) * s) / Math.max(1, state.total);
-  const y = (v) => 8 + (h - pad - 8) * (1 - (v - lo) / span);
-  g.fillStyle = "#444";
-  g.font = "12px sans-serif";
-  g.fillText(hi.toFixed(2), 2, 16);
-  g.fillText(lo.toFixed(2), 2, h - pad);
-  g.fillText("step", w / 2, h - 8);
-  /** @type {[number[][], string][]} */
-  const series = [
-    [train, "#2563eb"],
-    [val, "#dc2626"],
-  ];
-  for (const [points, color] of series) {
-    g.strokeStyle = color;
-    g.lineWidth = 2;
-    g.beginPath();
-    points.forEach(([s, v], i) => (i ? g.lineTo(x(s), y(v)) : g.moveTo(x(s), y(v))));
-    g.stroke();
-    g.fillStyle = color;
-    for (const [s, v] of points) g.fillRect(x(s) - 2, y(v) - 2, 4, 4);
-  }
+  chart.update(state.points, state.total);
+  $("chart-summary").textContent = chartSummary(state.points);
+}
+
+// What a screen reader hears: a run's start, each evaluation, its end and errors, not every step.
+function announce(text) {
+  $("announce").textContent = text;
 }
 
 // ---- the person's actions ----------------------------------------------------------------------
@@ -879,8 +869,13 @@ function loadModelFrom(src, baseF16 = wantsBaseF16()) {
   state.pendingModelSource = src;
   if (src.source === "default") send({ type: "loadModel", source: "default", baseF16 });
   else if (src.source === "url") send({ type: "loadModel", source: "url", url: src.url, baseF16 });
+  else if (src.source === "hub")
+    send({ type: "loadModel", source: "hub", hub: HUB, id: src.id, file: src.file, revision: src.revision, baseF16 });
   else loadModelFiles(src.files, src.name, baseF16);
 }
+// Where models named by id come from: the Hugging Face hub, or a mirror of it (`?hub=URL`; the
+// page's CSP must allow it: web/serve.py --allow-model-origin).
+const HUB = new URLSearchParams(location.search).get("hub") || "https://huggingface.co";
 const wantsBaseF16 = () => !!$("settings").elements.base_f16?.checked;
 
 async function loadModelFiles(files, modelName, baseF16) {
@@ -1172,10 +1167,40 @@ $("model-files").onchange = async (e) => {
   }
   loadModelFrom({ source: "files", name: folder, files });
 };
+$("model-folder").onchange = (e) => {
+  const input = /** @type {HTMLInputElement} */ (e.target);
+  const all = [...input.files];
+  input.value = "";
+  if (!all.length) return;
+  const folder = all[0].webkitRelativePath.split("/")[0] || "model";
+  // Only the files a model is read from, and those of the folder itself (not its subfolders):
+  // a folder may hold other weights (PyTorch, ONNX) that need not be read.
+  const top = all.filter((f) => f.webkitRelativePath.split("/").length === 2);
+  const read = top.filter((f) => MODEL_FILE.test(f.name));
+  const ggufs = top.filter((f) => f.name.toLowerCase().endsWith(".gguf"));
+  if (!read.some((f) => f.name === "config.json") && ggufs.length === 1) {
+    loadModelFrom({ source: "files", name: ggufs[0].name, files: ggufs });
+  } else if (!read.some((f) => f.name === "config.json")) {
+    showError(
+      ggufs.length
+        ? `${folder} holds ${ggufs.length} GGUF files: open the one to train with ("Open model files…")`
+        : `${folder} has no config.json or GGUF file: not a model folder`,
+    );
+  } else {
+    loadModelFrom({ source: "files", name: folder, files: read });
+  }
+};
+// The files of a Hugging Face folder that the core reads (crate/core/src/base_model.rs).
+const MODEL_FILE =
+  /^(config\.json|tokenizer\.json|tokenizer_config\.json|vocab\.json|merges\.txt|.*\.safetensors|model\.safetensors\.index\.json)$/;
 $("model-url-form").onsubmit = (e) => {
   e.preventDefault();
-  const url = $("model-url").value.trim();
-  if (url) loadModelFrom({ source: "url", url, name: url });
+  const text = $("model-url").value.trim();
+  if (!text) return;
+  const id = /^[a-z]+:/i.test(text) ? null : parseModelId(text);
+  if (id) loadModelFrom({ source: "hub", name: id.file ? `${id.id}/${id.file}` : id.id, ...id });
+  else if (/^https?:\/\//i.test(text)) loadModelFrom({ source: "url", url: text, name: text });
+  else showError(`"${text}" is neither a Hugging Face model id (org/name) nor an http(s) URL`);
 };
 $("resume-run").onclick = () => {
   if (pendingRun) resumeRun(pendingRun);
@@ -1198,6 +1223,7 @@ $("text-files").onchange = async (e) => {
   await addFiles([.../** @type {HTMLInputElement} */ (e.target).files]);
   /** @type {HTMLInputElement} */ (e.target).value = "";
 };
+// The drop zone is for the pointer; "choose files…" in it is the keyboard's way in.
 const zone = $("drop-zone");
 zone.ondragover = (e) => {
   e.preventDefault();
@@ -1208,12 +1234,6 @@ zone.ondrop = async (e) => {
   e.preventDefault();
   zone.classList.remove("over");
   await addFiles([...e.dataTransfer.files]);
-};
-zone.onkeydown = (e) => {
-  if (e.key === "Enter" || e.key === " ") {
-    e.preventDefault();
-    $("text-files").click();
-  }
 };
 $("settings").oninput = () => requestPlan();
 $("settings").elements.base_f16.onchange = () => {
@@ -1280,6 +1300,7 @@ $("stop").onclick = () => send({ type: "stop" });
 $("sample").onclick = () => send({ type: "sample", prompt: $("sample-prompt").value, withAdapter: state.adapter });
 $("download").onclick = () => send({ type: "export", format: "peft", dtype: $("f16").checked ? "f16" : "f32" });
 $("download-merged").onclick = () => send({ type: "export", format: "merged" });
+$("download-recipe").onclick = () => send({ type: "export", format: "recipe" });
 $("download-gguf").onclick = () => send({ type: "export", format: "gguf", dtype: $("f16").checked ? "f16" : "f32" });
 $("chat-ask").onclick = () => ask();
 $("adapter-files").onchange = async (e) => {

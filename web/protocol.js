@@ -12,8 +12,9 @@
  * What the page asks of the worker.
  * @typedef {(
  *   { type: "init", backend: string, threads: number, crashChannel: string }
- * | { type: "loadModel", source: "default" | "url" | "files", url?: string, modelName?: string,
- *     files?: { name: string, buffer: ArrayBuffer }[], baseF16: boolean }
+ * | { type: "loadModel", source: "default" | "url" | "files" | "hub", url?: string, modelName?: string,
+ *     files?: { name: string, buffer: ArrayBuffer }[], hub?: string, id?: string, file?: string | null,
+ *     revision?: string, baseF16: boolean }
  * | { type: "addText", name: string, buffer: ArrayBuffer, options?: object }
  * | { type: "removeText", name: string }
  * | { type: "plan", spec: RunSpec }
@@ -27,7 +28,7 @@
  * | { type: "chat", id: number, prompt: string, adapted: boolean, sampling: object }
  * | { type: "openAdapter", files: { name: string, buffer: ArrayBuffer }[] }
  * | { type: "closeAdapter" }
- * | { type: "export", format: "peft" | "gguf" | "merged", dtype?: "f32" | "f16" }
+ * | { type: "export", format: "peft" | "gguf" | "merged" | "recipe", dtype?: "f32" | "f16" }
  * )} ToWorker
  */
 
@@ -35,8 +36,9 @@
  * What the worker tells the page.
  * @typedef {(
  *   { type: "ready", backend: object, limits: object, defaults: object }
- * | { type: "modelProgress", loaded: number, total: number, fromCache?: boolean, parsing?: boolean }
- * | { type: "model", info: object }
+ * | { type: "modelProgress", loaded: number, total: number, fromCache?: boolean, parsing?: boolean,
+ *     file?: string }
+ * | { type: "model", info: object, commit: string | null }
  * | { type: "text", info: object }
  * | { type: "textRemoved", name: string }
  * | { type: "plan", plan: object }
@@ -48,10 +50,10 @@
  * | { type: "done", stopped?: boolean, failed?: boolean, adapter: boolean }
  * | { type: "kept", zip: Uint8Array | null, checkpoint: Uint8Array | null, step: number, total: number }
  * | { type: "sample", adapted: boolean, prompt: string, text: string }
- * | { type: "chatText", id: number, adapted: boolean, text: string, done: boolean }
+ * | { type: "chatText", id: number, adapted: boolean, text: string, done: boolean, memoryMb?: number }
  * | { type: "adapterOpened", info: object }
- * | { type: "adapter", zip?: Uint8Array, gguf?: Uint8Array, merged?: Uint8Array, name?: string,
- *     configJson?: string }
+ * | { type: "adapter", zip?: Uint8Array, gguf?: Uint8Array, merged?: Uint8Array, recipe?: Uint8Array,
+ *     name?: string, configJson?: string }
  * | { type: "error", context: string, message: string }
  * | { type: "crashed", gpuLost: boolean, message: string }
  * )} FromWorker

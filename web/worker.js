@@ -2,6 +2,7 @@
 // are protocol.js's; app.js is the other side. No math here: the Rust core does it.
 
 import { toPage } from "./protocol.js";
+import * as hub from "./hub.js";
 
 let session = null;
 let running = false; // a step loop is active
@@ -114,7 +115,15 @@ const fail = (context, e) => {
 };
 const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
 
-const DEFAULT_MODEL = { url: "models/default.gguf", name: "SmolLM2-135M-Instruct.Q4_1.gguf" };
+// The default model, served by web/serve.py; adapters name its Hugging Face id as their base.
+const DEFAULT_MODEL = {
+  url: "models/default.gguf",
+  name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+  hubId: "HuggingFaceTB/SmolLM2-135M-Instruct",
+};
+// What a model's files may take when fetched by id: with their copy in the module and the
+// weights they become, more would not fit wasm32's 4 GiB.
+const MAX_HUB_BYTES = 1.5 * 2 ** 30;
 const CACHE = "webtune-models";
 
 // Downloads with progress, keeping a copy in the browser's cache for the next visit.
@@ -161,6 +170,8 @@ async function fetchModel(url, name) {
 async function loadModel(msg) {
   post({ type: "modelProgress", loaded: 0, total: 0 });
   let info;
+  // A model from the hub: the commit its revision named, for a saved run to load the same again.
+  let commit = null;
   if (msg.source === "files") {
     const gguf = msg.files.find((f) => f.name.toLowerCase().endsWith(".gguf"));
     if (gguf) {
@@ -170,6 +181,30 @@ async function loadModel(msg) {
       const buffers = msg.files.map((f) => new Uint8Array(f.buffer));
       info = session.loadHfFiles(msg.modelName || "model", names, buffers, !!msg.baseF16);
     }
+  } else if (msg.source === "hub") {
+    const got = await hub.fetchModel(
+      { hub: msg.hub || hub.HUB, id: msg.id, file: msg.file ?? null, revision: msg.revision || "main" },
+      {
+        cacheName: CACHE,
+        maxBytes: MAX_HUB_BYTES,
+        onProgress: ({ file, loaded, total, fromCache }) =>
+          post({ type: "modelProgress", loaded, total, fromCache, file }),
+      },
+    );
+    commit = got.commit;
+    post({ type: "modelProgress", loaded: 1, total: 1, parsing: true });
+    if (got.gguf) {
+      info = session.loadGguf(got.gguf.name, got.gguf.bytes, !!msg.baseF16, got.baseId ?? undefined);
+    } else {
+      const names = got.files.map((f) => f.name);
+      info = session.loadHfFiles(
+        msg.id,
+        names,
+        got.files.map((f) => f.bytes),
+        !!msg.baseF16,
+        got.baseId ?? undefined,
+      );
+    }
   } else {
     const url = msg.source === "url" ? msg.url : DEFAULT_MODEL.url;
     const name =
@@ -178,9 +213,9 @@ async function loadModel(msg) {
         : DEFAULT_MODEL.name;
     const bytes = await fetchModel(url, name);
     post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
-    info = session.loadGguf(name, bytes, !!msg.baseF16);
+    info = session.loadGguf(name, bytes, !!msg.baseF16, msg.source === "url" ? undefined : DEFAULT_MODEL.hubId);
   }
-  post({ type: "model", info });
+  post({ type: "model", info, commit });
 }
 
 // Checkpoints go to the page, which keeps them in the browser's storage (store.js).
@@ -272,7 +307,7 @@ async function chat({ id, prompt, adapted, sampling }) {
       post({ type: "chatText", id, adapted, text: soFar, done: false });
       return true;
     });
-    post({ type: "chatText", id, adapted, text, done: true });
+    post({ type: "chatText", id, adapted, text, done: true, memoryMb: memoryBytes() / 2 ** 20 });
   } catch (e) {
     fail("chat", e);
     post({ type: "chatText", id, adapted, text: "", done: true });
@@ -407,6 +442,9 @@ async function handle(msg) {
         if (msg.format === "merged") {
           const { name, bytes } = await session.exportMerged();
           post({ type: "adapter", merged: bytes, name }, [bytes.buffer]);
+        } else if (msg.format === "recipe") {
+          const recipe = await session.exportRecipe();
+          post({ type: "adapter", recipe }, [recipe.buffer]);
         } else if (msg.format === "gguf") {
           const gguf = await session.exportGgufLora(msg.dtype || "f32");
           post({ type: "adapter", gguf }, [gguf.buffer]);

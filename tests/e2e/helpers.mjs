@@ -6,9 +6,10 @@ import { chromium } from "playwright-core";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "../..");
 
-export function startServer() {
+/** web/serve.py on a free port; `args` are more of its flags. */
+export function startServer(args = []) {
   return new Promise((resolve, reject) => {
-    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0"], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
+    const server = spawn("python3", [join(root, "web/serve.py"), "--port", "0", ...args], { env: { ...process.env, WEBTUNE_QUIET: "1" } });
     server.on("error", reject);
     server.stderr.on("data", (d) => process.stderr.write(d));
     server.stdout.on("data", (d) => {

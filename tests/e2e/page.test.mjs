@@ -180,6 +180,63 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     assert.equal(mergedBytes.toString("latin1", 0, 4), "GGUF");
     assert.ok(mergedBytes.includes("tokenizer.ggml.tokens") && mergedBytes.includes("blk.1.ffn_down.weight"));
 
+    // "Take it further": the PyTorch script with this run's settings, its windows and its adapter
+    // (the script's loss against webtune's: crate/cli/tests/cli.rs).
+    const [recipe] = await Promise.all([page.waitForEvent("download"), page.click("#download-recipe")]);
+    assert.match(recipe.suggestedFilename(), /-recipe-\d{4}-\d{2}-\d{2}\.zip$/);
+    const recipePath = join(out, recipe.suggestedFilename());
+    await recipe.saveAs(recipePath);
+    const recipeFiles = unzip(readFileSync(recipePath));
+    for (const f of ["train_peft.py", "run.json", "train.jsonl", "val.jsonl", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"])
+      assert.ok(recipeFiles[f], `the recipe holds ${f}`);
+    assert.equal(JSON.parse(recipeFiles["run.json"].toString()).train.steps, 8);
+
+    // The chart: a sentence on what it shows; the arrow keys show the values at a step.
+    assert.match(await page.textContent("#chart-summary"), /validation loss [\d.]+ before training, [\d.]+ at step 8/);
+    await page.focus("#chart");
+    await page.keyboard.press("Home");
+    assert.match(await page.textContent("#chart-tip"), /^before training · validation loss [\d.]+$/);
+    await page.keyboard.press("End");
+    assert.match(await page.textContent("#chart-tip"), /^step 8 · training loss [\d.]+ · validation loss [\d.]+$/);
+    assert.equal(await page.isVisible("#chart-tip"), true);
+    await page.keyboard.press("Escape");
+    assert.equal(await page.isVisible("#chart-tip"), false);
+    // The canvas draws at the screen's density, sized from its box.
+    const chartBox = await page.$eval("#chart", (c) => [c.width, c.getBoundingClientRect().width, devicePixelRatio]);
+    assert.equal(chartBox[0], Math.round(chartBox[1] * chartBox[2]));
+    // Wide: setting up and the run side by side, Start and the chart in view without scrolling;
+    // a tablet and a phone: one column. Nothing wider than the screen at any width (a wide table
+    // scrolls in its own box). Screenshots in tests/out/.
+    for (const [width, height] of [[1440, 900], [768, 1024], [390, 844]]) {
+      await page.setViewportSize({ width, height });
+      await page.evaluate(() => scrollTo(0, 0));
+      const wider = await page.evaluate(() => [...document.querySelectorAll("body *")]
+        .filter((e) => e.getBoundingClientRect().right > innerWidth + 0.5 && !e.parentElement.closest(".scroll-x"))
+        .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}`));
+      assert.deepEqual(wider, [], `elements wider than a ${width} px screen`);
+      const [setup, run] = await Promise.all(["#setup-column", "#run-column"].map((q) => page.$eval(q, (e) => e.getBoundingClientRect().toJSON())));
+      if (width >= 1100) {
+        assert.ok(run.left >= setup.right && run.top < setup.bottom, `two columns at ${width} px`);
+        for (const q of ["#start", "#chart"]) {
+          const box = await page.$eval(q, (e) => e.getBoundingClientRect().toJSON());
+          assert.ok(box.top >= 0 && box.bottom <= height, `${q} in view at ${width} px without scrolling`);
+        }
+      } else {
+        assert.ok(run.top >= setup.bottom, `one column at ${width} px`);
+      }
+      await page.screenshot({ path: join(out, `page-${width}.png`), fullPage: true });
+    }
+    await page.setViewportSize({ width: 1280, height: 800 });
+
+    // Accessibility: axe-core's scan of the finished page, no serious or critical violation.
+    // (Evaluated through the debugging protocol: the page's CSP rightly refuses an injected script.)
+    await page.evaluate(readFileSync(join(root, "tests/e2e/node_modules/axe-core/axe.min.js"), "utf8"));
+    const violations = await page.evaluate(async () =>
+      (await window.axe.run(document, { resultTypes: ["violations"] })).violations
+        .filter((v) => v.impact === "serious" || v.impact === "critical")
+        .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`));
+    assert.deepEqual(violations, [], "axe-core: serious or critical violations");
+
     await page.screenshot({ path: join(out, "page.png"), fullPage: true });
 
     // No errors; the error box never showed.
