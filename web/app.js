@@ -150,9 +150,10 @@ const handlers = {
   textRemoved() {
     requestPlan();
   },
-  plan({ plan }) {
+  plan({ plan, presets }) {
     renderPlan(plan);
     renderPrompts(plan.val_prompts);
+    renderPresetEstimates(presets);
   },
   measuring() {
     $("plan").textContent += " · measuring this machine's speed…";
@@ -472,6 +473,7 @@ const littleMemory = (deviceMemory ?? 8) <= 2;
 function applyDefaults(d) {
   if (!d) return;
   state.defaults = d;
+  renderPresets(d.presets);
   const form = $("settings").elements;
   const { data, lora, train, optim, exec } = d.spec;
   const values = {
@@ -608,9 +610,106 @@ function settings() {
 }
 
 function requestPlan() {
-  if (state.model && [...state.texts.values()].some((t) => t.tokens)) send({ type: "plan", spec: settings() });
-  else $("plan").textContent = state.model ? "Add some text to see the plan." : "";
+  if (state.model && [...state.texts.values()].some((t) => t.tokens)) {
+    const presets = (state.defaults?.presets ?? []).map((p) => ({ name: p.name, spec: presetSpec(p) }));
+    send({ type: "plan", spec: settings(), presets });
+  } else $("plan").textContent = state.model ? "Add some text to see the plan." : "";
   updateButtons();
+}
+
+// ---- presets (the core's: crate/core/src/defaults.rs): what they set of the form -------------
+// A preset sets the rank, alpha, targets, learning rate and steps, and the download's precision;
+// the data and how the run computes stay as the form has them.
+const initialTargets = [...document.querySelectorAll("input[name=target]:checked")].map(
+  (b) => /** @type {HTMLInputElement} */ (b).value,
+);
+function presetTargets(p) {
+  const boxes = [...document.querySelectorAll("input[name=target]")].map(
+    (b) => /** @type {HTMLInputElement} */ (b).value,
+  );
+  const t = p.spec.lora.targets;
+  if (t.includes("all-linear")) return boxes;
+  return t.length ? t : (state.model?.default_targets ?? initialTargets);
+}
+function presetSpec(p) {
+  const spec = settings();
+  const { r, alpha } = p.spec.lora;
+  return {
+    ...spec,
+    lora: { ...spec.lora, r, alpha, targets: presetTargets(p) },
+    train: { ...spec.train, steps: p.spec.train.steps },
+    optim: { ...spec.optim, lr: p.spec.optim.lr },
+  };
+}
+function applyPreset(p) {
+  const form = $("settings").elements;
+  form.rank.value = String(p.spec.lora.r);
+  form.alpha.value = String(p.spec.lora.alpha);
+  form.lr.value = String(p.spec.optim.lr);
+  form.steps.value = String(p.spec.train.steps);
+  const targets = presetTargets(p);
+  for (const box of document.querySelectorAll("input[name=target]"))
+    /** @type {HTMLInputElement} */ (box).checked = targets.includes(/** @type {HTMLInputElement} */ (box).value);
+  $("f16").checked = p.export_f16;
+  requestPlan();
+}
+// The preset the form matches now, or null ("Custom").
+function matchingPreset() {
+  const f = new FormData($("settings"));
+  const targets = new Set(f.getAll("target"));
+  return (
+    (state.defaults?.presets ?? []).find((p) => {
+      const want = presetTargets(p);
+      return (
+        Number(f.get("rank")) === p.spec.lora.r &&
+        Number(f.get("alpha")) === p.spec.lora.alpha &&
+        Number(f.get("lr")) === p.spec.optim.lr &&
+        Number(f.get("steps")) === p.spec.train.steps &&
+        want.length === targets.size &&
+        want.every((t) => targets.has(t))
+      );
+    }) ?? null
+  );
+}
+function renderPresets(presets) {
+  const radio = (value, label, description) => {
+    const row = el("label");
+    const input = Object.assign(el("input"), { type: "radio", name: "preset", value });
+    const est = Object.assign(el("span"), { className: "estimate", id: `preset-estimate-${value}` });
+    row.append(input, ` ${label}`, " ", est, el("small", description));
+    return row;
+  };
+  $("presets").replaceChildren(
+    el("legend", "Start from"),
+    ...presets.map((p) => radio(p.name, p.label, p.description)),
+    radio("custom", "Custom", "The settings below, as you set them."),
+  );
+  for (const input of $("presets").querySelectorAll("input")) {
+    input.onchange = () => {
+      const p = presets.find((x) => x.name === input.value);
+      if (p) applyPreset(p);
+    };
+  }
+  showPresetChoice();
+}
+function showPresetChoice() {
+  const name = matchingPreset()?.name ?? "custom";
+  for (const input of $("presets").querySelectorAll("input")) {
+    const radio = /** @type {HTMLInputElement} */ (input);
+    radio.checked = radio.value === name;
+    radio.disabled = state.training || (radio.value === "custom" && name !== "custom");
+  }
+}
+// Each preset's adapter size and, once this machine's speed is measured, its duration here.
+function renderPresetEstimates(plans = []) {
+  for (const { name, plan } of plans) {
+    const p = state.defaults?.presets.find((x) => x.name === name);
+    const out = $(`preset-estimate-${name}`);
+    if (!p || !out || !plan) continue;
+    const bytes = p.export_f16 ? plan.adapter_bytes_f16 : plan.adapter_bytes_f32;
+    out.textContent =
+      `(adapter ${mb(bytes)}` + (plan.estimated_secs != null ? `, about ${duration(plan.estimated_secs)} here)` : ")");
+  }
 }
 
 function renderPlan(p) {
@@ -799,6 +898,7 @@ async function addFiles(files) {
 }
 
 function updateButtons() {
+  showPresetChoice();
   // During a run (paused too) the model and the texts stay as they are: the run depends on them.
   const locked = state.training || !!state.resuming;
   for (const id of ["load-default", "model-files", "model-folder", "model-url", "text-files"]) $(id).disabled = locked;

@@ -17,8 +17,8 @@
  *     revision?: string, baseF16: boolean }
  * | { type: "addText", name: string, buffer: ArrayBuffer, options?: object }
  * | { type: "removeText", name: string }
- * | { type: "plan", spec: RunSpec }
- * | { type: "measure", spec: RunSpec }
+ * | { type: "plan", spec: RunSpec, presets?: { name: string, spec: RunSpec }[] }
+ * | { type: "measure", spec: RunSpec, presets?: { name: string, spec: RunSpec }[] }
  * | { type: "start", spec: RunSpec, samplePrompt: string }
  * | { type: "restore", bytes: Uint8Array, samplePrompt: string, saveMemory: boolean }
  * | { type: "pause" }
@@ -41,7 +41,7 @@
  * | { type: "model", info: object, commit: string | null }
  * | { type: "text", info: object }
  * | { type: "textRemoved", name: string }
- * | { type: "plan", plan: object }
+ * | { type: "plan", plan: object, presets: { name: string, plan: object | null }[] }
  * | { type: "measuring" }
  * | { type: "started", plan: object, history: object[], restored?: boolean }
  * | { type: "progress", progress: object }

@@ -325,6 +325,18 @@ self.onmessage = ({ data: msg }) => {
   enqueue(msg);
 };
 
+// The plans of the page's presets with its settings (adapter size, duration here); a preset
+// this model or data cannot run has none.
+function presetPlans(presets = []) {
+  return presets.map(({ name, spec }) => {
+    try {
+      return { name, plan: session.plan(spec) };
+    } catch {
+      return { name, plan: null };
+    }
+  });
+}
+
 // Whether this model's training speed was measured (for the plan's duration estimate).
 let measured = false;
 // The measurement (a timed training step; on a GPU after the steps that compile its kernels:
@@ -366,11 +378,11 @@ async function handle(msg) {
         break;
       case "plan":
         if (running) break; // the settings of a running run cannot change
-        post({ type: "plan", plan: session.plan(msg.spec) });
+        post({ type: "plan", plan: session.plan(msg.spec), presets: presetPlans(msg.presets) });
         if (!measured) {
           cancelMeasure();
-          const spec = msg.spec;
-          measureTimer = setTimeout(() => enqueue({ type: "measure", spec }), MEASURE_AFTER_MS);
+          const { spec, presets } = msg;
+          measureTimer = setTimeout(() => enqueue({ type: "measure", spec, presets }), MEASURE_AFTER_MS);
         }
         break;
       case "measure":
@@ -380,7 +392,7 @@ async function handle(msg) {
         measured = true;
         post({ type: "measuring" });
         await session.measure(msg.spec);
-        post({ type: "plan", plan: session.plan(msg.spec) });
+        post({ type: "plan", plan: session.plan(msg.spec), presets: presetPlans(msg.presets) });
         break;
       case "start": {
         cancelMeasure();

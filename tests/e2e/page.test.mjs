@@ -84,8 +84,19 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     await page.waitForFunction(() => document.querySelectorAll("#text-table tbody tr").length === 2
       && [...document.querySelectorAll("#text-table tbody td.status")].every((td) => td.textContent === "ready"));
 
+    // The presets: the form starts on "Quick" (the defaults); "Tiny adapter" sets rank 1 and the
+    // f16 download; each shows its adapter's size; a setting changed by hand is "Custom".
+    assert.equal(await page.isChecked("#presets input[value=quick]"), true);
+    await page.check("#presets input[value=tiny]");
+    assert.equal(await page.inputValue("input[name=rank]"), "1");
+    assert.equal(await page.isChecked("#f16"), true);
+    await page.waitForFunction(() => /adapter [\d.]+ kB/.test(document.getElementById("preset-estimate-tiny").textContent));
+    await page.check("#presets input[value=quick]");
+    assert.equal(await page.inputValue("input[name=rank]"), "8");
+    assert.equal(await page.isChecked("#f16"), false);
     // Small settings for a tiny model, then train.
     for (const [name, value] of Object.entries(RUN)) await page.fill(`input[name=${name}]`, value);
+    assert.equal(await page.isChecked("#presets input[value=custom]"), true);
     await page.waitForFunction(() => /trainable parameters/.test(document.getElementById("plan").textContent));
     assert.match(await page.textContent("#plan"), /held out for validation/);
     // Before Start, the plan says how long the run should take here (from a measured step).

@@ -145,6 +145,11 @@ struct TrainArgs {
     /// error) to start from instead of the defaults.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Start from a preset instead of the defaults: quick (the defaults), tiny (rank 1, an
+    /// adapter in f16 of ~115 kB for SmolLM2-135M), thorough (every linear layer, rank 16, 300
+    /// steps); flags typed change their one setting.
+    #[arg(long, conflicts_with = "config")]
+    preset: Option<String>,
     /// Continue training this PEFT adapter instead of starting fresh.
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -214,7 +219,7 @@ struct TrainArgs {
     checkpoint_every: usize,
     /// Continue the interrupted run whose checkpoint is in this folder, exactly where it was
     /// (same model and text files; the settings come from the checkpoint).
-    #[arg(long, conflicts_with_all = ["adapter", "config"])]
+    #[arg(long, conflicts_with_all = ["adapter", "config", "preset"])]
     resume: Option<PathBuf>,
     /// Train this many steps, save the checkpoint and stop (continue later with --resume OUT).
     #[arg(long)]
@@ -710,14 +715,20 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
         }
         None => None,
     };
-    let mut spec = match (&resumed, &a.config) {
-        (Some(file), _) => file.state.spec.clone(),
-        (None, Some(path)) => {
+    let preset = a
+        .preset
+        .as_deref()
+        .map(webtune::defaults::preset)
+        .transpose()?;
+    let mut spec = match (&resumed, &a.config, &preset) {
+        (Some(file), _, _) => file.state.spec.clone(),
+        (None, Some(path), _) => {
             let shown = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|e| webtune::Error::io(&shown, e))?;
             RunSpec::from_json(&shown, &text)?
         }
-        (None, None) => RunSpec::default(),
+        (None, None, Some(p)) => p.spec.clone(),
+        (None, None, None) => RunSpec::default(),
     };
     a.apply_to(&mut spec, typed);
     spec.validate()?;
@@ -845,7 +856,7 @@ fn train(a: TrainArgs, typed: &[&str]) -> webtune::Result<()> {
             l.exp()
         ));
     }
-    let dtype = if a.f16 {
+    let dtype = if a.f16 || preset.as_ref().is_some_and(|p| p.export_f16) {
         AdapterDtype::F16
     } else {
         AdapterDtype::F32

@@ -157,6 +157,38 @@ fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
         "the same spec trained another adapter"
     );
 
+    // A preset is a whole spec to start from, flags typed changing their one setting; the tiny
+    // one's adapter is stored in f16.
+    let tiny = dir.join("tiny");
+    let (ok, err) = train(
+        &tiny,
+        &["--preset", "tiny", "--steps", "2", "--seq-len", "16"],
+    );
+    assert!(ok, "{err}");
+    let ran: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tiny.join("webtune-run.json")).unwrap()).unwrap();
+    assert_eq!(ran["lora"]["r"], 1);
+    assert_eq!(ran["lora"]["alpha"], 2.0);
+    assert_eq!(ran["optim"]["lr"], 1e-3);
+    assert_eq!(ran["train"]["steps"], 2);
+    let header = weights(&tiny);
+    let header_len = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&header[8..8 + header_len]).unwrap();
+    assert!(
+        header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .all(|(_, t)| t["dtype"] == "F16"),
+        "{header}"
+    );
+    let (ok, err) = train(&dir.join("none"), &["--preset", "fast"]);
+    assert!(
+        !ok && err.contains("fast") && err.contains("quick, tiny, thorough"),
+        "{err}"
+    );
+
     // Chat data is read as the page reads it: records rendered with the chat template, a
     // malformed line reported with its number and left out.
     let chats = dir.join("chats.jsonl");
