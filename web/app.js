@@ -5,6 +5,7 @@ import * as store from "./store.js";
 import { toWorker } from "./protocol.js";
 import { parseModelId } from "./hub.js";
 import { lossChart, summary as chartSummary } from "./chart.js";
+import { isolate } from "./isolation.js";
 
 /** The element with this id (the page's own: index.html). @param {string} id @returns {any} */
 const $ = (id) => document.getElementById(id);
@@ -35,6 +36,9 @@ const state = {
   // The core's limits on settings (crate/core/src/limits.rs), once the worker is ready.
   /** @type {any} */
   limits: null,
+  // Whether the page is cross-origin isolated (isolation.js): the CPU's threads need it.
+  /** @type {boolean | null} */
+  isolated: null,
 };
 // Read by the end-to-end test and the benchmark (tests/), which drive this page.
 /** @type {any} */ (window).webtuneState = state;
@@ -45,7 +49,12 @@ const handlers = {
     showLimits(limits);
     if (!state.defaults) applyDefaults(defaults);
     defaultBaseF16(backend.kind);
-    const threads = backend.threads > 1 ? `, ${backend.threads} threads` : ", one thread";
+    const threads =
+      backend.threads > 1
+        ? `, ${backend.threads} threads`
+        : state.isolated === false && (navigator.hardwareConcurrency || 1) > 1
+          ? ", one thread (this page is not cross-origin isolated: its server sends no COOP/COEP headers, and no service worker could add them)"
+          : ", one thread";
     $("backend-status").textContent =
       backend.kind === "webgpu"
         ? `Running on WebGPU: ${backend.adapter}.`
@@ -1418,4 +1427,7 @@ $("adapter-files").onchange = async (e) => {
 $("close-adapter").onclick = () => send({ type: "closeAdapter" });
 
 drawChart();
+// Isolated first (a reload here, on a static host's first visit), then the worker.
+const { isolated } = await isolate();
+state.isolated = isolated;
 startWorker($("backend-choice").value);
