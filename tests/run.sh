@@ -45,7 +45,11 @@ echo "== the page, end to end (playwright-core): both wasm builds"
 bash web/build.sh
 # The page's JavaScript type-checked (JSDoc, protocol.js's messages, the wasm builds' .d.ts).
 tests/e2e/node_modules/.bin/tsc -p web
-(cd tests/e2e && node --test page.test.mjs durable.test.mjs runs.test.mjs hub.test.mjs)
+# The JS API as an npm package (web/npm), and an example app type-checked against its types.
+bash web/build.sh --npm
+tests/e2e/node_modules/.bin/tsc -p tests/e2e/npm-example
+(cd tests/e2e && node --test page.test.mjs durable.test.mjs runs.test.mjs hub.test.mjs static.test.mjs \
+  npm.test.mjs)
 
 echo "== bench smoke (tiny model, a few steps; the full bench is tests/bench/run.sh)"
 bash tests/bench/run.sh --quick

@@ -4,12 +4,18 @@
 #   web/pkg-threads/  the CPU backend on all cores: rayon on Web Workers (nightly Rust with wasm
 #                     atomics: the standard library is rebuilt with them, -Z build-std)
 # worker.js loads pkg-threads when the page runs on the CPU and the browser allows threads
-# (cross-origin isolated), else pkg. `--only gpu|threads` builds one of them.
+# (cross-origin isolated), else pkg. `--only gpu|threads` builds one of them; `--npm` (below)
+# packages the first for npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 ONLY="${2:-}"
 [ "${1:-}" = "--only" ] || ONLY=""
+# `--npm`: the JS API as an npm package in web/npm/ (git-ignored): the WebGPU build (web/pkg,
+# built first) with crate/wasm/npm's package.json and README.md. `npm pack web/npm` makes the
+# tarball; tests/e2e/npm-example imports it.
+NPM=""
+if [ "${1:-}" = "--npm" ]; then NPM=1; ONLY=gpu; fi
 
 # The multi-threaded build's flags: wasm atomics and SIMD; the linker arguments make the memory
 # shared and imported (so workers can share it), up to 4 GiB (the wasm32 limit), and export the
@@ -91,3 +97,9 @@ if [ "$ONLY" != gpu ]; then
 fi
 # The page's own files (copies ignored by git; serve.py skips a copy older than its file).
 compress web/*.js web/*.html web/*.css
+if [ -n "$NPM" ]; then
+  rm -rf web/npm
+  mkdir -p web/npm
+  cp web/pkg/webtune.js web/pkg/webtune.d.ts web/pkg/webtune_bg.wasm web/pkg/webtune_bg.wasm.d.ts \
+    crate/wasm/npm/package.json crate/wasm/npm/README.md web/npm/
+fi

@@ -40,6 +40,7 @@
 
 mod backend;
 mod crash;
+mod types;
 #[cfg(feature = "threads")]
 mod warm;
 
@@ -196,6 +197,7 @@ impl WebSession {
     }
 
     /// Which backend runs, and why: `{ kind: "webgpu" | "cpu", adapter, reason, limits }`.
+    #[wasm_bindgen(unchecked_return_type = "BackendInfo")]
     pub fn backend(&self) -> Result<JsValue, JsError> {
         to_js(&self.backend)
     }
@@ -205,7 +207,7 @@ impl WebSession {
     /// are kept in f16 as they load: half the base's memory (`exec.base_f16`;
     /// `ModelInfo.base_f16` says what was done). `hubId`: the model's Hugging Face id
     /// (`org/name`), which adapters name as their base (else the file's own, or its name).
-    #[wasm_bindgen(js_name = loadGguf)]
+    #[wasm_bindgen(js_name = loadGguf, unchecked_return_type = "ModelInfo")]
     pub fn load_gguf(
         &self,
         name: String,
@@ -224,7 +226,7 @@ impl WebSession {
     /// Loads a Hugging Face model from files (`config.json`, `tokenizer.json`, safetensors...):
     /// `names[i]` is the name of `files[i]` (a Uint8Array); `baseF16` and `hubId` as for
     /// `loadGguf`.
-    #[wasm_bindgen(js_name = loadHfFiles)]
+    #[wasm_bindgen(js_name = loadHfFiles, unchecked_return_type = "ModelInfo")]
     pub fn load_hf_files(
         &self,
         model_name: String,
@@ -255,7 +257,7 @@ impl WebSession {
     /// `adapter_model.safetensors`, or one ZIP of them) or a webtune checkpoint (a saved run,
     /// with AdamW's state). `names[i]` names `files[i]`. Returns `{ name, lora, parameters,
     /// optimizer_state }`; an adapter of another model is refused with the reason.
-    #[wasm_bindgen(js_name = openAdapter)]
+    #[wasm_bindgen(js_name = openAdapter, unchecked_return_type = "AdapterInfo")]
     pub fn open_adapter(&self, names: Vec<String>, files: Array) -> Result<JsValue, JsError> {
         if names.len() != files.length() as usize {
             return Err(err("names and files differ in length"));
@@ -280,14 +282,15 @@ impl WebSession {
     /// prompt/completion or instruction/output; `options`: `{ format, columns: { prompt,
     /// response } }`, every key optional). Returns `TextInfo`: `{ name, format, tokens,
     /// examples, problems, columns, preview }`, or `{ name, skipped: reason }`.
-    #[wasm_bindgen(js_name = addText)]
+    #[wasm_bindgen(js_name = addText, unchecked_return_type = "TextInfo")]
     pub fn add_text(
         &self,
         name: String,
         bytes: Vec<u8>,
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "FileOptions")] options: Option<JsValue>,
     ) -> Result<JsValue, JsError> {
-        let options: FileOptions = strict_from_js(options, "file options")?;
+        let options: FileOptions =
+            strict_from_js(options.unwrap_or(JsValue::UNDEFINED), "file options")?;
         let info = self
             .session()?
             .add_file(&name, &bytes, &options)
@@ -302,7 +305,11 @@ impl WebSession {
     }
 
     /// What a run spec implies: trainable parameters, adapter size, train/validation split.
-    pub fn plan(&self, spec: JsValue) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "Plan")]
+    pub fn plan(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "RunSpec")] spec: JsValue,
+    ) -> Result<JsValue, JsError> {
         let spec = spec_from_js(spec)?;
         let plan = self.session()?.plan(&spec).map_err(err)?;
         to_js(&plan)
@@ -310,7 +317,11 @@ impl WebSession {
 
     /// Times one training step of this spec (on a throwaway copy of the model) so that
     /// `plan` can estimate a run's duration; resolves to training tokens per second.
-    pub fn measure(&self, spec: JsValue) -> Promise {
+    #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
+    pub fn measure(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "RunSpec")] spec: JsValue,
+    ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let spec = spec_from_js(spec).map_err(JsValue::from)?;
@@ -322,7 +333,11 @@ impl WebSession {
 
     /// Starts a run of `spec` (a `RunSpec`: `{ data, lora, train, optim, exec }`, every key
     /// optional, an unknown one an error naming it) with fresh LoRA matrices.
-    pub fn start(&self, spec: JsValue) -> Result<JsValue, JsError> {
+    #[wasm_bindgen(unchecked_return_type = "Plan")]
+    pub fn start(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "RunSpec")] spec: JsValue,
+    ) -> Result<JsValue, JsError> {
         let spec = spec_from_js(spec)?;
         let plan = self.session()?.start(spec).map_err(err)?;
         to_js(&plan)
@@ -332,6 +347,7 @@ impl WebSession {
     /// whose `status` ("running", "paused", "finished", "stopped") says whether to call again
     /// and `checkpoint_due` when to store `checkpoint()`. A `pause()` or `stop()` asked for in
     /// between takes effect here.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Progress>")]
     pub fn step(&self) -> Promise {
         let inner = self.inner.clone();
         let request = self.request.clone();
@@ -358,7 +374,7 @@ impl WebSession {
 
     /// The adapter for llama.cpp (`llama-cli --lora FILE.gguf`): a GGUF LoRA file as a
     /// `Uint8Array`; dtype "f32" or "f16".
-    #[wasm_bindgen(js_name = exportGgufLora)]
+    #[wasm_bindgen(js_name = exportGgufLora, unchecked_return_type = "Promise<NamedBytes>")]
     pub fn export_gguf_lora(&self, dtype: String) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -377,7 +393,7 @@ impl WebSession {
 
     /// The base model with the adapter folded in, as one file: `{ name, bytes }` (a GGUF F16
     /// file for GGUF bases, else a zip of the Hugging Face folder).
-    #[wasm_bindgen(js_name = exportMerged)]
+    #[wasm_bindgen(js_name = exportMerged, unchecked_return_type = "Promise<NamedBytes>")]
     pub fn export_merged(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -392,6 +408,7 @@ impl WebSession {
 
     /// The current run as a checkpoint file (`Uint8Array`): store it, and `resume` it after a
     /// reload, a crash or on another backend.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Uint8Array<ArrayBuffer>>")]
     pub fn checkpoint(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -403,6 +420,7 @@ impl WebSession {
 
     /// Continues the run saved by `checkpoint` (the same model and text files must be loaded);
     /// returns its Plan. Then `step` as after `start`.
+    #[wasm_bindgen(unchecked_return_type = "Plan")]
     pub fn resume(&self, bytes: Vec<u8>) -> Result<JsValue, JsError> {
         let plan = self
             .session()?
@@ -419,6 +437,7 @@ impl WebSession {
     }
 
     /// The run's progress so far (after `resume`, the steps before the checkpoint).
+    #[wasm_bindgen(unchecked_return_type = "Progress[]")]
     pub fn history(&self) -> Result<JsValue, JsError> {
         let s = self.session()?;
         let history = s.trainer().map(|t| t.history.clone()).unwrap_or_default();
@@ -436,6 +455,7 @@ impl WebSession {
 
     /// The defaults the page's form starts from (`{ spec: RunSpec, sample_tokens }`), the same
     /// the CLI's flags default to.
+    #[wasm_bindgen(unchecked_return_type = "Defaults")]
     pub fn defaults() -> Result<JsValue, JsError> {
         to_js(&webtune::defaults::defaults())
     }
@@ -448,6 +468,7 @@ impl WebSession {
     }
 
     /// The settings' limits (`{ max_steps, max_batch_size, max_rank, ... }`): the page shows them.
+    #[wasm_bindgen(unchecked_return_type = "SettingLimits")]
     pub fn limits() -> Result<JsValue, JsError> {
         to_js(&webtune::limits::setting_limits())
     }
@@ -465,15 +486,18 @@ impl WebSession {
     ///
     /// `onText` (optional) is called with the completion so far as it grows; returning `false`
     /// from it stops the generation there.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
     pub fn generate(
         &self,
         prompt: String,
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_param_type = "((textSoFar: string) => boolean | void) | null")]
         on_text: Option<js_sys::Function>,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let o: GenerateOptions = from_js(options).map_err(JsValue::from)?;
+            let o: GenerateOptions =
+                from_js(options.unwrap_or(JsValue::UNDEFINED)).map_err(JsValue::from)?;
             let s = shared(&inner)?;
             let text = s
                 .generate_streaming(&prompt, o.chat, &o.sampling, o.adapted, |so_far| {
@@ -491,6 +515,7 @@ impl WebSession {
 
     /// The validation loss of the model as it is now (the run's adapter included), on the
     /// run's validation windows: a number, or null without validation windows.
+    #[wasm_bindgen(unchecked_return_type = "Promise<number | null>")]
     pub fn evaluate(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -503,7 +528,7 @@ impl WebSession {
     /// The run taken further (a ZIP, as a Uint8Array): `train_peft.py` (PyTorch + transformers
     /// + PEFT, for one GPU or `accelerate launch` on many), the run spec, the windows as they
     /// were trained, and the adapter to continue.
-    #[wasm_bindgen(js_name = exportRecipe)]
+    #[wasm_bindgen(js_name = exportRecipe, unchecked_return_type = "Promise<Uint8Array<ArrayBuffer>>")]
     pub fn export_recipe(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -515,7 +540,7 @@ impl WebSession {
 
     /// The PEFT adapter: `{ config_json: string, safetensors: Uint8Array, zip: Uint8Array }` (the
     /// zip holds both files); dtype "f32" or "f16".
-    #[wasm_bindgen(js_name = exportAdapter)]
+    #[wasm_bindgen(js_name = exportAdapter, unchecked_return_type = "Promise<ExportedAdapter>")]
     pub fn export_adapter(&self, dtype: String) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {

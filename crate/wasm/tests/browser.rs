@@ -294,13 +294,12 @@ async fn javascript_api_runs_a_whole_session() {
     // The tiny GGUF's vocabulary is byte-level symbols: plain lowercase text tokenizes.
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
     let t: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.add_text("a.txt".into(), text.into_bytes(), JsValue::UNDEFINED)
-            .unwrap(),
+        s.add_text("a.txt".into(), text.into_bytes(), None).unwrap(),
     )
     .unwrap();
     assert!(t["tokens"].as_u64().unwrap() > 500, "{t}");
     let bad: serde_json::Value = serde_wasm_bindgen::from_value(
-        s.add_text("b.bin".into(), vec![0, 159, 146, 150], JsValue::UNDEFINED)
+        s.add_text("b.bin".into(), vec![0, 159, 146, 150], None)
             .unwrap(),
     )
     .unwrap();
@@ -352,7 +351,7 @@ async fn javascript_api_runs_a_whole_session() {
     let zip = js_sys::Uint8Array::new(&zip).to_vec();
     assert_eq!(&zip[..4], b"PK\x03\x04");
     // Errors are values with a message, not panics.
-    let refused = s.add_text("c.txt".into(), b"ok".to_vec(), JsValue::UNDEFINED);
+    let refused = s.add_text("c.txt".into(), b"ok".to_vec(), None);
     assert!(refused.is_ok());
     let err = s.load_gguf(
         "broken.gguf".into(),
@@ -403,8 +402,7 @@ async fn javascript_api_fine_tunes_a_gpt2_model() {
     assert_eq!(info["base_f16"], true);
     assert_eq!(info["default_targets"], serde_json::json!(["c_attn"]));
     let text = "the cat sat on the mat and the dog sat on the log ".repeat(30);
-    s.add_text("a.txt".into(), text.into_bytes(), JsValue::UNDEFINED)
-        .unwrap();
+    s.add_text("a.txt".into(), text.into_bytes(), None).unwrap();
     let settings = serde_json::json!({"data": {"seq_len": 16}, "train": {"steps": 2, "batch_size": 2}, "lora": {"r": 2}, "exec": {"base_f16": true}});
     let settings = serde::Serialize::serialize(
         &settings,
