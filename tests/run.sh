@@ -49,7 +49,7 @@ tests/e2e/node_modules/.bin/tsc -p web
 bash web/build.sh --npm
 tests/e2e/node_modules/.bin/tsc -p tests/e2e/npm-example
 (cd tests/e2e && node --test page.test.mjs durable.test.mjs runs.test.mjs hub.test.mjs static.test.mjs \
-  npm.test.mjs)
+  npm.test.mjs limits.test.mjs)
 
 echo "== bench smoke (tiny model, a few steps; the full bench is tests/bench/run.sh)"
 bash tests/bench/run.sh --quick
