@@ -136,6 +136,47 @@ fn token_ids_outside_the_vocabulary_are_refused() {
     assert!(m.contains("hostile.gguf") && m.contains("1000000"), "{m}");
 }
 
+/// Nonsensical numbers in a config (a negative or too small rope_theta, a zero norm epsilon) or
+/// in GGUF metadata (NaN, infinite) are refused by name, not run into a model that prints nothing.
+#[test]
+fn nonsensical_config_values_are_refused_by_name() {
+    for (key, value) in [
+        ("rope_theta", "-5.0"),
+        ("rope_theta", "0.5"),
+        ("rms_norm_eps", "0"),
+    ] {
+        let m = message(load_hf(hf_files(
+            |c| {
+                let mut j: serde_json::Value = serde_json::from_str(c).unwrap();
+                j[key] = serde_json::Value::from(0);
+                j.to_string()
+                    .replace(&format!("\"{key}\":0"), &format!("\"{key}\":{value}"))
+            },
+            tokenizer_json(95),
+        )));
+        assert!(
+            m.contains("config.json") && m.contains(key),
+            "{key} {value}: {m}"
+        );
+    }
+    let m = message(load_gguf(rewrite(|meta, _| {
+        meta.retain(|(k, _)| k != "llama.rope.freq_base");
+        meta.push(("llama.rope.freq_base".into(), Value::F32(f32::NAN)));
+    })));
+    assert!(m.contains("hostile.gguf") && m.contains("rope"), "{m}");
+    let m = message(load_gguf(rewrite(|meta, _| {
+        meta.retain(|(k, _)| k != "llama.attention.layer_norm_rms_epsilon");
+        meta.push((
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(f32::INFINITY),
+        ));
+    })));
+    assert!(
+        m.contains("hostile.gguf") && m.contains("rms_norm_eps"),
+        "{m}"
+    );
+}
+
 /// A GGUF v3 file with no tensors and one metadata array of `count` items of `item_type`,
 /// followed by `payload` bytes.
 fn gguf_with_array(item_type: u32, count: u64, payload: usize) -> Vec<u8> {

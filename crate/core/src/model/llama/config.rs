@@ -309,8 +309,19 @@ impl LlamaConfig {
             ));
         }
         self.rope_scaling().map_err(|e| Error::config(file, e))?;
-        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return bad("rms_norm_eps must be positive".to_string());
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "rms_norm_eps is {}; it must be finite and positive",
+                self.rms_norm_eps
+            ));
+        }
+        // Rotary frequencies are theta^(-2i/d): a theta of 1 or less, or not finite, gives
+        // positions no model was trained with (NaN or constant angles), never an error later.
+        let theta = self.rope_theta();
+        if !(theta.is_finite() && theta > 1.0) {
+            return bad(format!(
+                "rope_theta is {theta}; it must be finite and above 1"
+            ));
         }
         Ok(())
     }
