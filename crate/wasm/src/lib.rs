@@ -184,7 +184,10 @@ impl WebSession {
 impl WebSession {
     /// Picks the compute backend (`"auto"`: WebGPU on a hardware adapter, else the CPU) and
     /// starts an empty session.
-    pub async fn create(preference: String) -> Result<WebSession, JsError> {
+    pub async fn create(
+        #[wasm_bindgen(unchecked_param_type = "\"auto\" | \"webgpu\" | \"cpu\"")]
+        preference: String,
+    ) -> Result<WebSession, JsError> {
         crash::install_hooks();
         let (device, backend) = backend::select(&preference).await.map_err(err)?;
         #[cfg(feature = "threads")]
@@ -212,8 +215,8 @@ impl WebSession {
         &self,
         name: String,
         bytes: Vec<u8>,
-        base_f16: Option<bool>,
-        hub_id: Option<String>,
+        #[wasm_bindgen(js_name = "baseF16")] base_f16: Option<bool>,
+        #[wasm_bindgen(js_name = "hubId")] hub_id: Option<String>,
     ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
         let device = s.device().clone();
@@ -229,11 +232,11 @@ impl WebSession {
     #[wasm_bindgen(js_name = loadHfFiles, unchecked_return_type = "ModelInfo")]
     pub fn load_hf_files(
         &self,
-        model_name: String,
+        #[wasm_bindgen(js_name = "modelName")] model_name: String,
         names: Vec<String>,
         files: Array,
-        base_f16: Option<bool>,
-        hub_id: Option<String>,
+        #[wasm_bindgen(js_name = "baseF16")] base_f16: Option<bool>,
+        #[wasm_bindgen(js_name = "hubId")] hub_id: Option<String>,
     ) -> Result<JsValue, JsError> {
         let mut s = self.session()?;
         if names.len() != files.length() as usize {
@@ -375,7 +378,10 @@ impl WebSession {
     /// The adapter for llama.cpp (`llama-cli --lora FILE.gguf`): a GGUF LoRA file as a
     /// `Uint8Array`; dtype "f32" or "f16".
     #[wasm_bindgen(js_name = exportGgufLora, unchecked_return_type = "Promise<NamedBytes>")]
-    pub fn export_gguf_lora(&self, dtype: String) -> Promise {
+    pub fn export_gguf_lora(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16\"")] dtype: String,
+    ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let dtype = match dtype.as_str() {
@@ -491,7 +497,10 @@ impl WebSession {
         &self,
         prompt: String,
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
-        #[wasm_bindgen(unchecked_param_type = "((textSoFar: string) => boolean | void) | null")]
+        #[wasm_bindgen(
+            js_name = "onText",
+            unchecked_param_type = "((textSoFar: string) => boolean | void) | null"
+        )]
         on_text: Option<js_sys::Function>,
     ) -> Promise {
         let inner = self.inner.clone();
@@ -541,7 +550,10 @@ impl WebSession {
     /// The PEFT adapter: `{ config_json: string, safetensors: Uint8Array, zip: Uint8Array }` (the
     /// zip holds both files); dtype "f32" or "f16".
     #[wasm_bindgen(js_name = exportAdapter, unchecked_return_type = "Promise<ExportedAdapter>")]
-    pub fn export_adapter(&self, dtype: String) -> Promise {
+    pub fn export_adapter(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "\"f32\" | \"f16\"")] dtype: String,
+    ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let dtype = match dtype.as_str() {
