@@ -80,7 +80,7 @@ if [ "$QUICK" = 1 ]; then
   native tiny "$TINY" 4 1 --gen-tokens 8
   if [ "$BROWSER" = 1 ]; then
     bash web/build.sh >&2
-    browser tiny cpu 4 1 --model "$TINY"
+    browser tiny cpu 4 1 --model "$TINY" --timeout 300
   fi
 else
   native smollm2 "$SMOL" 8 2

@@ -3,7 +3,7 @@
 // step times from the page. Prints one JSON object per line:
 //
 //   node tests/e2e/bench.mjs --backend cpu|webgpu [--model FILE.gguf] --text A.txt [--text B.txt]
-//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len 128] [--threads 1] [--recompute]
+//        [--steps 8] [--warmup 2] [--batch 4] [--seq-len N] [--threads 1] [--recompute]
 //        [--base-f16 | --base-f32] [--products widened|int16] [--estimate]
 //
 // Without --model the page's "Load SmolLM2" button is used (the server's default model).
@@ -18,7 +18,7 @@ import { chromium } from "playwright-core";
 import { root, startServer } from "./helpers.mjs";
 
 function parseArgs(argv) {
-  const a = { backend: "cpu", model: null, text: [], steps: 8, warmup: 2, batch: 4, seqLen: 128, timeout: 3600 };
+  const a = { backend: "cpu", model: null, text: [], steps: 8, warmup: 2, batch: 4, seqLen: null, timeout: 3600 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i], v = argv[i + 1];
     if (k === "--recompute") { a.recompute = true; continue; } // "Save memory" (no value)
@@ -81,7 +81,9 @@ async function main() {
       a.text.length, { timeout: ms, polling: 100 });
     await page.fill("input[name=steps]", String(a.warmup + a.steps));
     await page.fill("input[name=batch_size]", String(a.batch));
-    await page.fill("input[name=seq_len]", String(a.seqLen));
+    // The page's default unless given: 128, or the model's context where it is shorter.
+    if (a.seqLen != null) await page.fill("input[name=seq_len]", String(a.seqLen));
+    const seqLen = Number(await page.inputValue("input[name=seq_len]"));
     if (a.recompute) await page.check("input[name=recompute]");
     await page.dispatchEvent("#settings", "input");
     await page.waitForSelector("#start:not([disabled])", { timeout: ms });
@@ -122,11 +124,11 @@ async function main() {
       browser: "headless " + browser.version(), backend: a.backend, backend_status: backend,
       model: await page.evaluate(() => window.webtuneState.model.name),
       base_f16: await page.evaluate(() => window.webtuneState.model.base_f16),
-      batch: a.batch, seq_len: a.seqLen,
+      batch: a.batch, seq_len: seqLen,
       model_ready_secs: modelSecs, first_step_secs: firstStepSecs,
       warmup_step_secs: steps.slice(0, warmup), step_secs: measured, median_step_secs: med,
       step_statistic: everyStepReads ? "median" : "mean",
-      train_tokens_per_sec: (a.batch * a.seqLen) / med, eval_secs: evals.at(-1) ?? null,
+      train_tokens_per_sec: (a.batch * seqLen) / med, eval_secs: evals.at(-1) ?? null,
       first_loss: points.find((p) => p.train_loss != null)?.train_loss ?? null,
       last_loss: points.at(-1)?.train_loss ?? null,
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
