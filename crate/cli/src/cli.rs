@@ -146,7 +146,7 @@ struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Start from a preset instead of the defaults: quick (the defaults), tiny (rank 1, an
-    /// adapter in f16 of ~115 kB for SmolLM2-135M), thorough (every linear layer, rank 16, 300
+    /// adapter in f16 of ~130 kB for SmolLM2-135M), thorough (every linear layer, rank 16, 300
     /// steps); flags typed change their one setting.
     #[arg(long, conflicts_with = "config")]
     preset: Option<String>,
