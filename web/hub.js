@@ -82,6 +82,17 @@ async function download(url, what, cache, onBytes) {
     }
     if (!response.ok) throw new HubError(`${what}: the hub answered ${response.status} ${response.statusText}`);
   }
+  const bytes = await readBody(response, (loaded) => onBytes(loaded, fromCache));
+  return { bytes, fromCache };
+}
+
+/**
+ * A response's body as one array, `onBytes(loaded)` called as each piece arrives.
+ * @param {Response} response
+ * @param {(loaded: number) => void} onBytes
+ * @returns {Promise<Uint8Array>}
+ */
+export async function readBody(response, onBytes) {
   const reader = response.body.getReader();
   const chunks = [];
   let loaded = 0;
@@ -90,7 +101,7 @@ async function download(url, what, cache, onBytes) {
     if (done) break;
     chunks.push(value);
     loaded += value.length;
-    onBytes(loaded, fromCache);
+    onBytes(loaded);
   }
   const bytes = new Uint8Array(loaded);
   let at = 0;
@@ -98,7 +109,7 @@ async function download(url, what, cache, onBytes) {
     bytes.set(c, at);
     at += c.length;
   }
-  return { bytes, fromCache };
+  return bytes;
 }
 
 /**

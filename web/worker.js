@@ -148,23 +148,7 @@ async function fetchModel(url, name) {
     }
   }
   const total = Number(response.headers.get("content-length")) || 0;
-  const reader = response.body.getReader();
-  const chunks = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.length;
-    post({ type: "modelProgress", loaded, total, fromCache });
-  }
-  const bytes = new Uint8Array(loaded);
-  let offset = 0;
-  for (const c of chunks) {
-    bytes.set(c, offset);
-    offset += c.length;
-  }
-  return bytes;
+  return hub.readBody(response, (loaded) => post({ type: "modelProgress", loaded, total, fromCache }));
 }
 
 async function loadModel(msg) {

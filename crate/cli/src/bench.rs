@@ -135,10 +135,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         },
         ..RunSpec::default()
     };
-    // The train command's default: 128 tokens, or the model's context where it is shorter.
-    let seq_len = a
-        .seq_len
-        .unwrap_or_else(|| base.model.max_positions().map_or(128, |max| max.min(128)));
+    // The train command's default: the run spec's, or the model's context where it is shorter.
+    let default = spec.data.seq_len;
+    let seq_len = a.seq_len.unwrap_or_else(|| {
+        base.model
+            .max_positions()
+            .map_or(default, |max| max.min(default))
+    });
     spec.data.seq_len = seq_len;
     spec.train.steps = a.warmup + a.steps;
     spec.train.batch_size = a.batch;

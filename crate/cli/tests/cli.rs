@@ -23,17 +23,25 @@ fn cli(args: &[&str]) -> (bool, String) {
     )
 }
 
-// `train --out` is checked before training; the adapter is written whole or not at all.
-#[test]
-fn train_out_is_checked_before_training() {
-    let dir = std::env::temp_dir().join(format!("webtune-hostile-{}", std::process::id()));
+/// A fresh temporary folder for one test (`webtune-NAME-PID`, emptied first) holding `fox.txt`,
+/// one sentence `repeats` times.
+fn fox_text(name: &str, repeats: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("webtune-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("fox.txt");
     std::fs::write(
         &text,
-        "the quick brown fox jumps over the lazy dog. ".repeat(100),
+        "the quick brown fox jumps over the lazy dog. ".repeat(repeats),
     )
     .unwrap();
+    (dir, text)
+}
+
+// `train --out` is checked before training; the adapter is written whole or not at all.
+#[test]
+fn train_out_is_checked_before_training() {
+    let (dir, text) = fox_text("hostile", 100);
     let model = fixtures().join("tiny-llama-q.gguf");
     let train = |out: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
@@ -98,14 +106,7 @@ fn train_out_is_checked_before_training() {
 // beside the adapter, where `--config` takes it back to train the same adapter again.
 #[test]
 fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
-    let dir = std::env::temp_dir().join(format!("webtune-spec-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("fox.txt");
-    std::fs::write(
-        &text,
-        "the quick brown fox jumps over the lazy dog. ".repeat(100),
-    )
-    .unwrap();
+    let (dir, text) = fox_text("spec", 100);
     let model = fixtures().join("tiny-llama-q.gguf");
     let train = |out: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
@@ -222,14 +223,7 @@ fn train_reads_a_run_spec_and_writes_the_one_it_ran() {
 // resumed with --resume writes the adapter an uninterrupted run writes, byte for byte.
 #[test]
 fn train_resume_continues_exactly() {
-    let dir = std::env::temp_dir().join(format!("webtune-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("fox.txt");
-    std::fs::write(
-        &text,
-        "the quick brown fox jumps over the lazy dog. ".repeat(100),
-    )
-    .unwrap();
+    let (dir, text) = fox_text("resume", 100);
     let model = fixtures().join("tiny-llama-q.gguf");
     let train = |out: &std::path::Path, extra: &[&str]| {
         let mut args = vec![
@@ -596,15 +590,7 @@ fn a_model_id_is_fetched_from_the_hub_into_its_cache() {
 // webtune got, then trains on.
 #[test]
 fn the_recipe_continues_the_run_in_pytorch() {
-    let dir = std::env::temp_dir().join(format!("webtune-recipe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let text = dir.join("fox.txt");
-    std::fs::write(
-        &text,
-        "the quick brown fox jumps over the lazy dog. ".repeat(60),
-    )
-    .unwrap();
+    let (dir, text) = fox_text("recipe", 60);
     let model = fixtures().join("tiny-gpt2");
     let out = dir.join("out");
     let args = [
