@@ -195,7 +195,15 @@ async function loadModel(msg) {
       msg.source === "url"
         ? decodeURIComponent(new URL(url, self.location.href).pathname.split("/").pop() || "model.gguf")
         : DEFAULT_MODEL.name;
-    const bytes = await fetchModel(url, name);
+    const bytes = await fetchModel(url, name).catch((e) => {
+      // A static host has no copy of the default model (web/serve.py serves it from its cache).
+      if (msg.source === "default" && / 404 /.test(e.message))
+        throw new Error(
+          `this server has no default model file (${DEFAULT_MODEL.url}): type its id, ` +
+            `${DEFAULT_MODEL.hubId}, in the model id box to fetch it from the Hugging Face hub, or open a model file`,
+        );
+      throw e;
+    });
     post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
     info = session.loadGguf(name, bytes, !!msg.baseF16, msg.source === "url" ? undefined : DEFAULT_MODEL.hubId);
   }

@@ -1,7 +1,8 @@
 // The page copied to a static host that sends no COOP/COEP headers (Python's http.server on
 // web/): its service worker (web/sw.js) adds them, so after one reload the page is cross-origin
 // isolated and the CPU backend runs on threads; and with the network cut after that first
-// visit, the page opens again and trains from its own cached code.
+// visit, the page opens again and trains from its own cached code. The default model, which
+// only web/serve.py serves, is a message naming its id.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -49,6 +50,11 @@ test("on a static host without COOP/COEP: isolated by the service worker, thread
     const cores = await page.evaluate(() => navigator.hardwareConcurrency);
     const status = await page.textContent("#backend-status");
     if (cores > 1 && /Running on the CPU/.test(status)) assert.match(status, /\d+ threads/);
+    // No default model file on a static host: the message says to type its id instead.
+    await page.click("#load-default");
+    await page.waitForSelector("#error:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#error"), /no default model file .*HuggingFaceTB\/SmolLM2-135M-Instruct/);
+    await page.click("#error button");
     await trainTwoSteps(page);
 
     // The network gone: the page opens from its cached code, isolated still, and trains.
@@ -57,7 +63,7 @@ test("on a static host without COOP/COEP: isolated by the service worker, thread
     await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
     assert.equal(await page.evaluate(() => crossOriginIsolated), true);
     await trainTwoSteps(page);
-    assert.deepEqual(errors.filter((e) => !/ERR_INTERNET_DISCONNECTED|Failed to fetch/.test(e)), []);
+    assert.deepEqual(errors.filter((e) => !/ERR_INTERNET_DISCONNECTED|Failed to fetch|status of 404/.test(e)), []);
   } finally {
     await browser.close();
     server.kill();
