@@ -387,7 +387,10 @@ function startWorker(backend) {
   const threads =
     Number(new URLSearchParams(location.search).get("threads")) ||
     Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
-  send({ type: "init", backend, threads, crashChannel: channelName });
+  // ?memory=MiB: the memory a run may take, below the backend's own limit (a machine with
+  // little memory to spare); the page refuses what its estimate puts over it.
+  const memoryLimit = Number(new URLSearchParams(location.search).get("memory")) * 2 ** 20 || null;
+  send({ type: "init", backend, threads, crashChannel: channelName, memoryLimit });
 }
 
 // The step the last automatic restart resumed from: a crash before the run saved a later step
@@ -461,6 +464,10 @@ function el(tag, text) {
 }
 function mb(n) {
   return n >= 1e6 ? `${(n / 1e6).toFixed(2)} MB` : `${(n / 1e3).toFixed(1)} kB`;
+}
+// Bytes as core's memory estimate words them (memory.rs `human`): MiB and GiB.
+function mib(n) {
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
 }
 function duration(s) {
   s = Math.round(s);
@@ -737,7 +744,12 @@ function renderPlan(p) {
   $("plan").textContent =
     `${p.trainable_parameters.toLocaleString()} trainable parameters · adapter ${mb(p.adapter_bytes_f32)} (f32) / ${mb(p.adapter_bytes_f16)} (f16) · ` +
     `${p.train_tokens.toLocaleString()} tokens learned, ${p.val_tokens.toLocaleString()} validation tokens (${held})${examples} · ${p.epochs.toFixed(2)} epochs` +
-    (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "");
+    (p.estimated_secs != null ? ` · about ${duration(p.estimated_secs)} on this machine` : "") +
+    ` · memory ~${mib(p.memory.peak)}` +
+    (p.memory.limit != null ? ` of the ${mib(p.memory.limit)} here` : "");
+  // A run that would not fit: what would (Start would be refused with the same words).
+  $("plan-memory").hidden = p.memory.fits;
+  $("plan-memory").textContent = p.memory.fits ? "" : `This run ${p.memory.advice}.`;
 }
 
 // How a file was read, in words: "text", or chat data's records and examples.

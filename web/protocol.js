@@ -11,7 +11,7 @@
 /**
  * What the page asks of the worker.
  * @typedef {(
- *   { type: "init", backend: string, threads: number, crashChannel: string }
+ *   { type: "init", backend: string, threads: number, crashChannel: string, memoryLimit: number | null }
  * | { type: "loadModel", source: "default" | "url" | "files" | "hub", url?: string, modelName?: string,
  *     files?: { name: string, buffer: ArrayBuffer }[], hub?: string, id?: string, file?: string | null,
  *     revision?: string, baseF16: boolean }

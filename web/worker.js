@@ -151,6 +151,26 @@ async function fetchModel(url, name) {
   return hub.readBody(response, (loaded) => post({ type: "modelProgress", loaded, total, fromCache }));
 }
 
+// A GGUF file's first bytes hold its header: what the model is, before it is loaded.
+const GGUF_HEAD_BYTES = 32 << 20;
+
+// Whether the model, loaded with the weights chosen, fits where this backend keeps it (the CPU
+// backend: the module's memory, which wasm32 caps at 4 GiB), with its lightest run ("Save
+// memory", a batch of 1: what a run can still choose once it is loaded; the plan checks the run
+// asked for). One that would not is refused, with what would fit, before its bytes enter the
+// module: running out of wasm memory mid-load kills the module.
+function checkMemory(/** @type {{ name: string, bytes: Uint8Array }[]} */ files, baseF16) {
+  const d = defaults.spec;
+  const spec = { ...d, train: { ...d.train, batch_size: 1 }, exec: { ...d.exec, base_f16: baseF16, recompute: true } };
+  const total = files.reduce((sum, f) => sum + f.bytes.length, 0);
+  const gguf = files.find((f) => f.name.toLowerCase().endsWith(".gguf"));
+  const config = files.find((f) => f.name.split("/").pop() === "config.json");
+  const head = gguf ? gguf.bytes.subarray(0, GGUF_HEAD_BYTES) : config?.bytes;
+  if (!head) return; // the loader names what is missing
+  const m = session.modelMemory(gguf ? gguf.name : config.name, head, total, spec);
+  if (!m.fits) throw new Error(`${gguf ? gguf.name : "the model"}: loading and training it ${m.advice}`);
+}
+
 async function loadModel(msg) {
   post({ type: "modelProgress", loaded: 0, total: 0 });
   let info;
@@ -158,6 +178,10 @@ async function loadModel(msg) {
   let commit = null;
   if (msg.source === "files") {
     const gguf = msg.files.find((f) => f.name.toLowerCase().endsWith(".gguf"));
+    checkMemory(
+      msg.files.map((f) => ({ name: f.name, bytes: new Uint8Array(f.buffer) })),
+      !!msg.baseF16,
+    );
     if (gguf) {
       info = session.loadGguf(gguf.name, new Uint8Array(gguf.buffer), !!msg.baseF16);
     } else {
@@ -177,6 +201,7 @@ async function loadModel(msg) {
     );
     commit = got.commit;
     post({ type: "modelProgress", loaded: 1, total: 1, parsing: true });
+    checkMemory(got.gguf ? [got.gguf] : got.files, !!msg.baseF16);
     if (got.gguf) {
       info = session.loadGguf(got.gguf.name, got.gguf.bytes, !!msg.baseF16, got.baseId ?? undefined);
     } else {
@@ -205,6 +230,7 @@ async function loadModel(msg) {
       throw e;
     });
     post({ type: "modelProgress", loaded: bytes.length, total: bytes.length, parsing: true });
+    checkMemory([{ name, bytes }], !!msg.baseF16);
     info = session.loadGguf(name, bytes, !!msg.baseF16, msg.source === "url" ? undefined : DEFAULT_MODEL.hubId);
   }
   post({ type: "model", info, commit });
@@ -352,6 +378,7 @@ async function handle(msg) {
         if (msg.crashChannel && "reportCrashesTo" in mod) mod.reportCrashesTo(msg.crashChannel);
         memoryBytes = () => WebSession.memoryBytes();
         session = await withDeviceWatch(() => WebSession.create(msg.backend || "auto"));
+        if (msg.memoryLimit) session.setMemoryLimit(msg.memoryLimit);
         defaults = WebSession.defaults();
         post({ type: "ready", backend: session.backend(), limits: WebSession.limits(), defaults });
         break;

@@ -88,8 +88,12 @@ def main():
         mem = None
         if x.get("load_peak_mb") is not None:
             mem = f"{x['load_peak_mb']:,.0f} / {x['train_peak_mb']:,.0f}"
+            if x.get("train_estimate_mb") is not None:
+                mem += f" (est. {x['load_estimate_mb']:,.0f} / {x['train_estimate_mb']:,.0f})"
         elif x.get("memory_mb"):
             mem = f"– / {x['memory_mb']:,.0f} (wasm memory)"
+            if x.get("estimate_mb") is not None:
+                mem += f" (est. {x['estimate_mb']:,.0f})"
         where_text = where
         if "base_f16" in x and "backend_status" in x and "SmolLM2" in workload:  # the page: as it loaded
             where_text += ", 16-bit weights" if x["base_f16"] else ", 32-bit weights"

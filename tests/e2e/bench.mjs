@@ -133,6 +133,8 @@ async function main() {
       last_loss: points.at(-1)?.train_loss ?? null,
       // The module's memory after the last step: a wasm memory never shrinks, so its peak.
       memory_mb: points.at(-1)?.memory_mb ?? null, memory_steps: points.map((p) => p.memory_mb),
+      // What the plan's estimate said the run would take (crate/core/src/memory.rs), in MiB.
+      estimate_mb: await page.evaluate(() => (window.webtuneState.plan?.memory?.training ?? NaN) / 2 ** 20),
       sample_secs: sampleSecs, sample_text: sampleText,
       ...(a.estimate ? { estimated_secs: estimatedSecs, run_secs: runSecs, start_to_first_step_secs: startToFirstStep } : {}),
       errors,

@@ -54,3 +54,63 @@ test("a 60 MB text file trains, an over-long prompt is a message, and the page s
     server.kill();
   }
 });
+
+// The page estimates what a model and a run take in memory before it allocates them
+// (crate/core/src/memory.rs), against what it may use: here a limit of 600 MiB (?memory=600) on
+// the CPU backend, below wasm32's 4 GiB. SmolLM2 with 32-bit weights is refused before it
+// loads, naming what fits (16-bit weights); the default run is flagged in the plan and refused at
+// Start, naming "Save memory"; with it the run trains, and the module's memory stays under the
+// limit the estimate held it to.
+test("a model or a run over the memory here is refused with what would fit", { timeout: 600_000 }, async () => {
+  const { server, url } = await startServer();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await page.goto(`${url}?backend=cpu&memory=600`);
+    await page.waitForSelector("body[data-ready='1']", { timeout: 120_000 });
+    await page.uncheck("input[name=base_f16]");
+    await page.click("#load-default");
+    await page.waitForSelector("#error:not([hidden])", { timeout: 120_000 });
+    const refused = await page.textContent("#error");
+    assert.match(refused, /more than the 600 MiB available here: with 16-bit weights it needs ~\d+ MiB/, refused);
+    assert.ok(await page.isHidden("#model-info"));
+    await page.click("#error button");
+
+    await page.check("input[name=base_f16]");
+    await page.click("#load-default");
+    await page.waitForSelector("#model-info:not([hidden])", { timeout: 120_000 });
+    await page.evaluate(() => {
+      const dt = new DataTransfer();
+      dt.items.add(new File(["the cat sat on the mat and the dog sat on the log. ".repeat(400)], "a.txt"));
+      document.getElementById("drop-zone").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    });
+    await page.waitForFunction(() => document.querySelector("#text-table tbody td.status")?.textContent === "ready", null, { timeout: 60_000 });
+    await page.uncheck("input[name=recompute]");
+    await settings(page, { steps: 1, batch_size: 4, seq_len: 128 });
+    await page.waitForSelector("#plan-memory:not([hidden])", { timeout: 30_000 });
+    const flagged = await page.textContent("#plan-memory");
+    assert.match(flagged, /^This run needs ~.* more than the 600 MiB available here: with "Save memory" it needs/, flagged);
+    await page.click("#start");
+    await page.waitForSelector("#error:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#error"), /this run needs ~/);
+    await page.click("#error button");
+
+    await page.check("input[name=recompute]");
+    await page.waitForSelector("#plan-memory[hidden]", { state: "attached", timeout: 30_000 });
+    assert.match(await page.textContent("#plan"), /memory ~\d+ MiB of the 600 MiB here/);
+    await page.click("#start");
+    await page.waitForSelector("body[data-done='1']", { timeout: 300_000 });
+    // The module's memory after the step (MiB): a wasm memory never shrinks, so its peak.
+    const { peak, estimate } = await page.evaluate(() => ({
+      peak: window.webtuneState.points.at(-1).memory_mb,
+      estimate: window.webtuneState.plan.memory.peak / 2 ** 20,
+    }));
+    console.log(`SmolLM2, 16-bit weights, "Save memory", 4 x 128: peak ${peak.toFixed(0)} MiB, estimated ${estimate.toFixed(0)}`);
+    assert.ok(peak <= 600, `${peak} MiB`);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});

@@ -97,6 +97,9 @@ struct Report {
     /// Peak resident memory while loading, and while training (MB; Linux only).
     load_peak_mb: Option<f64>,
     train_peak_mb: Option<f64>,
+    /// What the core's memory estimate said they would be (MiB; `webtune::memory`).
+    load_estimate_mb: f64,
+    train_estimate_mb: f64,
     warmup_step_secs: Vec<f64>,
     step_secs: Vec<f64>,
     /// The median step, or the mean where not every step read the loss back (a GPU): see
@@ -162,6 +165,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let trainable_parameters = model.num_lora_parameters();
     let base_parameters = webtune::burn::module::Module::num_params(&base.model);
+    let file_bytes = std::fs::metadata(&a.model)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    let estimate = webtune::memory::estimate(
+        &webtune::memory::ModelShape::of(&base.config),
+        &spec,
+        Some(trainable_parameters as u64),
+        file_bytes,
+        None,
+    );
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let mut trainer = Trainer::new(model, data, spec)?;
     let mut steps = Vec::new();
     let mut losses = Vec::new();
@@ -213,6 +228,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         load_secs,
         load_peak_mb,
         train_peak_mb,
+        load_estimate_mb: mib(estimate.loading),
+        train_estimate_mb: mib(estimate.training),
         warmup_step_secs: steps,
         median_step_secs,
         step_statistic: statistic,
@@ -363,7 +380,7 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// Peak resident set size of this process (`VmHWM`), in MB.
+/// Peak resident set size of this process (`VmHWM`), in MiB.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

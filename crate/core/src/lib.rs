@@ -25,6 +25,7 @@ pub mod generate;
 pub mod kernels;
 pub mod limits;
 pub mod lora;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod recipe;

@@ -16,8 +16,9 @@ pub const MAX_WIDTH: usize = 1 << 17;
 pub const MAX_HEADS: usize = 1024;
 /// Vocabulary entries (tokenizer and embedding).
 pub const MAX_VOCAB: usize = 1 << 21;
-/// Parameters of a base model: 4 GiB of f32 cannot be addressed by wasm32 anyway.
-pub const MAX_PARAMETERS: u64 = 1 << 30;
+/// Parameters of a base model (8.6 B). Whether a model fits the memory where it runs is
+/// [`crate::memory`]'s estimate: in the page, wasm32's 4 GiB.
+pub const MAX_PARAMETERS: u64 = 1 << 33;
 /// Bytes of one text file; bigger files are refused with a message (split them).
 pub const MAX_TEXT_BYTES: usize = 64 << 20;
 /// Items in one GGUF metadata array (a vocabulary is the largest there is).

@@ -61,6 +61,8 @@ pub struct Plan {
     /// Seconds the run should take here, from a measured step ([`Session::measure`]), when one
     /// was measured.
     pub estimated_secs: Option<f64>,
+    /// The memory the run should take, and whether it fits here.
+    pub memory: crate::memory::MemoryEstimate,
 }
 
 /// What the next run continues instead of fresh LoRA matrices: an adapter (its matrices; a
@@ -103,6 +105,9 @@ pub struct Session {
     speed: Option<f64>,
     /// An adapter the next run continues (and generation compares before it).
     opened: Option<Opened>,
+    /// The memory a run may take here (the page's wasm32 module: [`crate::memory::WASM32_BYTES`]);
+    /// a run estimated over it is refused with the settings that would fit.
+    memory_limit: Option<u64>,
 }
 
 impl Session {
@@ -116,6 +121,7 @@ impl Session {
             trainer: None,
             speed: None,
             opened: None,
+            memory_limit: None,
         }
     }
 
@@ -228,6 +234,16 @@ impl Session {
         let estimated_secs = self
             .speed
             .map(|tps| crate::train::estimate_secs(spec, data.val.len(), tps));
+        // The weights as they were loaded (a run cannot change that: `start` refuses it).
+        let mut as_loaded = spec.clone();
+        as_loaded.exec.base_f16 = base.model.base_in_f16();
+        let memory = crate::memory::estimate(
+            &crate::memory::ModelShape::of(&base.config),
+            &as_loaded,
+            Some(trainable as u64),
+            None,
+            self.memory_limit,
+        );
         Ok(Plan {
             trainable_parameters: trainable,
             adapter_bytes_f32: trainable * 4,
@@ -243,7 +259,19 @@ impl Session {
             epochs: (spec.train.steps * spec.train.batch_size * spec.train.grad_accum) as f64
                 / data.train.len().max(1) as f64,
             estimated_secs,
+            memory,
         })
+    }
+
+    /// The memory a run may take here ([`Plan::memory`] is checked against it; `start` refuses
+    /// a run over it). None (the default): no limit, as natively.
+    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
+        self.memory_limit = bytes;
+    }
+
+    /// The memory a run may take here.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.memory_limit
     }
 
     /// Times a training step with `spec`'s model settings on a throwaway copy of the model (the
@@ -273,6 +301,9 @@ impl Session {
     pub fn start(&mut self, spec: RunSpec) -> Result<Plan> {
         let spec = self.effective(&spec);
         let plan = self.plan(&spec)?;
+        if let Some(advice) = &plan.memory.advice {
+            return Err(Error::Invalid(format!("this run {advice}")));
+        }
         let data = self.dataset(&spec)?;
         let base = self.base()?;
         let loaded_f16 = base.model.base_in_f16();

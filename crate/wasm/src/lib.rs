@@ -192,8 +192,14 @@ impl WebSession {
         let (device, backend) = backend::select(&preference).await.map_err(err)?;
         #[cfg(feature = "threads")]
         warm::warm_gemm_call_site();
+        let mut session = Session::new(device);
+        // On the CPU backend the model and the run live in this module's memory, which wasm32
+        // caps at 4 GiB; on WebGPU they live in the GPU's buffers.
+        if backend.kind == "cpu" {
+            session.set_memory_limit(Some(webtune::memory::WASM32_BYTES));
+        }
         Ok(WebSession {
-            inner: Rc::new(RefCell::new(Session::new(device))),
+            inner: Rc::new(RefCell::new(session)),
             backend,
             request: Rc::new(Cell::new(None)),
         })
@@ -304,6 +310,42 @@ impl WebSession {
     #[wasm_bindgen(js_name = removeText)]
     pub fn remove_text(&self, name: String) -> Result<(), JsError> {
         self.session()?.remove_text(&name);
+        Ok(())
+    }
+
+    /// What loading a model and training it with `spec` would take in memory here, before the
+    /// model is loaded: `name` is its GGUF file's (then `head` is the file's first bytes, 32 MiB
+    /// are plenty) or `config.json` (then `head` is that file); `fileBytes` the size of the
+    /// model's files in all. `fits` false: `advice` says what would fit, or that nothing does.
+    #[wasm_bindgen(js_name = modelMemory, unchecked_return_type = "MemoryEstimate")]
+    pub fn model_memory(
+        &self,
+        name: String,
+        head: Vec<u8>,
+        #[wasm_bindgen(js_name = "fileBytes")] file_bytes: f64,
+        #[wasm_bindgen(unchecked_param_type = "RunSpec")] spec: JsValue,
+    ) -> Result<JsValue, JsError> {
+        use webtune::memory::{ModelShape, estimate};
+        let spec = spec_from_js(spec)?;
+        let file_bytes = file_bytes.max(0.0) as u64;
+        let shape = if name.to_lowercase().ends_with(".gguf") {
+            ModelShape::from_gguf_head(&name, head, file_bytes)
+        } else {
+            let json = String::from_utf8(head).map_err(|_| err(format!("{name} is not UTF-8")))?;
+            ModelShape::from_config_json(&name, &json)
+        }
+        .map_err(err)?;
+        let limit = self.session()?.memory_limit();
+        to_js(&estimate(&shape, &spec, None, Some(file_bytes), limit))
+    }
+
+    /// The memory (bytes) a model and a run may take here: `modelMemory` and `plan` check against
+    /// it and `start` refuses a run over it. The CPU backend starts at wasm32's 4 GiB; a lower
+    /// limit suits a machine with less to spare; null: no limit.
+    #[wasm_bindgen(js_name = setMemoryLimit)]
+    pub fn set_memory_limit(&self, bytes: Option<f64>) -> Result<(), JsError> {
+        let limit = bytes.map(|b| b.max(0.0) as u64);
+        self.session()?.set_memory_limit(limit);
         Ok(())
     }
 

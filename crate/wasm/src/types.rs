@@ -116,6 +116,23 @@ export interface Plan {
   tokens_per_step: number;
   epochs: number;
   estimated_secs: number | null;
+  memory: MemoryEstimate;
+}
+
+/** What a model and a run take in memory, in bytes (crate/core/src/memory.rs `MemoryEstimate`). */
+export interface MemoryEstimate {
+  weights: number;
+  adapter: number;
+  activations: number;
+  training: number;
+  /** 0 for a model already loaded. */
+  loading: number;
+  peak: number;
+  /** What this backend allows (the CPU backend: wasm32's 4 GiB); null: no limit known. */
+  limit: number | null;
+  fits: boolean;
+  /** When it does not fit: the settings that would, or why none would. */
+  advice: string | null;
 }
 
 /** One step's report (crate/core/src/train.rs `Progress`); step 0 is the base's evaluation. */

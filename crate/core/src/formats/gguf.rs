@@ -106,6 +106,8 @@ struct Cursor<'a> {
     file: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// The whole file's length: `bytes` may be its beginning only ([`GgufFile::parse_header`]).
+    file_len: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -147,7 +149,7 @@ impl<'a> Cursor<'a> {
         } else {
             self.u64(what)?
         };
-        let remaining = (self.bytes.len() - self.pos) as u64;
+        let remaining = self.file_len.saturating_sub(self.pos as u64);
         if n.saturating_mul(min_item_bytes as u64) > remaining {
             return Err(Error::format(
                 self.file,
@@ -222,11 +224,35 @@ impl GgufFile {
     /// Parses the header, metadata and tensor infos, and checks that every tensor's data is inside
     /// the file. Tensor data is dequantized later, one tensor at a time.
     pub fn parse(file_name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let file_len = bytes.len() as u64;
+        Self::parse_with_len(file_name.into(), bytes, file_len)
+    }
+
+    /// Parses the header, metadata and tensor infos from the file's first bytes (`head`), the
+    /// file being `file_len` bytes long: what a model is can be known before the whole file is
+    /// read (e.g. to say whether it fits in memory). A header longer than `head` is
+    /// [`Error::Truncated`], with the length it needs; tensor data cannot be read from the result.
+    pub fn parse_header(
+        file_name: impl Into<String>,
+        head: Vec<u8>,
+        file_len: u64,
+    ) -> Result<Self> {
         let file_name = file_name.into();
+        if (head.len() as u64) > file_len {
+            return Err(Error::Invalid(format!(
+                "{file_name}: {} bytes given of a file of {file_len}",
+                head.len()
+            )));
+        }
+        Self::parse_with_len(file_name, head, file_len)
+    }
+
+    fn parse_with_len(file_name: String, bytes: Vec<u8>, file_len: u64) -> Result<Self> {
         let mut cur = Cursor {
             file: &file_name,
             bytes: &bytes,
             pos: 0,
+            file_len,
         };
         let magic = cur.array::<4>("the GGUF magic")?;
         if &magic != MAGIC {
@@ -331,12 +357,12 @@ impl GgufFile {
             // for the others now, so a truncated file fails at once with the tensor's name.
             if let Some(len) = tensor_byte_len(&info) {
                 let end = info.offset.saturating_add(len as u64);
-                if end > bytes.len() as u64 {
+                if end > file_len {
                     return Err(Error::Truncated {
                         file: file_name.clone(),
                         what: format!("tensor `{}`", info.name),
                         needed: end,
-                        len: bytes.len() as u64,
+                        len: file_len,
                     });
                 }
             }
@@ -395,11 +421,17 @@ impl GgufFile {
                 ),
             )
         })?;
-        // Bounds were checked at parse time.
+        // Bounds were checked against the file's length at parse time; a file parsed from its
+        // header only (`parse_header`) has no tensor data to read.
         let start = info.offset as usize;
+        let bytes = self.bytes.get(start..start + len).ok_or_else(|| {
+            Error::format(
+                &self.file_name,
+                format!("tensor `{}`: only the file's header was read", info.name),
+            )
+        })?;
         let mut data = Vec::with_capacity(n);
-        info.dtype
-            .dequantize(&self.bytes[start..start + len], &mut data);
+        info.dtype.dequantize(bytes, &mut data);
         Ok(HostTensor::new(info.shape.clone(), data))
     }
 }

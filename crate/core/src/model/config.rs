@@ -35,6 +35,10 @@ pub trait FamilyConfig {
     fn vocab_size(&self) -> usize;
     fn hidden_size(&self) -> usize;
     fn num_layers(&self) -> usize;
+    /// The MLP's inner width.
+    fn intermediate_size(&self) -> usize;
+    /// Query heads.
+    fn attention_heads(&self) -> usize;
     fn context_length(&self) -> usize;
     fn tied_embeddings(&self) -> bool;
     /// Parameters of the model, embeddings included (a tied head counted once).

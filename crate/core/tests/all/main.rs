@@ -15,6 +15,7 @@ mod int16_products;
 mod llama_golden;
 mod lora_golden;
 mod malformed;
+mod memory;
 mod merged;
 mod smollm2;
 mod tokenizer;

@@ -216,6 +216,14 @@ impl FamilyConfig for Gpt2Config {
         self.n_layer
     }
 
+    fn intermediate_size(&self) -> usize {
+        self.n_inner()
+    }
+
+    fn attention_heads(&self) -> usize {
+        self.n_head
+    }
+
     fn context_length(&self) -> usize {
         self.n_positions
     }

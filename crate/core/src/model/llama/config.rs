@@ -348,6 +348,14 @@ impl FamilyConfig for LlamaConfig {
         self.num_hidden_layers
     }
 
+    fn intermediate_size(&self) -> usize {
+        self.intermediate_size
+    }
+
+    fn attention_heads(&self) -> usize {
+        self.num_attention_heads
+    }
+
     fn context_length(&self) -> usize {
         self.max_position_embeddings
     }

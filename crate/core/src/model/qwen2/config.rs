@@ -105,6 +105,14 @@ impl FamilyConfig for Qwen2Config {
         self.decoder.num_layers()
     }
 
+    fn intermediate_size(&self) -> usize {
+        self.decoder.intermediate_size
+    }
+
+    fn attention_heads(&self) -> usize {
+        self.decoder.num_attention_heads
+    }
+
     fn context_length(&self) -> usize {
         self.decoder.context_length()
     }
