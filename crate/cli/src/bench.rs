@@ -174,7 +174,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         &spec,
         Some(trainable_parameters as u64),
         file_bytes,
-        None,
+        webtune::memory::MemoryLimits::default(),
     );
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let mut trainer = Trainer::new(model, data, spec)?;

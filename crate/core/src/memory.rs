@@ -61,6 +61,15 @@ impl ModelShape {
     }
 }
 
+/// What the place a model runs allows: memory in all (the page's CPU backend: wasm32's 4 GiB),
+/// and bytes in one buffer (WebGPU: the adapter's `maxStorageBufferBindingSize`; the embedding,
+/// the logits and the attention scores are each one buffer). None: no limit known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub total: Option<u64>,
+    pub buffer: Option<u64>,
+}
+
 /// What a run needs, by part (bytes), and whether it fits the limit it runs under.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryEstimate {
@@ -78,8 +87,12 @@ pub struct MemoryEstimate {
     pub loading: u64,
     /// The larger of the two.
     pub peak: u64,
+    /// The largest single tensor: the embedding, a batch's logits or its attention scores.
+    pub largest_buffer: u64,
     /// What the place it runs allows (None: no limit known, e.g. natively).
     pub limit: Option<u64>,
+    /// What one buffer may hold there (WebGPU), when known.
+    pub buffer_limit: Option<u64>,
     pub fits: bool,
     /// When it does not fit: the settings that would, or why none would.
     pub advice: Option<String>,
@@ -130,6 +143,14 @@ fn part(model: &ModelShape, run: &RunShape, file_bytes: Option<u64>) -> MemoryEs
             .saturating_add(m.vocab.saturating_mul(m.hidden).saturating_mul(4))
             .saturating_add(OVERHEAD_BYTES)
     });
+    let embedding = m
+        .vocab
+        .saturating_mul(m.hidden)
+        .saturating_mul(if run.base_f16 { 2 } else { 4 });
+    let scores = tokens
+        .saturating_mul(m.heads)
+        .saturating_mul(run.seq_len)
+        .saturating_mul(4);
     MemoryEstimate {
         weights,
         adapter,
@@ -137,7 +158,9 @@ fn part(model: &ModelShape, run: &RunShape, file_bytes: Option<u64>) -> MemoryEs
         training,
         loading,
         peak: training.max(loading),
+        largest_buffer: embedding.max(logits).max(scores),
         limit: None,
+        buffer_limit: None,
         fits: true,
         advice: None,
     }
@@ -153,7 +176,7 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// The estimate for `spec` on `model`, checked against `limit`; `file_bytes`: the model's file(s),
+/// The estimate for `spec` on `model`, checked against `limits`; `file_bytes`: the model's file(s),
 /// when it is still to be loaded. `lora_parameters`: the run's trainable parameters (None: the
 /// most `spec.lora` could give this model, for before it is loaded).
 ///
@@ -166,7 +189,7 @@ pub fn estimate(
     spec: &RunSpec,
     lora_parameters: Option<u64>,
     file_bytes: Option<u64>,
-    limit: Option<u64>,
+    limits: MemoryLimits,
 ) -> MemoryEstimate {
     let lora_parameters = lora_parameters.unwrap_or_else(|| {
         // At most every projection of every layer: r x (fan-in + fan-out) each.
@@ -182,9 +205,12 @@ pub fn estimate(
         recompute: spec.exec.recompute,
     };
     let mut est = part(model, &run, file_bytes);
-    est.limit = limit;
-    let Some(limit) = limit else { return est };
-    let fits = |e: &MemoryEstimate| e.peak <= limit;
+    est.limit = limits.total;
+    est.buffer_limit = limits.buffer;
+    let fits = |e: &MemoryEstimate| {
+        limits.total.is_none_or(|l| e.peak <= l)
+            && limits.buffer.is_none_or(|l| e.largest_buffer <= l)
+    };
     est.fits = fits(&est);
     if est.fits {
         return est;
@@ -219,16 +245,24 @@ pub fn estimate(
         s.push(format!("sequence length {}", r.seq_len));
         tries.push((r, s.join(", ")));
     }
-    let needs = format!(
-        "needs ~{} ({} to load, {} to train: weights {}, activations {}), more than the {} \
-         available here",
-        human(est.peak),
-        human(est.loading),
-        human(est.training),
-        human(est.weights),
-        human(est.activations),
-        human(limit)
-    );
+    let needs = match limits.total {
+        Some(limit) if est.peak > limit => format!(
+            "needs ~{} ({} to load, {} to train: weights {}, activations {}), more than the {} \
+             available here",
+            human(est.peak),
+            human(est.loading),
+            human(est.training),
+            human(est.weights),
+            human(est.activations),
+            human(limit)
+        ),
+        _ => format!(
+            "needs a buffer of {} (the embedding, the logits or the attention scores), more \
+             than the {} this GPU allows in one",
+            human(est.largest_buffer),
+            human(limits.buffer.unwrap_or_default())
+        ),
+    };
     let lighter = tries
         .iter()
         .map(|(r, what)| (part(model, r, file_bytes), what))
@@ -238,11 +272,12 @@ pub fn estimate(
         None => {
             let least = part(model, &r, file_bytes);
             format!(
-                "{needs}; even with {} and sequence length {} it needs ~{}: this model is too \
-                 large to train here (the command line runs it natively)",
+                "{needs}; even with {} and sequence length {} it needs ~{} (a buffer of {}): \
+                 this model is too large to train here (the command line runs it natively)",
                 said.join(", "),
                 r.seq_len,
-                human(least.peak)
+                human(least.peak),
+                human(least.largest_buffer)
             )
         }
     });
@@ -277,21 +312,26 @@ mod tests {
         }
     }
 
+    const WASM: MemoryLimits = MemoryLimits {
+        total: Some(WASM32_BYTES),
+        buffer: None,
+    };
+
     #[test]
     fn each_lighter_setting_needs_less() {
         let spec = RunSpec::default();
-        let base = estimate(&smollm2(), &spec, None, None, None);
+        let base = estimate(&smollm2(), &spec, None, None, MemoryLimits::default());
         let mut f16 = spec.clone();
         f16.exec.base_f16 = true;
-        let f16 = estimate(&smollm2(), &f16, None, None, None);
+        let f16 = estimate(&smollm2(), &f16, None, None, MemoryLimits::default());
         assert_eq!(f16.weights * 2, base.weights);
         let mut rec = spec.clone();
         rec.exec.recompute = true;
-        let rec = estimate(&smollm2(), &rec, None, None, None);
+        let rec = estimate(&smollm2(), &rec, None, None, MemoryLimits::default());
         assert!(rec.activations * 3 < base.activations, "{rec:?} {base:?}");
         let mut half = spec.clone();
         half.train.batch_size /= 2;
-        let half = estimate(&smollm2(), &half, None, None, None);
+        let half = estimate(&smollm2(), &half, None, None, MemoryLimits::default());
         assert_eq!(half.activations * 2, base.activations);
         assert!(base.fits && base.limit.is_none() && base.advice.is_none());
     }
@@ -302,7 +342,7 @@ mod tests {
         let mut spec = RunSpec::default();
         spec.train.batch_size = 64;
         spec.data.seq_len = 512;
-        let e = estimate(&smollm2(), &spec, None, Some(270 << 20), Some(WASM32_BYTES));
+        let e = estimate(&smollm2(), &spec, None, Some(270 << 20), WASM);
         assert!(!e.fits && e.peak > WASM32_BYTES, "{e:?}");
         let advice = e.advice.unwrap();
         assert!(advice.contains("more than the 4.0 GiB"), "{advice}");
@@ -314,23 +354,36 @@ mod tests {
         assert!(advice.contains("grad_accum"), "{advice}");
 
         // A 7B model: nothing fits; the message says so.
-        let e = estimate(
-            &qwen_7b(),
-            &RunSpec::default(),
-            None,
-            Some(4 << 30),
-            Some(WASM32_BYTES),
-        );
+        let e = estimate(&qwen_7b(), &RunSpec::default(), None, Some(4 << 30), WASM);
         let advice = e.advice.unwrap();
         assert!(advice.contains("too large to train here"), "{advice}");
         // The default run on SmolLM2 fits.
-        let e = estimate(
-            &smollm2(),
-            &RunSpec::default(),
-            None,
-            Some(270 << 20),
-            Some(WASM32_BYTES),
-        );
+        let e = estimate(&smollm2(), &RunSpec::default(), None, Some(270 << 20), WASM);
         assert!(e.fits && e.advice.is_none(), "{e:?}");
+    }
+
+    #[test]
+    fn a_gpu_buffer_limit_is_checked_by_the_largest_tensor() {
+        // SmolLM2's embedding in f32 is 108 MiB; the default batch's logits 96 MiB.
+        let gpu = |mib: u64| MemoryLimits {
+            total: None,
+            buffer: Some(mib << 20),
+        };
+        let spec = RunSpec::default();
+        let e = estimate(&smollm2(), &spec, None, None, gpu(256));
+        assert!(e.fits, "{e:?}");
+        assert_eq!(e.largest_buffer, 49152 * 576 * 4);
+        // Under the embedding: 16-bit weights halve it (54 MiB), and the logits (96 MiB) still
+        // need a smaller batch.
+        let e = estimate(&smollm2(), &spec, None, None, gpu(64));
+        let advice = e.advice.unwrap();
+        assert!(
+            advice.contains("more than the 64 MiB this GPU allows in one"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("with 16-bit weights, \"Save memory\", batch 2"),
+            "{advice}"
+        );
     }
 }

@@ -105,9 +105,10 @@ pub struct Session {
     speed: Option<f64>,
     /// An adapter the next run continues (and generation compares before it).
     opened: Option<Opened>,
-    /// The memory a run may take here (the page's wasm32 module: [`crate::memory::WASM32_BYTES`]);
-    /// a run estimated over it is refused with the settings that would fit.
-    memory_limit: Option<u64>,
+    /// The memory a run may take here (the page's wasm32 module: [`crate::memory::WASM32_BYTES`];
+    /// WebGPU: its largest buffer); a run estimated over it is refused with the settings that
+    /// would fit.
+    memory_limits: crate::memory::MemoryLimits,
 }
 
 impl Session {
@@ -121,7 +122,7 @@ impl Session {
             trainer: None,
             speed: None,
             opened: None,
-            memory_limit: None,
+            memory_limits: Default::default(),
         }
     }
 
@@ -242,7 +243,7 @@ impl Session {
             &as_loaded,
             Some(trainable as u64),
             None,
-            self.memory_limit,
+            self.memory_limits,
         );
         Ok(Plan {
             trainable_parameters: trainable,
@@ -264,14 +265,14 @@ impl Session {
     }
 
     /// The memory a run may take here ([`Plan::memory`] is checked against it; `start` refuses
-    /// a run over it). None (the default): no limit, as natively.
-    pub fn set_memory_limit(&mut self, bytes: Option<u64>) {
-        self.memory_limit = bytes;
+    /// a run over it). The default: no limit, as natively.
+    pub fn set_memory_limits(&mut self, limits: crate::memory::MemoryLimits) {
+        self.memory_limits = limits;
     }
 
     /// The memory a run may take here.
-    pub fn memory_limit(&self) -> Option<u64> {
-        self.memory_limit
+    pub fn memory_limits(&self) -> crate::memory::MemoryLimits {
+        self.memory_limits
     }
 
     /// Times a training step with `spec`'s model settings on a throwaway copy of the model (the

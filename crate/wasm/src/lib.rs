@@ -55,6 +55,7 @@ use wasm_bindgen_futures::future_to_promise;
 use webtune::base_model::{BaseModel, NamedFile};
 use webtune::formats::peft::AdapterDtype;
 use webtune::generate::SamplingConfig;
+use webtune::memory::MemoryLimits;
 use webtune::session::{FileOptions, Session};
 use webtune::spec::RunSpec;
 
@@ -194,10 +195,19 @@ impl WebSession {
         warm::warm_gemm_call_site();
         let mut session = Session::new(device);
         // On the CPU backend the model and the run live in this module's memory, which wasm32
-        // caps at 4 GiB; on WebGPU they live in the GPU's buffers.
-        if backend.kind == "cpu" {
-            session.set_memory_limit(Some(webtune::memory::WASM32_BYTES));
-        }
+        // caps at 4 GiB; on WebGPU in the GPU's buffers, each within the adapter's binding size
+        // (the GPU's memory in all is not something WebGPU tells).
+        session.set_memory_limits(if backend.kind == "cpu" {
+            MemoryLimits {
+                total: Some(webtune::memory::WASM32_BYTES),
+                buffer: None,
+            }
+        } else {
+            MemoryLimits {
+                total: None,
+                buffer: backend.max_storage_buffer_binding_size,
+            }
+        });
         Ok(WebSession {
             inner: Rc::new(RefCell::new(session)),
             backend,
@@ -326,6 +336,7 @@ impl WebSession {
         #[wasm_bindgen(unchecked_param_type = "RunSpec")] spec: JsValue,
     ) -> Result<JsValue, JsError> {
         use webtune::memory::{ModelShape, estimate};
+
         let spec = spec_from_js(spec)?;
         let file_bytes = file_bytes.max(0.0) as u64;
         let shape = if name.to_lowercase().ends_with(".gguf") {
@@ -335,8 +346,8 @@ impl WebSession {
             ModelShape::from_config_json(&name, &json)
         }
         .map_err(err)?;
-        let limit = self.session()?.memory_limit();
-        to_js(&estimate(&shape, &spec, None, Some(file_bytes), limit))
+        let limits = self.session()?.memory_limits();
+        to_js(&estimate(&shape, &spec, None, Some(file_bytes), limits))
     }
 
     /// The memory (bytes) a model and a run may take here: `modelMemory` and `plan` check against
@@ -344,8 +355,12 @@ impl WebSession {
     /// limit suits a machine with less to spare; null: no limit.
     #[wasm_bindgen(js_name = setMemoryLimit)]
     pub fn set_memory_limit(&self, bytes: Option<f64>) -> Result<(), JsError> {
-        let limit = bytes.map(|b| b.max(0.0) as u64);
-        self.session()?.set_memory_limit(limit);
+        let mut s = self.session()?;
+        let limits = MemoryLimits {
+            total: bytes.map(|b| b.max(0.0) as u64),
+            ..s.memory_limits()
+        };
+        s.set_memory_limits(limits);
         Ok(())
     }
 

@@ -128,8 +128,12 @@ export interface MemoryEstimate {
   /** 0 for a model already loaded. */
   loading: number;
   peak: number;
+  /** The largest single tensor: the embedding, a batch's logits or its attention scores. */
+  largest_buffer: number;
   /** What this backend allows (the CPU backend: wasm32's 4 GiB); null: no limit known. */
   limit: number | null;
+  /** What one buffer may hold (WebGPU: the adapter's maxStorageBufferBindingSize). */
+  buffer_limit: number | null;
   fits: boolean;
   /** When it does not fit: the settings that would, or why none would. */
   advice: string | null;

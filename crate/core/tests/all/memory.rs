@@ -4,7 +4,7 @@
 use webtune::BaseModel;
 use webtune::error::Error;
 use webtune::formats::gguf::GgufFile;
-use webtune::memory::ModelShape;
+use webtune::memory::{MemoryLimits, ModelShape};
 use webtune::session::Session;
 use webtune::spec::RunSpec;
 
@@ -106,7 +106,10 @@ fn a_run_over_the_memory_limit_is_refused_with_what_would_fit() {
     small.train.batch_size = 4;
     small.exec.recompute = true;
     let small_need = s.plan(&small).unwrap().memory.peak;
-    s.set_memory_limit(Some(small_need + 1));
+    s.set_memory_limits(MemoryLimits {
+        total: Some(small_need + 1),
+        buffer: None,
+    });
     let m = s.plan(&spec).unwrap().memory;
     assert!(!m.fits && m.limit == Some(small_need + 1), "{m:?}");
     let advice = m.advice.clone().unwrap();
