@@ -6,6 +6,8 @@
 #
 #   bash tests/bench/run.sh            # the full bench (~20-30 minutes on 2 cores)
 #   bash tests/bench/run.sh --quick    # the CI smoke: tiny model, a few steps, native + browser CPU
+#   bash tests/bench/run.sh --shaped   # only the bigger models' rows: Qwen2.5-0.5B- and 1.5B-shaped
+#                                      # models (tests/bench/shaped_model.py; ~15 minutes)
 #   bash tests/bench/run.sh --results docs/benchmarks.md
 #                                      # also appends the run to that file: a dated section
 #                                      # ("## <date> — <machine> — commit <hash>"), the command
@@ -22,10 +24,11 @@ cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/webtune/target}"
 CACHE="${WEBTUNE_CACHE:-$HOME/.cache/webtune}"
 OUT="${BENCH_OUT:-tests/out/bench}"
-QUICK=0; BROWSER=1; TORCH=1; RESULTS=""
+QUICK=0; BROWSER=1; TORCH=1; RESULTS=""; SHAPED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --shaped) SHAPED=1 ;;
     --no-browser) BROWSER=0 ;;
     --no-torch) TORCH=0 ;;
     --results)
@@ -76,7 +79,38 @@ browser() { # name backend steps warmup [--model FILE]
     > "$OUT/browser-$backend-$name.json"
 }
 
-if [ "$QUICK" = 1 ]; then
+# Models with Qwen2.5-0.5B-Instruct's and 1.5B's shapes (made-up Q8_0 weights; the tokenizer the
+# default model's): steps and peak memory, natively and in the page, beside the memory estimate.
+shaped() {
+  if ! python3 -c "import gguf, numpy" 2>/dev/null; then
+    echo "== shaped models: skipped (python3 cannot import gguf, numpy; pip install gguf)" >&2
+    return
+  fi
+  mkdir -p "$CACHE/shaped"
+  for m in qwen2.5-0.5b qwen2.5-1.5b; do
+    local file="$CACHE/shaped/$m-q8_0.gguf"
+    if [ ! -f "$file" ]; then
+      echo "== writing $file" >&2
+      python3 tests/bench/shaped_model.py "$m" "$SMOL" "$file.tmp" && mv "$file.tmp" "$file"
+    fi
+  done
+  local q05="$CACHE/shaped/qwen2.5-0.5b-q8_0.gguf" q15="$CACHE/shaped/qwen2.5-1.5b-q8_0.gguf"
+  # One play: the evaluations of a 1.5B model over three would take longer than its steps.
+  local texts=("${TEXTS[@]}"); TEXTS=("${texts[0]}")
+  native qwen05-recompute-f16 "$q05" 2 1 --recompute --base-f16 --gen-tokens 0
+  native qwen05 "$q05" 2 1 --gen-tokens 0
+  native qwen15-recompute-f16 "$q15" 2 1 --recompute --base-f16 --gen-tokens 0
+  if [ "$BROWSER" = 1 ]; then
+    bash web/build.sh >&2
+    browser qwen05-recompute cpu 2 1 --model "$q05" --recompute
+    browser qwen15-recompute cpu 2 1 --model "$q15" --recompute
+  fi
+  TEXTS=("${texts[@]}")
+}
+
+if [ "$SHAPED" = 1 ]; then
+  shaped
+elif [ "$QUICK" = 1 ]; then
   native tiny "$TINY" 4 1 --gen-tokens 8
   if [ "$BROWSER" = 1 ]; then
     bash web/build.sh >&2
@@ -112,6 +146,7 @@ else
     browser tiny cpu 20 5 --model "$TINY"
     browser tiny webgpu 5 2 --model "$TINY"
   fi
+  shaped
 fi
 
 # Shipped bytes: what the page downloads besides the model, as serve.py sends it to Chromium

@@ -40,7 +40,9 @@ def main():
         "native-tiny", "torch-smollm2",
         "browser-cpu-smollm2", "browser-cpu-smollm2-1t", "browser-cpu-smollm2-recompute",
         "browser-cpu-smollm2-f32", "browser-cpu-smollm2-recompute-f32",
-        "browser-cpu-tiny", "browser-webgpu-tiny", "shipped"]}
+        "browser-cpu-tiny", "browser-webgpu-tiny",
+        "native-qwen05-recompute-f16", "native-qwen05", "native-qwen15-recompute-f16",
+        "browser-cpu-qwen05-recompute", "browser-cpu-qwen15-recompute", "shipped"]}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"Machine: {cpu_name()}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
@@ -78,9 +80,23 @@ def main():
         ("tiny (2 layers, d 32)", "webtune native (CPU)", r["native-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, wasm CPU", r["browser-cpu-tiny"]),
         ("tiny (2 layers, d 32)", "webtune page, WebGPU", r["browser-webgpu-tiny"]),
+        ("Qwen2.5-0.5B-shaped (Q8_0), r=8 q,v, 4x128",
+         "webtune native (CPU), layers recomputed, base in f16 (`--recompute --base-f16`)",
+         r["native-qwen05-recompute-f16"]),
+        ("Qwen2.5-0.5B-shaped (Q8_0), r=8 q,v, 4x128", "webtune native (CPU, f32)", r["native-qwen05"]),
+        ("Qwen2.5-1.5B-shaped (Q8_0), r=8 q,v, 4x128",
+         "webtune native (CPU), layers recomputed, base in f16 (`--recompute --base-f16`)",
+         r["native-qwen15-recompute-f16"]),
+        ("Qwen2.5-0.5B-shaped (Q8_0), r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
+         r["browser-cpu-qwen05-recompute"]),
+        ("Qwen2.5-1.5B-shaped (Q8_0), r=8 q,v, 4x128", "webtune page, wasm CPU, \"Save memory\"",
+         r["browser-cpu-qwen15-recompute"]),
     ]
     for workload, where, x in rows:
         if x is None:
+            continue
+        if x.get("refused"):
+            print(f"| {workload} | {where} | refused before loading: {x['refused']} | – | – | – | – | – |")
             continue
         vs = None
         if torch and "SmolLM2" in workload:

@@ -74,7 +74,14 @@ async function main() {
     if (a.baseF16 !== undefined && !(await page.isDisabled(f16Box))) await page.setChecked(f16Box, a.baseF16);
     if (a.model) await page.setInputFiles("#model-files", a.model);
     else await page.click("#load-default");
-    await page.waitForFunction(() => window.webtuneState.model, null, { timeout: ms, polling: 100 });
+    await page.waitForFunction(() => window.webtuneState.model || !document.getElementById("error").hidden, null,
+      { timeout: ms, polling: 100 });
+    if (!(await page.evaluate(() => window.webtuneState.model))) {
+      // Refused before loading (the page's memory estimate): what it said is the row.
+      console.log(JSON.stringify({ browser: "headless " + browser.version(), backend: a.backend,
+        backend_status: backend, refused: (await page.textContent("#error span")).trim(), errors }));
+      return;
+    }
     const modelSecs = (Date.now() - t0) / 1000;
     await page.setInputFiles("#text-files", a.text);
     await page.waitForFunction((n) => [...window.webtuneState.texts.values()].filter((t) => t.tokens || t.skipped).length === n,

@@ -375,6 +375,23 @@ fn run(cli: Cli, typed: &[&str]) -> webtune::Result<()> {
             println!("tied embeddings: {}", c.tied_embeddings());
             println!("LoRA targets: {}", base.model.lora_targets().join(", "));
             println!("chat template: {}", base.tokenizer.chat_template.is_some());
+            // What the default run would take, each way of saving memory (webtune::memory).
+            use webtune::memory::{MemoryLimits, ModelShape, WASM32_BYTES, estimate, human};
+            let shape = ModelShape::of(c);
+            let needs = |base_f16: bool, recompute: bool| {
+                let mut spec = webtune::spec::RunSpec::default();
+                spec.exec.base_f16 = base_f16;
+                spec.exec.recompute = recompute;
+                human(estimate(&shape, &spec, None, None, MemoryLimits::default()).training)
+            };
+            println!(
+                "memory, the default run: ~{} (32-bit weights), ~{} (--base-f16), ~{} \
+                 (--base-f16 --recompute); the page's CPU backend has {}",
+                needs(false, false),
+                needs(true, false),
+                needs(true, true),
+                human(WASM32_BYTES)
+            );
             Ok(())
         }
         Command::Train(args) => train(args, typed),

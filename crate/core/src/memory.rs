@@ -8,8 +8,7 @@
 //! outputs, q/k/v before and after RoPE, the attention output and residuals: ~6 of the hidden
 //! size; the MLP's gate, up, activation and product: 4 of the intermediate size; the attention
 //! scores: 1.5 per head and key). It is checked against measured peaks by the benchmark
-//! (`tests/bench/run.sh`: its "estimate" beside each peak) and errs high: the page and the native
-//! CLI measure a few % to ~15% under it.
+//! (`tests/bench/run.sh`: "est." beside each peak, docs/benchmarks.md) and errs high.
 
 use serde::Serialize;
 
@@ -21,9 +20,10 @@ use crate::spec::RunSpec;
 /// What wasm32 addresses: the page's module can never hold more.
 pub const WASM32_BYTES: u64 = 4 << 30;
 
-/// What the module, its tokenizer, the texts and the allocator's slack take besides the model
-/// and the run (the tiny model's whole run peaks at ~25 MiB in the page).
-const OVERHEAD_BYTES: u64 = 32 << 20;
+/// What the program, its tokenizer, the texts and the allocator's slack take besides the model
+/// and the run (the tiny model's whole run peaks at ~25 MiB in the page; the CLI loading a 1.5 B
+/// model measured ~80 MiB over the file and the weights).
+const OVERHEAD_BYTES: u64 = 96 << 20;
 
 /// The sizes of a model that decide its memory ([`ModelConfig`]'s, whichever the family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,23 +130,29 @@ fn part(model: &ModelShape, run: &RunShape, file_bytes: Option<u64>) -> MemoryEs
     } else {
         layer.saturating_mul(m.layers)
     };
+    // The LM head's loss: the batch's logits whole, or (the CPU's fused loss, a block of rows at
+    // a time) the head's weight widened to f32 for its products, whichever is larger.
     let logits = tokens.saturating_mul(m.vocab).saturating_mul(4);
-    let activations = kept.saturating_add(logits);
+    let head_f32 = m.vocab.saturating_mul(m.hidden).saturating_mul(4);
+    let activations = kept.saturating_add(logits.max(head_f32));
     let training = weights
         .saturating_add(adapter)
         .saturating_add(activations)
         .saturating_add(OVERHEAD_BYTES);
-    // The file, the weights made from it, and the largest matrix (the embedding) dequantized to
-    // f32 on its way.
-    let loading = file_bytes.map_or(0, |file| {
-        file.saturating_add(weights)
-            .saturating_add(m.vocab.saturating_mul(m.hidden).saturating_mul(4))
-            .saturating_add(OVERHEAD_BYTES)
-    });
-    let embedding = m
+    // The file, and the weights made from it: all of them and the last matrix dequantized to
+    // f32 on its way, or the embedding (read first, the largest) in f32 and as the base keeps it.
+    let embedding_stored = m
         .vocab
         .saturating_mul(m.hidden)
         .saturating_mul(if run.base_f16 { 2 } else { 4 });
+    let layer_matrix_f32 = m.hidden.saturating_mul(m.intermediate).saturating_mul(4);
+    let loading = file_bytes.map_or(0, |file| {
+        let made = weights
+            .saturating_add(layer_matrix_f32)
+            .max(head_f32.saturating_add(embedding_stored));
+        file.saturating_add(made).saturating_add(OVERHEAD_BYTES)
+    });
+    let embedding = embedding_stored;
     let scores = tokens
         .saturating_mul(m.heads)
         .saturating_mul(run.seq_len)
@@ -332,7 +338,7 @@ mod tests {
         let mut half = spec.clone();
         half.train.batch_size /= 2;
         let half = estimate(&smollm2(), &half, None, None, MemoryLimits::default());
-        assert_eq!(half.activations * 2, base.activations);
+        assert!(half.activations * 3 / 2 < base.activations, "{half:?} {base:?}");
         assert!(base.fits && base.limit.is_none() && base.advice.is_none());
     }
 
