@@ -338,7 +338,10 @@ mod tests {
         let mut half = spec.clone();
         half.train.batch_size /= 2;
         let half = estimate(&smollm2(), &half, None, None, MemoryLimits::default());
-        assert!(half.activations * 3 / 2 < base.activations, "{half:?} {base:?}");
+        assert!(
+            half.activations * 3 / 2 < base.activations,
+            "{half:?} {base:?}"
+        );
         assert!(base.fits && base.limit.is_none() && base.advice.is_none());
     }
 
