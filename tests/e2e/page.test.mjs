@@ -151,9 +151,13 @@ test("fine-tune in the page and download a PEFT adapter", { timeout: 900_000 }, 
     // 1.1e-3 away and with 32-bit weights 7e-2 (so 5e-4 still tells the page's products apart).
     const dir = mkdtempSync(join(tmpdir(), "webtune-e2e-"));
     for (const [name, text] of TEXTS) writeFileSync(join(dir, name), text);
-    // The command as `cargo test` builds it (tests/run.sh ran that already: then this is quick;
-    // `cargo build -p webtune-cli` would resolve other features and rebuild the dependencies).
-    execFileSync("cargo", ["test", "--quiet", "--locked", "--no-run"], { cwd: root, stdio: "inherit" });
+    // The command as tests/run.sh's `cargo test` builds it, with its features (then this is
+    // quick; other features, or `cargo build -p webtune-cli`, resolve the dependencies otherwise
+    // and build them again: 6 minutes of a cold CI run).
+    execFileSync("cargo", ["test", "--quiet", "--locked", "--features", "webtune-cli/gpu", "--no-run"], {
+      cwd: root,
+      stdio: "inherit",
+    });
     const cli = join(process.env.CARGO_TARGET_DIR || join(homedir(), ".cache/webtune/target"), "debug/webtune");
     execFileSync(cli, ["train", "--model", join(root, "tests/fixtures/tiny-llama-q.gguf"),
       "--data", ...TEXTS.map(([name]) => join(dir, name)), "--out", join(dir, "adapter"),

@@ -11,6 +11,7 @@ use webtune::data::{Dataset, tokenize_files};
 use webtune::formats::Checkpoint as _;
 use webtune::formats::peft::Adapter;
 use webtune::formats::safetensors::SafetensorsCheckpoint;
+use webtune::memory::{MemoryLimits, ModelShape, WASM32_BYTES, estimate};
 use webtune::model::ModelConfig;
 use webtune::spec::{DataSpec, RunSpec};
 use webtune::tokenizer::Tokenizer;
@@ -53,9 +54,30 @@ pub fn fixed_text_windows(tokenizer: &Tokenizer, spec: &RunSpec) -> webtune::Res
     Dataset::split(&docs, Some(2), &spec.data, spec.train.seed)
 }
 
-/// A GGUF model file: header, metadata, tokenizer, tensors, the model built from them.
+/// A GGUF model file: header, metadata, tokenizer, tensors, the model built from them; and its
+/// header alone, as the page reads it before loading (the first bytes of a file said to be
+/// longer), with the memory estimate made from it.
 pub fn gguf(data: &[u8]) {
     let _ = BaseModel::from_gguf("fuzz.gguf", data.to_vec(), &webtune::device::cpu());
+    let len = data.len() as u64 + u64::from(data.first().copied().unwrap_or(0)) * 4096;
+    if let Ok(shape) = ModelShape::from_gguf_head("fuzz.gguf", data.to_vec(), len) {
+        memory_estimates(&shape, len);
+    }
+}
+
+/// The memory estimate of a model for the default run and a heavy one, under the page's limits.
+fn memory_estimates(shape: &ModelShape, file_bytes: u64) {
+    let limits = MemoryLimits {
+        total: Some(WASM32_BYTES),
+        buffer: Some(1 << 28),
+    };
+    let mut heavy = RunSpec::default();
+    heavy.train.batch_size = 512;
+    heavy.data.seq_len = 8192;
+    for spec in [RunSpec::default(), heavy] {
+        let e = estimate(shape, &spec, None, Some(file_bytes), limits);
+        assert_eq!(e.fits, e.advice.is_none(), "{e:?}");
+    }
 }
 
 /// A GGUF model file that loads as a small model, then used as the page uses one: loaded with
@@ -124,6 +146,9 @@ pub fn peft_adapter(data: &[u8]) {
 pub fn hf_config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = ModelConfig::from_json("config.json", text);
+        if let Ok(shape) = ModelShape::from_config_json("config.json", text) {
+            memory_estimates(&shape, 1 << 30);
+        }
     }
 }
 
