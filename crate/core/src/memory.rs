@@ -152,7 +152,6 @@ fn part(model: &ModelShape, run: &RunShape, file_bytes: Option<u64>) -> MemoryEs
             .max(head_f32.saturating_add(embedding_stored));
         file.saturating_add(made).saturating_add(OVERHEAD_BYTES)
     });
-    let embedding = embedding_stored;
     let scores = tokens
         .saturating_mul(m.heads)
         .saturating_mul(run.seq_len)
@@ -164,7 +163,7 @@ fn part(model: &ModelShape, run: &RunShape, file_bytes: Option<u64>) -> MemoryEs
         training,
         loading,
         peak: training.max(loading),
-        largest_buffer: embedding.max(logits).max(scores),
+        largest_buffer: embedding_stored.max(logits).max(scores),
         limit: None,
         buffer_limit: None,
         fits: true,
